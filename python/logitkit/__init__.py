@@ -1,0 +1,49 @@
+"""logitkit: LLM logits to tokens on the CPU, fast and exactly specified."""
+
+import os as _os
+
+from . import _core
+from ._api import LogProbs as LogProbs
+from ._api import TopK as TopK
+from ._api import apply_logit_bias as apply_logit_bias
+from ._api import apply_penalties as apply_penalties
+from ._api import argmax as argmax
+from ._api import get_num_threads as get_num_threads
+from ._api import log_softmax as log_softmax
+from ._api import logprobs as logprobs
+from ._api import mask_min_p as mask_min_p
+from ._api import mask_top_k as mask_top_k
+from ._api import mask_top_p as mask_top_p
+from ._api import sample as sample
+from ._api import set_num_threads as set_num_threads
+from ._api import simd_level as simd_level
+from ._api import softmax as softmax
+from ._api import top_k as top_k
+from ._api import uniform as uniform
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "LogProbs",
+    "TopK",
+    "__version__",
+    "apply_logit_bias",
+    "apply_penalties",
+    "argmax",
+    "get_num_threads",
+    "log_softmax",
+    "logprobs",
+    "mask_min_p",
+    "mask_top_k",
+    "mask_top_p",
+    "sample",
+    "set_num_threads",
+    "simd_level",
+    "softmax",
+    "top_k",
+    "uniform",
+]
+
+if hasattr(_os, "register_at_fork"):
+    # A child process inherits no pool threads: it builds a fresh pool on first use.
+    _os.register_at_fork(after_in_child=_core._after_fork_in_child)

@@ -1,0 +1,673 @@
+"""The typed public API: coerce inputs once, check arguments, call the native kernels.
+
+No arithmetic on logits happens here; every pass over a row runs in Rust with the GIL released.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _core
+
+__all__ = [
+    "LogProbs",
+    "TopK",
+    "apply_logit_bias",
+    "apply_penalties",
+    "argmax",
+    "get_num_threads",
+    "log_softmax",
+    "logprobs",
+    "mask_min_p",
+    "mask_top_k",
+    "mask_top_p",
+    "sample",
+    "set_num_threads",
+    "simd_level",
+    "softmax",
+    "top_k",
+    "uniform",
+]
+
+ArrayLike = Any
+"""Anything `numpy.asarray` accepts, a CPU `torch.Tensor`, or an `ml_dtypes.bfloat16` array."""
+FloatParam = Union[float, npt.ArrayLike]
+IntParam = Union[int, npt.ArrayLike]
+TokenIds = Union[npt.ArrayLike, Sequence[npt.ArrayLike], None]
+
+_F32, _F16, _BF16 = 0, 1, 2
+_U64_MAX = 2**64 - 1
+_ORDERS = ("default", "vllm", "llama.cpp")
+
+
+class TopK(NamedTuple):
+    """The `k` largest logits per row, largest first (ties: lower index first)."""
+
+    values: npt.NDArray[np.float32]
+    indices: npt.NDArray[np.int64]
+
+
+class LogProbs(NamedTuple):
+    """Log-probabilities of requested tokens, their ranks, and the most probable tokens."""
+
+    token_logprobs: Any
+    ranks: Any
+    top_ids: npt.NDArray[np.int64]
+    top_logprobs: npt.NDArray[np.float32]
+
+
+class _Logits(NamedTuple):
+    array: np.ndarray  # 2-D, C-contiguous: float32, or uint16 bits of float16 / bfloat16
+    kind: int
+    shape: tuple[int, ...]  # the caller's shape
+    source: np.ndarray | None  # the caller's float32 array when it was used in place
+
+
+def _torch_bf16_bits(x: Any) -> np.ndarray | None:
+    """A CPU torch bfloat16 tensor as a uint16 array of its bits (no copy), else None."""
+    if type(x).__module__.split(".")[0] != "torch":
+        return None
+    import torch
+
+    if isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16:
+        return x.detach().cpu().view(torch.int16).numpy().view(np.uint16)
+    return None
+
+
+def _logits(logits: ArrayLike, dtype: str | None) -> _Logits:
+    if dtype is not None and dtype != "bfloat16":
+        raise ValueError(f"dtype: must be None or 'bfloat16', got {dtype!r}")
+    if isinstance(logits, np.ndarray):
+        a = logits
+    else:
+        bits = _torch_bf16_bits(logits)
+        if bits is not None:
+            a, dtype = bits, "bfloat16"
+        else:
+            a = np.asarray(logits)
+            if a.dtype.kind in "iu" and isinstance(logits, (list, tuple)):
+                a = a.astype(np.float32)
+    dt = a.dtype
+    if dtype == "bfloat16":
+        if dt == np.uint16 or (dt.name == "bfloat16" and dt.itemsize == 2):
+            kind = _BF16
+        else:
+            raise TypeError(
+                "logits: dtype='bfloat16' needs a uint16 array of bfloat16 bits or an "
+                f"ml_dtypes.bfloat16 array, got dtype {dt}"
+            )
+    elif dt == np.float32:
+        kind = _F32
+    elif dt == np.float16:
+        kind = _F16
+    elif dt.name == "bfloat16" and dt.itemsize == 2:
+        kind = _BF16
+    elif dt.kind == "f":
+        a = a.astype(np.float32)
+        kind = _F32
+    elif dt == np.uint16:
+        raise TypeError(
+            "logits: a uint16 array is an integer array; pass dtype='bfloat16' to read it as "
+            "bfloat16 bits"
+        )
+    else:
+        raise TypeError(f"logits: must be a float32, float16, bfloat16 or float64 array, got {dt}")
+    shape = a.shape
+    if a.ndim not in (1, 2):
+        raise ValueError(f"logits: must be 1-D (V,) or 2-D (B, V), got ndim {a.ndim}")
+    if shape[-1] == 0:
+        raise ValueError("logits: the vocabulary (last axis) is empty")
+    source = a if kind == _F32 else None
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    if kind != _F32 and a.dtype != np.uint16:
+        a = a.view(np.uint16)
+    if a.ndim == 1:
+        a = a.reshape(1, -1)
+    return _Logits(a, kind, shape, source)
+
+
+def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
+    return (
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.strides == b.strides
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+    )
+
+
+class _Out(NamedTuple):
+    target: np.ndarray  # 2-D C-contiguous float32 that the kernel writes
+    result: np.ndarray  # what the function returns
+    in_place: bool  # out is the caller's logits array itself
+
+
+def _out(out: np.ndarray | None, x: _Logits) -> _Out:
+    if out is None:
+        o = np.empty(x.shape, dtype=np.float32)
+        return _Out(o.reshape(x.array.shape), o, False)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out: must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != np.float32:
+        raise TypeError(f"out: must have dtype float32, got {out.dtype}")
+    if out.shape != x.shape:
+        raise ValueError(f"out: must have shape {x.shape}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out: is read-only")
+    in_place = False
+    if x.source is not None and np.may_share_memory(out, x.source):
+        if _same_buffer(out, x.source):
+            in_place = True
+        elif np.shares_memory(out, x.source):
+            raise ValueError("out: overlaps logits without being the same array")
+    if out.flags.c_contiguous:
+        return _Out(out.reshape(x.array.shape), out, in_place)
+    return _Out(np.empty(x.array.shape, dtype=np.float32), out, in_place)
+
+
+def _finish(o: _Out) -> np.ndarray:
+    if o.target.base is not o.result and o.target is not o.result and not o.result.flags.c_contiguous:
+        o.result[...] = o.target.reshape(o.result.shape)
+    return o.result
+
+
+def _input_for(x: _Logits, o: _Out) -> np.ndarray:
+    """The array the kernel reads: a snapshot when it would otherwise read what it writes."""
+    if o.in_place and o.result.flags.c_contiguous:
+        return x.array.copy()
+    return x.array
+
+
+def _check_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: must be an integer, got {type(value).__name__}")
+    return operator.index(value)
+
+
+def _check_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _per_row(value: Any, name: str, integer: bool) -> Any:
+    """A scalar as a Python number, or a 1-D array as a contiguous float64 / int64 array."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return _check_int(value, name) if integer else float(value)
+    a = np.asarray(value)
+    if a.ndim == 0:
+        return _per_row(a.item(), name, integer)
+    if a.ndim != 1:
+        raise ValueError(f"{name}: must be a scalar or a 1-D array, got ndim {a.ndim}")
+    if integer:
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"{name}: must hold integers, got dtype {a.dtype}")
+        if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"{name}: values must fit in int64")
+        return np.ascontiguousarray(a, dtype=np.int64)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: must hold numbers, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _u64(value: Any, name: str) -> Any:
+    """A seed or step: an int in [0, 2**64), or a 1-D integer array of them (as uint64)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        v = int(value)
+        if not 0 <= v <= _U64_MAX:
+            raise ValueError(f"{name}: must be an integer in [0, 2**64), got {v}")
+        return v
+    if isinstance(value, (float, bool, np.floating, np.bool_, str, bytes)):
+        raise TypeError(f"{name}: must be an integer in [0, 2**64), got {type(value).__name__}")
+    a = np.asarray(value)
+    if a.ndim == 0:
+        return _u64(a.item(), name)
+    if a.dtype.kind not in "iu" or a.ndim != 1:
+        raise TypeError(f"{name}: must be an integer or a 1-D integer array, got {a.dtype}")
+    if a.dtype.kind == "i" and a.size and a.min() < 0:
+        raise ValueError(f"{name}: must be in [0, 2**64), got {a.min()}")
+    return np.ascontiguousarray(a, dtype=np.uint64)
+
+
+def _scalar_or_rows(x: _Logits, result: np.ndarray) -> Any:
+    return result[0] if len(x.shape) == 1 else result
+
+
+# ---------------------------------------------------------------------------------------------
+# Stateless kernels
+
+
+def softmax(
+    logits: ArrayLike,
+    *,
+    temperature: float = 1.0,
+    dtype: str | None = None,
+    out: np.ndarray | None = None,
+) -> npt.NDArray[np.float32]:
+    """Probabilities ``softmax(logits / temperature)`` along the last axis.
+
+    Args:
+        logits: ``(V,)`` or ``(B, V)``; float32, float16 and bfloat16 are read in place.
+        temperature: Finite and > 0.
+        dtype: ``"bfloat16"`` to read a uint16 array as bfloat16 bits.
+        out: Optional float32 array of the logits' shape to write into (``out=logits`` works).
+
+    Returns:
+        float32 probabilities; ``-inf`` logits get exactly 0.
+
+    Raises:
+        ValueError: NaN/``+inf`` logits, an all ``-inf`` row, or a bad ``temperature``.
+
+    >>> import numpy as np, logitkit
+    >>> logitkit.softmax(np.array([0.0, 0.0], dtype=np.float32)).tolist()
+    [0.5, 0.5]
+    """
+    return _softmax(logits, temperature, dtype, out, log=False)
+
+
+def log_softmax(
+    logits: ArrayLike,
+    *,
+    temperature: float = 1.0,
+    dtype: str | None = None,
+    out: np.ndarray | None = None,
+) -> npt.NDArray[np.float32]:
+    """Log-probabilities ``z - logsumexp(z)`` with ``z = logits / temperature``.
+
+    Finite logits give finite results; ``-inf`` logits give ``-inf``. Arguments as in
+    :func:`softmax`.
+
+    >>> import numpy as np, logitkit
+    >>> [round(float(v), 4) for v in logitkit.log_softmax(np.array([0.0, 0.0], dtype=np.float32))]
+    [-0.6931, -0.6931]
+    """
+    return _softmax(logits, temperature, dtype, out, log=True)
+
+
+def _softmax(
+    logits: ArrayLike, temperature: float, dtype: str | None, out: Any, log: bool
+) -> npt.NDArray[np.float32]:
+    x = _logits(logits, dtype)
+    t = _check_float(temperature, "temperature")
+    o = _out(out, x)
+    _core.softmax(_input_for(x, o), x.kind, t, log, o.target)
+    return _finish(o)
+
+
+def argmax(logits: ArrayLike, *, dtype: str | None = None) -> Any:
+    """Index of the largest logit (ties: the lowest index), as int64.
+
+    Returns a scalar for ``(V,)`` logits and a ``(B,)`` array for ``(B, V)``.
+
+    >>> import numpy as np, logitkit
+    >>> int(logitkit.argmax(np.array([1.0, 3.0, 3.0], dtype=np.float32)))
+    1
+    """
+    x = _logits(logits, dtype)
+    res = np.empty(x.array.shape[0], dtype=np.int64)
+    _core.argmax(x.array, x.kind, res)
+    return _scalar_or_rows(x, res)
+
+
+def top_k(logits: ArrayLike, k: int, *, dtype: str | None = None) -> TopK:
+    """The ``k`` largest logits and their indices, largest first (ties: lower index first).
+
+    Args:
+        logits: ``(V,)`` or ``(B, V)``.
+        k: ``1 <= k <= V``.
+
+    Returns:
+        ``TopK(values, indices)``, float32 and int64, each of shape ``(..., k)``.
+
+    >>> import numpy as np, logitkit
+    >>> logitkit.top_k(np.array([1.0, 3.0, 2.0], dtype=np.float32), 2).indices.tolist()
+    [1, 2]
+    """
+    x = _logits(logits, dtype)
+    kk = _check_int(k, "k")
+    vocab = x.shape[-1]
+    if not 1 <= kk <= vocab:
+        raise ValueError(f"k: must be in [1, {vocab}], got {kk}")
+    rows = x.array.shape[0]
+    values = np.empty((rows, kk), dtype=np.float32)
+    indices = np.empty((rows, kk), dtype=np.int64)
+    _core.top_k(x.array, x.kind, kk, values, indices)
+    if len(x.shape) == 1:
+        return TopK(values[0], indices[0])
+    return TopK(values, indices)
+
+
+def mask_top_k(
+    logits: ArrayLike, k: int, *, dtype: str | None = None, out: np.ndarray | None = None
+) -> npt.NDArray[np.float32]:
+    """Logits with every token outside the ``k`` largest set to ``-inf``.
+
+    Ties at the boundary go to the lower index, so exactly ``min(k, finite tokens)`` tokens
+    stay. ``k >= 1``; ``k >= V`` keeps every token.
+
+    >>> import numpy as np, logitkit
+    >>> logitkit.mask_top_k(np.array([1.0, 3.0, 2.0], dtype=np.float32), 2).tolist()
+    [-inf, 3.0, 2.0]
+    """
+    x = _logits(logits, dtype)
+    kk = _check_int(k, "k")
+    if kk < 1:
+        raise ValueError(f"k: must be >= 1, got {kk}")
+    o = _out(out, x)
+    _core.mask(_input_for(x, o), x.kind, "top_k", float(min(kk, x.shape[-1])), 1.0, 1, o.target)
+    return _finish(o)
+
+
+def _min_keep(min_keep: Any) -> int:
+    mk = _check_int(min_keep, "min_keep")
+    if mk < 1:
+        raise ValueError(f"min_keep: must be >= 1, got {mk}")
+    return mk
+
+
+def mask_top_p(
+    logits: ArrayLike,
+    top_p: float,
+    *,
+    temperature: float = 1.0,
+    min_keep: int = 1,
+    dtype: str | None = None,
+    out: np.ndarray | None = None,
+) -> npt.NDArray[np.float32]:
+    """Logits with the nucleus kept and every other token set to ``-inf``.
+
+    In order of probability under ``softmax(logits / temperature)`` (ties: lower index first),
+    the shortest prefix whose mass reaches ``top_p`` is kept (the crossing token included),
+    then at least ``min_keep`` tokens. Kept tokens keep their original logits.
+
+    >>> import numpy as np, logitkit
+    >>> x = np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32))
+    >>> np.isfinite(logitkit.mask_top_p(x, 0.7)).tolist()
+    [True, True, False]
+    """
+    x = _logits(logits, dtype)
+    p = _check_float(top_p, "top_p")
+    t = _check_float(temperature, "temperature")
+    mk = _min_keep(min_keep)
+    o = _out(out, x)
+    _core.mask(_input_for(x, o), x.kind, "top_p", p, t, mk, o.target)
+    return _finish(o)
+
+
+def mask_min_p(
+    logits: ArrayLike,
+    min_p: float,
+    *,
+    temperature: float = 1.0,
+    min_keep: int = 1,
+    dtype: str | None = None,
+    out: np.ndarray | None = None,
+) -> npt.NDArray[np.float32]:
+    """Logits with every token below the min-p threshold set to ``-inf``.
+
+    A token is kept when ``p >= min_p * p_max`` under ``softmax(logits / temperature)``
+    (equality kept), then at least ``min_keep`` tokens. Kept tokens keep their original logits.
+
+    >>> import numpy as np, logitkit
+    >>> x = np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32))
+    >>> np.isfinite(logitkit.mask_min_p(x, 0.5)).tolist()
+    [True, True, False]
+    """
+    x = _logits(logits, dtype)
+    p = _check_float(min_p, "min_p")
+    t = _check_float(temperature, "temperature")
+    mk = _min_keep(min_keep)
+    o = _out(out, x)
+    _core.mask(_input_for(x, o), x.kind, "min_p", p, t, mk, o.target)
+    return _finish(o)
+
+
+def apply_logit_bias(
+    logits: ArrayLike,
+    bias: Mapping[int, float] | Sequence[Mapping[int, float]],
+    *,
+    dtype: str | None = None,
+    out: np.ndarray | None = None,
+) -> npt.NDArray[np.float32]:
+    """``logits + bias`` with ``bias = {token_id: value}``; a value of ``-inf`` bans the token.
+
+    For ``(B, V)`` logits, ``bias`` is one dict (applied to every row) or a sequence of B dicts.
+
+    >>> import numpy as np, logitkit
+    >>> logitkit.apply_logit_bias(np.zeros(3, dtype=np.float32), {2: -np.inf}).tolist()
+    [0.0, 0.0, -inf]
+    """
+    x = _logits(logits, dtype)
+    o = _out(out, x)
+    src = None if o.in_place and o.result.flags.c_contiguous else x.array
+    _core.bias_and_penalties(src, x.kind, o.target, len(x.shape) == 1, bias=_bias(bias, x))
+    return _finish(o)
+
+
+def _bias(bias: Any, x: _Logits) -> Any:
+    if isinstance(bias, Mapping):
+        return bias if isinstance(bias, dict) else dict(bias)
+    if len(x.shape) == 1:
+        raise TypeError("bias: must be a dict {token_id: value} for 1-D logits")
+    if isinstance(bias, (str, bytes)) or not isinstance(bias, Sequence):
+        raise TypeError("bias: must be a dict {token_id: value} or a sequence of them")
+    return [b if isinstance(b, dict) else dict(b) for b in bias]
+
+
+def apply_penalties(
+    logits: ArrayLike,
+    *,
+    prompt_tokens: TokenIds = None,
+    output_tokens: TokenIds = None,
+    repetition_penalty: FloatParam = 1.0,
+    presence_penalty: FloatParam = 0.0,
+    frequency_penalty: FloatParam = 0.0,
+    dtype: str | None = None,
+    out: np.ndarray | None = None,
+) -> npt.NDArray[np.float32]:
+    """Repetition, then frequency and presence penalties.
+
+    Repetition (CTRL style) applies once to every distinct token of ``prompt_tokens`` and
+    ``output_tokens``: ``z / r`` if ``z > 0`` else ``z * r``. Frequency and presence (OpenAI)
+    use the counts ``c`` in ``output_tokens`` only: ``z - c * frequency - (c > 0) * presence``.
+    Neutral values leave logits bit-for-bit unchanged.
+
+    Token lists are one 1-D int array for ``(V,)`` logits, a sequence of B arrays for
+    ``(B, V)``. Penalties may be scalars or ``(B,)`` arrays.
+
+    >>> import numpy as np, logitkit
+    >>> x = np.array([2.0, -2.0, 1.0], dtype=np.float32)
+    >>> logitkit.apply_penalties(x, output_tokens=np.array([0, 1]), repetition_penalty=2.0).tolist()
+    [1.0, -4.0, 1.0]
+    """
+    x = _logits(logits, dtype)
+    rep = _per_row(repetition_penalty, "repetition_penalty", integer=False)
+    pres = _per_row(presence_penalty, "presence_penalty", integer=False)
+    freq = _per_row(frequency_penalty, "frequency_penalty", integer=False)
+    o = _out(out, x)
+    src = None if o.in_place and o.result.flags.c_contiguous else x.array
+    _core.bias_and_penalties(
+        src,
+        x.kind,
+        o.target,
+        len(x.shape) == 1,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        repetition_penalty=rep,
+        presence_penalty=pres,
+        frequency_penalty=freq,
+    )
+    return _finish(o)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+def uniform(seed: int, step: int) -> float:
+    """The uniform draw in ``[0, 1)`` that :func:`sample` uses for ``(seed, step)``.
+
+    Philox4x32-10 with key ``(seed & 0xFFFFFFFF, seed >> 32)`` and counter
+    ``(step & 0xFFFFFFFF, step >> 32, 0, 0)``; from output words ``o0, o1`` the value is
+    ``((o0 >> 5) * 2**26 + (o1 >> 6)) / 2**53``.
+
+    >>> import logitkit
+    >>> 0.0 <= logitkit.uniform(1234, 0) < 1.0
+    True
+    """
+    s = _u64(seed, "seed")
+    t = _u64(step, "step")
+    if not isinstance(s, int):
+        raise TypeError("seed: must be an integer")
+    if not isinstance(t, int):
+        raise TypeError("step: must be an integer")
+    return float(_core.uniform(s, t))
+
+
+def _uniforms(x: _Logits, seed: Any, step: Any, uniforms: Any) -> np.ndarray:
+    rows = x.array.shape[0]
+    if uniforms is not None:
+        if len(x.shape) == 1:
+            if isinstance(uniforms, (bool, np.bool_)) or not isinstance(
+                uniforms, (int, float, np.integer, np.floating)
+            ):
+                raise TypeError("uniforms: must be a float for 1-D logits")
+            u = np.array([float(uniforms)])
+        else:
+            u = np.asarray(uniforms)
+            if u.ndim != 1 or u.shape[0] != rows:
+                raise ValueError(f"uniforms: must be an array of length {rows}, got shape {u.shape}")
+            if u.dtype.kind not in "fiu":
+                raise TypeError(f"uniforms: must hold floats, got dtype {u.dtype}")
+            u = np.ascontiguousarray(u, dtype=np.float64)
+        return u
+    st = _u64(step, "step")
+    if seed is None:
+        if rows == 1:
+            sd: Any = int.from_bytes(os.urandom(8), "little")
+        else:
+            sd = np.frombuffer(os.urandom(8 * rows), dtype=np.uint64).copy()
+    else:
+        sd = _u64(seed, "seed")
+    return _core.uniforms(sd, st, rows)
+
+
+def sample(
+    logits: ArrayLike,
+    *,
+    temperature: FloatParam = 1.0,
+    top_k: IntParam = 0,
+    top_p: FloatParam = 1.0,
+    min_p: FloatParam = 0.0,
+    min_keep: IntParam = 1,
+    order: str = "default",
+    seed: int | npt.ArrayLike | None = None,
+    step: int | npt.ArrayLike = 0,
+    uniforms: float | npt.ArrayLike | None = None,
+    dtype: str | None = None,
+) -> Any:
+    """Sample one token per row: temperature, top-k, top-p, min-p, then the draw.
+
+    ``temperature == 0`` is greedy (argmax, ties to the lowest id). Otherwise, on
+    ``z = logits / temperature``: top-k keeps the k best (``k <= 0`` or ``k >= V``: off), top-p
+    keeps the nucleus, min-p keeps ``p >= min_p * p_max``, each on what the previous step left
+    (``min_keep`` applies after top-p and min-p). The draw returns the first kept id, in
+    increasing id order, whose cumulative probability exceeds ``u = uniform(seed, step)`` (or
+    ``uniforms[row]``).
+
+    ``order="vllm"`` applies min-p before top-k; ``order="llama.cpp"`` applies top-k, top-p and
+    min-p to untempered logits and the temperature only to the draw.
+
+    Every parameter except ``order`` may be a ``(B,)`` array (one value per row). With
+    ``seed=None`` every row draws fresh OS entropy; a scalar seed gives every row
+    ``uniform(seed, step)``, so a row's token never depends on its position in the batch.
+
+    Returns:
+        An int64 scalar for ``(V,)`` logits, an int64 ``(B,)`` array for ``(B, V)``.
+
+    >>> import numpy as np, logitkit
+    >>> x = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    >>> int(logitkit.sample(x, temperature=0.0))
+    2
+    >>> int(logitkit.sample(x, top_k=1, seed=7))
+    2
+    """
+    x = _logits(logits, dtype)
+    if order not in _ORDERS:
+        raise ValueError(f"order: must be one of {', '.join(map(repr, _ORDERS))}, got {order!r}")
+    t = _per_row(temperature, "temperature", integer=False)
+    k = _per_row(top_k, "top_k", integer=True)
+    p = _per_row(top_p, "top_p", integer=False)
+    mp = _per_row(min_p, "min_p", integer=False)
+    mk = _per_row(min_keep, "min_keep", integer=True)
+    u = _uniforms(x, seed, step, uniforms)
+    res = np.empty(x.array.shape[0], dtype=np.int64)
+    _core.sample(x.array, x.kind, t, k, p, mp, mk, order, u, res)
+    return _scalar_or_rows(x, res)
+
+
+def logprobs(logits: ArrayLike, tokens: Any, *, top_n: int = 0, dtype: str | None = None) -> LogProbs:
+    """Log-probabilities of ``tokens`` under ``log_softmax(logits)``, ranks, and the top ``n``.
+
+    A token's rank is ``1 +`` the number of tokens with a strictly larger log-probability.
+    For ``(V,)`` logits ``tokens`` is a 1-D array of ids; for ``(B, V)`` a sequence of B 1-D
+    arrays (results are ``(B, n)`` arrays when every row has n tokens, else a list of arrays).
+    ``top_ids`` / ``top_logprobs`` hold the ``top_n`` most probable tokens (ties: lower id).
+
+    >>> import numpy as np, logitkit
+    >>> r = logitkit.logprobs(np.array([0.0, 1.0, 2.0], dtype=np.float32), [2, 0], top_n=1)
+    >>> r.ranks.tolist(), r.top_ids.tolist()
+    ([1, 3], [2])
+    """
+    x = _logits(logits, dtype)
+    n = _check_int(top_n, "top_n")
+    vocab = x.shape[-1]
+    if not 0 <= n <= vocab:
+        raise ValueError(f"top_n: must be in [0, {vocab}], got {n}")
+    one_row = len(x.shape) == 1
+    lp, rk, offsets, ti, tl = _core.logprobs(x.array, x.kind, tokens, one_row, n)
+    rows = x.array.shape[0]
+    if one_row:
+        return LogProbs(lp, rk, ti, tl)
+    counts = np.diff(offsets)
+    if rows == 0 or (counts == counts[0]).all():
+        width = int(counts[0]) if rows else 0
+        lp_r: Any = lp.reshape(rows, width)
+        rk_r: Any = rk.reshape(rows, width)
+    else:
+        lp_r = np.split(lp, offsets[1:-1])
+        rk_r = np.split(rk, offsets[1:-1])
+    return LogProbs(lp_r, rk_r, ti.reshape(rows, n), tl.reshape(rows, n))
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime
+
+
+def simd_level() -> str:
+    """The SIMD level in use: ``"avx512"``, ``"avx2"``, ``"neon"`` or ``"scalar"``.
+
+    ``LOGITKIT_SIMD`` forces a level at import (a level the CPU lacks falls back to the best one
+    it has).
+    """
+    return str(_core.simd_level())
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of threads used for batches (default: the cores, at most 16; or
+    ``LOGITKIT_NUM_THREADS``). Results are identical for every thread count."""
+    nn = _check_int(n, "n")
+    if nn < 1:
+        raise ValueError(f"n: must be >= 1, got {nn}")
+    _core.set_num_threads(nn)
+
+
+def get_num_threads() -> int:
+    """The number of threads used for batches."""
+    return int(_core.get_num_threads())

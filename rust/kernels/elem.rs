@@ -1,0 +1,114 @@
+//! The element types a logits row may hold: `f32`, IEEE half (`F16`) and bfloat16 (`Bf16`).
+//!
+//! Kernels are generic over [`Elem`] and widen each element to `f32` in registers, so 16-bit rows
+//! are read in place. Both 16-bit widenings are exact and written with integer operations only,
+//! so that every SIMD level vectorises them and gives bit-identical results.
+
+/// A logit element that widens exactly to `f32`.
+pub trait Elem: Copy + Send + Sync + 'static {
+    /// The value as `f32` (exact for every supported type).
+    fn to_f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// IEEE 754 binary16, stored as its bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(transparent)]
+pub struct F16(pub u16);
+
+/// bfloat16 (the upper half of an `f32`), stored as its bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(transparent)]
+pub struct Bf16(pub u16);
+
+impl Elem for Bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits(u32::from(self.0) << 16)
+    }
+}
+
+impl Elem for F16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        // Branch-free binary16 -> binary32:
+        //   normal:     rebias the exponent (+112) and shift the mantissa into place;
+        //   inf / NaN:  the rebias above lands on exponent 0x8f; add 112 more to reach 0xff;
+        //   subnormal:  place the mantissa as if the exponent were 1, then subtract 2^-14
+        //               in float arithmetic (exact), which normalises it.
+        let h = u32::from(self.0);
+        let sign = (h & 0x8000) << 16;
+        let shifted = (h & 0x7fff) << 13;
+        let exp = shifted & 0x0f80_0000;
+        let normal = shifted + (112 << 23);
+        let infnan = normal + (112 << 23);
+        let sub = f32::from_bits(shifted + (113 << 23)) - f32::from_bits(113 << 23);
+        let mag = if exp == 0x0f80_0000 {
+            infnan
+        } else if exp == 0 {
+            sub.to_bits()
+        } else {
+            normal
+        };
+        f32::from_bits(mag | sign)
+    }
+}
+
+/// Views `u16` bits as [`F16`] elements.
+#[must_use]
+pub fn as_f16(bits: &[u16]) -> &[F16] {
+    // SAFETY: F16 is repr(transparent) over u16, so layout, alignment and validity are identical.
+    unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<F16>(), bits.len()) }
+}
+
+/// Views `u16` bits as [`Bf16`] elements.
+#[must_use]
+pub fn as_bf16(bits: &[u16]) -> &[Bf16] {
+    // SAFETY: Bf16 is repr(transparent) over u16, so layout, alignment and validity are identical.
+    unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<Bf16>(), bits.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference binary16 decoding from the definition.
+    fn f16_ref(h: u16) -> f32 {
+        let sign = if h & 0x8000 != 0 { -1.0f64 } else { 1.0 };
+        let e = i32::from((h >> 10) & 0x1f);
+        let m = f64::from(h & 0x3ff);
+        let v = match e {
+            0 => m * 2f64.powi(-24),
+            31 if m == 0.0 => f64::INFINITY,
+            31 => f64::NAN,
+            _ => (1.0 + m / 1024.0) * 2f64.powi(e - 15),
+        };
+        (sign * v) as f32
+    }
+
+    #[test]
+    fn f16_widening_is_exact_for_every_bit_pattern() {
+        for h in 0..=u16::MAX {
+            let got = F16(h).to_f32();
+            let want = f16_ref(h);
+            if want.is_nan() {
+                assert!(got.is_nan(), "{h:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_widening_is_the_upper_half() {
+        for h in [0u16, 0x3f80, 0xbf80, 0x7f80, 0xff80, 0x0001] {
+            assert_eq!(Bf16(h).to_f32().to_bits(), u32::from(h) << 16);
+        }
+    }
+}

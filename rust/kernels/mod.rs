@@ -1,0 +1,395 @@
+//! Batch kernels: plain Rust on slices, no Python types.
+//!
+//! A batch is a row-major slice of `rows * vocab` elements. Every function checks each row it
+//! reads (NaN or `+inf`: [`KernelError::NonFinite`]; every token `-inf`:
+//! [`KernelError::AllMasked`]) and reports the lowest failing row. Rows are independent: a row's
+//! result never depends on the other rows, on the batch size or on the thread count.
+//!
+//! Semantics (the contract shared with `tests/oracle.py` and the README):
+//! * ranking: larger logit first; equal logits, lower token id first;
+//! * `-inf` is a masked token: probability exactly 0, never kept, never drawn;
+//! * top-p keeps the shortest rank-order prefix whose probability reaches `top_p`;
+//! * min-p keeps `p >= min_p * p_max`, i.e. `z >= z_max + ln(min_p)` on tempered logits;
+//! * `min_keep` applies after top-p and after min-p and never revives a removed token;
+//! * the draw returns the first kept id, in increasing id order, whose cumulative probability
+//!   exceeds the uniform `u`.
+
+pub mod elem;
+pub mod parallel;
+pub mod penalties;
+pub mod pipeline;
+pub mod prims;
+pub mod select;
+
+#[cfg(test)]
+mod reference;
+#[cfg(test)]
+mod tests;
+
+use elem::Elem;
+pub use penalties::Penalties;
+pub use pipeline::{Filters, Mask, Order};
+
+use crate::error::KernelError;
+use parallel::for_rows;
+use select::Cand;
+
+/// Token ids of every row of a batch, flattened: row `r` owns `ids[offsets[r]..offsets[r + 1]]`.
+#[derive(Clone, Debug, Default)]
+pub struct TokenLists {
+    ids: Vec<u32>,
+    offsets: Vec<usize>,
+}
+
+impl TokenLists {
+    /// Checks that every id is in `[0, vocab)`.
+    ///
+    /// # Errors
+    /// [`KernelError::InvalidParam`] naming `name` and the row.
+    pub fn new(name: &'static str, rows: Vec<Vec<i64>>, vocab: usize) -> Result<Self, KernelError> {
+        let mut ids = Vec::with_capacity(rows.iter().map(Vec::len).sum());
+        let mut offsets = Vec::with_capacity(rows.len() + 1);
+        offsets.push(0);
+        for (r, row) in rows.iter().enumerate() {
+            for &t in row {
+                if t < 0 || t as u64 >= vocab as u64 {
+                    return Err(KernelError::param(
+                        name,
+                        Some(r),
+                        format!("token id {t} is outside [0, {vocab})"),
+                    ));
+                }
+                ids.push(t as u32);
+            }
+            offsets.push(ids.len());
+        }
+        Ok(Self { ids, offsets })
+    }
+
+    /// No tokens for `rows` rows.
+    #[must_use]
+    pub fn empty(rows: usize) -> Self {
+        Self {
+            ids: Vec::new(),
+            offsets: vec![0; rows + 1],
+        }
+    }
+
+    /// The tokens of row `r`.
+    #[must_use]
+    pub fn row(&self, r: usize) -> &[u32] {
+        &self.ids[self.offsets[r]..self.offsets[r + 1]]
+    }
+
+    /// Number of rows.
+    #[must_use]
+    pub fn rows(&self) -> usize {
+        self.offsets.len() - 1
+    }
+}
+
+/// A value given once for the whole batch or once per row.
+#[derive(Clone, Debug)]
+pub enum PerRow<V> {
+    /// The same value for every row.
+    All(V),
+    /// One value per row.
+    Each(Vec<V>),
+}
+
+impl<V: Clone> PerRow<V> {
+    /// The value of row `r`.
+    #[must_use]
+    pub fn get(&self, r: usize) -> &V {
+        match self {
+            Self::All(v) => v,
+            Self::Each(v) => &v[r],
+        }
+    }
+
+    /// Every value, with the row it belongs to (`None` when shared).
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (Option<usize>, &V)> + '_> {
+        match self {
+            Self::All(v) => Box::new(std::iter::once((None, v))),
+            Self::Each(v) => Box::new(v.iter().enumerate().map(|(r, x)| (Some(r), x))),
+        }
+    }
+}
+
+fn rows_of<T>(x: &[T], vocab: usize) -> usize {
+    if vocab == 0 {
+        0
+    } else {
+        x.len() / vocab
+    }
+}
+
+fn check_temperature(t: f64) -> Result<(), KernelError> {
+    if t.is_finite() && t > 0.0 {
+        Ok(())
+    } else {
+        Err(KernelError::param("temperature", None, format!("must be finite and > 0, got {t}")))
+    }
+}
+
+/// `softmax(x / temperature)` (or its logarithm when `log`) of every row into `out`.
+///
+/// # Errors
+/// Invalid temperature, NaN/`+inf`, all-masked rows.
+pub fn softmax<T: Elem>(x: &[T], vocab: usize, temperature: f64, log: bool, out: &mut [f32]) -> Result<(), KernelError> {
+    check_temperature(temperature)?;
+    let scale = 1.0 / temperature;
+    let rows = rows_of(x, vocab);
+    for_rows(rows, vocab, out, vocab, |r, o, scr| {
+        let row = &x[r * vocab..(r + 1) * vocab];
+        let mut bmax = std::mem::take(&mut scr.bmax);
+        let res = pipeline::scan(row, &mut bmax).map(|s| {
+            scr.bsum.resize(s.bmax.len(), 0.0);
+            let total = prims::weight_sums(row, s.bmax, s.m, scale as f32, f32::NEG_INFINITY, &mut scr.bsum);
+            if log {
+                prims::write_log_softmax(row, s.m, scale, total.ln(), o);
+            } else {
+                prims::write_softmax(row, s.m, scale as f32, (1.0 / total) as f32, o);
+            }
+        });
+        scr.bmax = bmax;
+        res
+    })
+}
+
+/// Index of the largest logit of every row (ties: lowest index).
+///
+/// # Errors
+/// NaN/`+inf`, all-masked rows.
+pub fn argmax<T: Elem>(x: &[T], vocab: usize, out: &mut [i64]) -> Result<(), KernelError> {
+    for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, scr| {
+        let row = &x[r * vocab..(r + 1) * vocab];
+        let mut bmax = std::mem::take(&mut scr.bmax);
+        let res = pipeline::scan(row, &mut bmax).map(|s| o[0] = select::argmax(row, s.bmax, s.m) as i64);
+        scr.bmax = bmax;
+        res
+    })
+}
+
+/// The `k` largest logits of every row and their ids, largest first (ties: lower id first).
+///
+/// # Errors
+/// `k` outside `[1, vocab]`, NaN/`+inf`, all-masked rows.
+pub fn top_k<T: Elem>(x: &[T], vocab: usize, k: usize, values: &mut [f32], indices: &mut [i64]) -> Result<(), KernelError> {
+    if k < 1 || k > vocab {
+        return Err(KernelError::param("k", None, format!("must be in [1, {vocab}], got {k}")));
+    }
+    let rows = rows_of(x, vocab);
+    let mut cands = vec![Cand { v: 0.0, id: 0 }; rows * k];
+    for_rows(rows, vocab, &mut cands, k, |r, o, scr| {
+        let row = &x[r * vocab..(r + 1) * vocab];
+        let mut bmax = std::mem::take(&mut scr.bmax);
+        let res = pipeline::scan(row, &mut bmax).map(|s| {
+            let mut list = std::mem::take(&mut scr.cands);
+            select::top_k(row, s.bmax, k, &mut scr.sel, &mut list);
+            o.copy_from_slice(&list);
+            scr.cands = list;
+        });
+        scr.bmax = bmax;
+        res
+    })?;
+    for ((c, v), i) in cands.iter().zip(values.iter_mut()).zip(indices.iter_mut()) {
+        *v = c.v;
+        *i = i64::from(c.id);
+    }
+    Ok(())
+}
+
+/// Writes a top-k, top-p or min-p mask of every row into `out`.
+///
+/// # Errors
+/// Parameters out of range, NaN/`+inf`, all-masked rows.
+pub fn mask<T: Elem>(x: &[T], vocab: usize, m: Mask, out: &mut [f32]) -> Result<(), KernelError> {
+    match m {
+        Mask::TopK(k) if k < 1 => return Err(KernelError::param("k", None, format!("must be >= 1, got {k}"))),
+        Mask::TopP { top_p, temperature, min_keep } | Mask::MinP { min_p: top_p, temperature, min_keep } => {
+            let name = if matches!(m, Mask::TopP { .. }) { "top_p" } else { "min_p" };
+            if !(0.0..=1.0).contains(&top_p) {
+                return Err(KernelError::param(name, None, format!("must be in [0, 1], got {top_p}")));
+            }
+            check_temperature(temperature)?;
+            if min_keep < 1 {
+                return Err(KernelError::param("min_keep", None, "must be >= 1"));
+            }
+        }
+        Mask::TopK(_) => {}
+    }
+    for_rows(rows_of(x, vocab), vocab, out, vocab, |r, o, scr| {
+        pipeline::mask_row(&x[r * vocab..(r + 1) * vocab], m, o, scr)
+    })
+}
+
+/// The logit bias of one row: ids (in range) and values (finite or `-inf`).
+pub type Bias = (Vec<u32>, Vec<f64>);
+
+/// Checks bias entries: ids in `[0, vocab)`, values finite or `-inf`.
+///
+/// # Errors
+/// [`KernelError::InvalidParam`] naming `bias`.
+pub fn check_bias(bias: &PerRow<Bias>, vocab: usize) -> Result<(), KernelError> {
+    for (r, (ids, vals)) in bias.iter() {
+        for (&id, &v) in ids.iter().zip(vals) {
+            if id as usize >= vocab {
+                return Err(KernelError::param("bias", r, format!("token id {id} is outside [0, {vocab})")));
+            }
+            if v.is_nan() || v == f64::INFINITY {
+                return Err(KernelError::param("bias", r, format!("value {v} for token {id} must be finite or -inf")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks penalty parameters (SPEC §4 ranges).
+///
+/// # Errors
+/// [`KernelError::InvalidParam`] naming the parameter.
+pub fn check_penalties(p: &PerRow<Penalties>) -> Result<(), KernelError> {
+    for (r, p) in p.iter() {
+        if !(p.repetition.is_finite() && p.repetition > 0.0) {
+            return Err(KernelError::param("repetition_penalty", r, format!("must be finite and > 0, got {}", p.repetition)));
+        }
+        if !p.presence.is_finite() {
+            return Err(KernelError::param("presence_penalty", r, format!("must be finite, got {}", p.presence)));
+        }
+        if !p.frequency.is_finite() {
+            return Err(KernelError::param("frequency_penalty", r, format!("must be finite, got {}", p.frequency)));
+        }
+    }
+    Ok(())
+}
+
+/// Copies every row (or, with `x = None`, keeps `out` as the input: the in-place form), checks
+/// it, then applies the logit bias and the penalties.
+///
+/// # Errors
+/// Invalid bias or penalties, NaN/`+inf`, all-masked rows.
+pub fn bias_and_penalties<T: Elem>(
+    x: Option<&[T]>,
+    vocab: usize,
+    bias: Option<&PerRow<Bias>>,
+    pen: Option<(&TokenLists, &TokenLists, &PerRow<Penalties>)>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if let Some(b) = bias {
+        check_bias(b, vocab)?;
+    }
+    if let Some((_, _, p)) = pen {
+        check_penalties(p)?;
+    }
+    let rows = rows_of(out, vocab);
+    for_rows(rows, vocab, out, vocab, |r, o, scr| {
+        let mut bmax = std::mem::take(&mut scr.bmax);
+        let checked = match x {
+            Some(x) => {
+                let row = &x[r * vocab..(r + 1) * vocab];
+                let res = pipeline::scan(row, &mut bmax).map(|_| ());
+                if res.is_ok() {
+                    prims::widen(row, o);
+                }
+                res
+            }
+            None => pipeline::scan(&*o, &mut bmax).map(|_| ()),
+        };
+        scr.bmax = bmax;
+        checked?;
+        if let Some(b) = bias {
+            let (ids, vals) = b.get(r);
+            penalties::apply_bias(o, ids, vals);
+        }
+        if let Some((prompt, output, p)) = pen {
+            penalties::apply_penalties(o, prompt.row(r), output.row(r), p.get(r), &mut scr.ids);
+        }
+        Ok(())
+    })
+}
+
+/// Validates per-row filters.
+///
+/// # Errors
+/// The first parameter out of range, with its row when given per row.
+pub fn check_filters(f: &PerRow<Filters>) -> Result<(), KernelError> {
+    for (r, f) in f.iter() {
+        f.validate().map_err(|e| match r {
+            Some(r) => e.at_row(r),
+            None => e,
+        })?;
+    }
+    Ok(())
+}
+
+/// Samples one token per row (SPEC §4 steps 4-9) with the uniform `u[r]` of each row.
+///
+/// # Errors
+/// Parameters out of range, NaN/`+inf`, all-masked rows.
+pub fn sample<T: Elem>(x: &[T], vocab: usize, filters: &PerRow<Filters>, u: &[f64], out: &mut [i64]) -> Result<(), KernelError> {
+    check_filters(filters)?;
+    for (r, &ur) in u.iter().enumerate() {
+        if !(0.0..1.0).contains(&ur) {
+            return Err(KernelError::param("uniforms", Some(r), format!("must be in [0, 1), got {ur}")));
+        }
+    }
+    for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, scr| {
+        let row = &x[r * vocab..(r + 1) * vocab];
+        o[0] = pipeline::sample_row(row, filters.get(r), u[r], scr)? as i64;
+        Ok(())
+    })
+}
+
+/// Log-probabilities of given tokens under `log_softmax(row)`, their ranks, and the top `n`.
+#[derive(Clone, Debug, Default)]
+pub struct RowLogprobs {
+    /// Log-probability of each requested token.
+    pub token_logprobs: Vec<f32>,
+    /// `1 +` the number of tokens with a strictly larger log-probability.
+    pub ranks: Vec<i64>,
+    /// The `n` most probable ids, rank order.
+    pub top_ids: Vec<i64>,
+    /// Their log-probabilities.
+    pub top_logprobs: Vec<f32>,
+}
+
+/// Log-probabilities of `tokens` (row by row) and the top `top_n` of every row.
+///
+/// # Errors
+/// `top_n > vocab`, NaN/`+inf`, all-masked rows.
+pub fn logprobs<T: Elem>(x: &[T], vocab: usize, tokens: &TokenLists, top_n: usize, out: &mut [RowLogprobs]) -> Result<(), KernelError> {
+    if top_n > vocab {
+        return Err(KernelError::param("top_n", None, format!("must be in [0, {vocab}], got {top_n}")));
+    }
+    for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, scr| {
+        let row = &x[r * vocab..(r + 1) * vocab];
+        let mut bmax = std::mem::take(&mut scr.bmax);
+        let res = pipeline::scan(row, &mut bmax).map(|s| {
+            scr.bsum.resize(s.bmax.len(), 0.0);
+            let total = prims::weight_sums(row, s.bmax, s.m, 1.0, f32::NEG_INFINITY, &mut scr.bsum);
+            let lse = f64::from(s.m) + total.ln();
+            let lp = |v: f32| (f64::from(v) - lse) as f32;
+            let res = &mut o[0];
+            res.token_logprobs.clear();
+            res.ranks.clear();
+            for &t in tokens.row(r) {
+                let v = row[t as usize].to_f32();
+                res.token_logprobs.push(lp(v));
+                let larger = prims::count_ge(row, s.bmax, v.next_up()) as i64;
+                res.ranks.push(1 + larger);
+            }
+            res.top_ids.clear();
+            res.top_logprobs.clear();
+            if top_n > 0 {
+                let mut list = std::mem::take(&mut scr.cands);
+                select::top_k(row, s.bmax, top_n, &mut scr.sel, &mut list);
+                res.top_ids.extend(list.iter().map(|c| i64::from(c.id)));
+                res.top_logprobs.extend(list.iter().map(|c| lp(c.v)));
+                scr.cands = list;
+            }
+        });
+        scr.bmax = bmax;
+        res
+    })
+}

@@ -1,0 +1,87 @@
+//! Logit bias and penalties (SPEC §5): sparse updates by token id, `O(|history| + |bias|)` per
+//! row after the copy, never a lookup per vocabulary entry.
+//!
+//! Arithmetic is done in `f64` and rounded once to `f32`. Neutral parameters leave a logit
+//! untouched, bit for bit (`-0.0` stays `-0.0`).
+
+/// Penalty parameters of one row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Penalties {
+    /// CTRL-style: divide positive logits, multiply the others; `1` is neutral.
+    pub repetition: f64,
+    /// OpenAI presence penalty; `0` is neutral.
+    pub presence: f64,
+    /// OpenAI frequency penalty; `0` is neutral.
+    pub frequency: f64,
+}
+
+impl Default for Penalties {
+    fn default() -> Self {
+        Self {
+            repetition: 1.0,
+            presence: 0.0,
+            frequency: 0.0,
+        }
+    }
+}
+
+/// Adds `values[j]` to `row[ids[j]]` (ids are in range; `-inf` bans the token).
+pub fn apply_bias(row: &mut [f32], ids: &[u32], values: &[f64]) {
+    for (&id, &b) in ids.iter().zip(values) {
+        let z = &mut row[id as usize];
+        *z = (f64::from(*z) + b) as f32;
+    }
+}
+
+/// Applies repetition (over the distinct tokens of `prompt ∪ output`), then frequency and
+/// presence (from the counts in `output`). `sorted` is scratch space.
+pub fn apply_penalties(row: &mut [f32], prompt: &[u32], output: &[u32], p: &Penalties, sorted: &mut Vec<u32>) {
+    if p.repetition != 1.0 {
+        sorted.clear();
+        sorted.extend_from_slice(prompt);
+        sorted.extend_from_slice(output);
+        sorted.sort_unstable();
+        sorted.dedup();
+        let r = p.repetition;
+        for &t in sorted.iter() {
+            let z = &mut row[t as usize];
+            let v = f64::from(*z);
+            *z = if v > 0.0 { (v / r) as f32 } else { (v * r) as f32 };
+        }
+    }
+    if p.frequency != 0.0 || p.presence != 0.0 {
+        sorted.clear();
+        sorted.extend_from_slice(output);
+        sorted.sort_unstable();
+        for run in sorted.chunk_by(|a, b| a == b) {
+            let z = &mut row[run[0] as usize];
+            let c = run.len() as f64;
+            *z = (f64::from(*z) - c * p.frequency - p.presence) as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn penalties_follow_the_definitions() {
+        let mut row = vec![2.0f32, -2.0, 1.0, 0.5, -0.0];
+        let p = Penalties {
+            repetition: 2.0,
+            presence: 0.5,
+            frequency: 0.25,
+        };
+        apply_penalties(&mut row, &[0, 1], &[1, 1, 2], &p, &mut Vec::new());
+        assert_eq!(row, vec![1.0, -4.0 - 0.5 - 0.5, 0.5 - 0.25 - 0.5, 0.5, -0.0]);
+    }
+
+    #[test]
+    fn neutral_penalties_keep_bits() {
+        let mut row = vec![-0.0f32, 1.5, f32::NEG_INFINITY];
+        apply_penalties(&mut row, &[0, 1, 2], &[0, 2], &Penalties::default(), &mut Vec::new());
+        assert_eq!(row[0].to_bits(), (-0.0f32).to_bits());
+        assert_eq!(row[1], 1.5);
+    }
+}

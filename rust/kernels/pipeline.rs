@@ -1,0 +1,444 @@
+//! The sampling pipeline of one row (SPEC §4 steps 4-9) and the mask functions built on it.
+//!
+//! The kept set is held in one of two forms and never as a V-sized array:
+//!
+//! * [`Kept::Threshold`]: every token with `logit >= thr` (and `thr >= -f32::MAX`, so `-inf`
+//!   tokens are never kept). Min-p produces this form exactly: its rule is a threshold in logit
+//!   space. The draw then needs one pass of `exp` over the blocks that can contribute.
+//! * [`Kept::List`]: an explicit list in rank order (larger logit first, ties by lower id), which
+//!   top-k produces and top-p produces from a window of the best candidates.
+//!
+//! Weights are `e^((v - v_max) * scale)` computed by [`prims::exp_neg`] and summed in `f64`.
+
+use super::elem::Elem;
+use super::prims::{self, n_blocks, BLOCK};
+use super::select::{self, Cand};
+use crate::error::KernelError;
+
+/// The threshold that keeps every finite token (and no `-inf` token).
+pub const ALL_FINITE: f32 = -f32::MAX;
+
+/// Where min-p and temperature sit in the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// temperature, top-k, top-p, min-p (Hugging Face transformers, mistral.rs).
+    Default,
+    /// temperature, min-p, top-k, top-p (vLLM).
+    Vllm,
+    /// top-k, top-p, min-p on untempered logits, then temperature (llama.cpp's default chain).
+    LlamaCpp,
+}
+
+impl Order {
+    /// Parses `"default"`, `"vllm"` or `"llama.cpp"`.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "default" => Some(Self::Default),
+            "vllm" => Some(Self::Vllm),
+            "llama.cpp" => Some(Self::LlamaCpp),
+            _ => None,
+        }
+    }
+}
+
+/// The filter and temperature parameters of one row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Filters {
+    /// `0` means greedy.
+    pub temperature: f64,
+    /// `<= 0` or `>= V` disables top-k.
+    pub top_k: i64,
+    /// `1` disables top-p.
+    pub top_p: f64,
+    /// `0` disables min-p.
+    pub min_p: f64,
+    /// Applied after top-p and after min-p; at least 1.
+    pub min_keep: usize,
+    /// Step order.
+    pub order: Order,
+}
+
+impl Default for Filters {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            min_keep: 1,
+            order: Order::Default,
+        }
+    }
+}
+
+impl Filters {
+    /// Checks every parameter range of SPEC §4.
+    ///
+    /// # Errors
+    /// [`KernelError::InvalidParam`] naming the first parameter out of range.
+    pub fn validate(&self) -> Result<(), KernelError> {
+        let t = self.temperature;
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(KernelError::param("temperature", None, format!("must be finite and >= 0, got {t}")));
+        }
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return Err(KernelError::param("top_p", None, format!("must be in [0, 1], got {}", self.top_p)));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(KernelError::param("min_p", None, format!("must be in [0, 1], got {}", self.min_p)));
+        }
+        if self.min_keep < 1 {
+            return Err(KernelError::param("min_keep", None, "must be >= 1"));
+        }
+        Ok(())
+    }
+}
+
+/// The kept set of a row (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kept {
+    /// Tokens with `logit >= thr`.
+    Threshold(f32),
+    /// Tokens in rank order.
+    List(Vec<Cand>),
+}
+
+/// Per-thread buffers, reused from row to row.
+#[derive(Default)]
+pub struct Scratch {
+    /// Block maxima of the current row.
+    pub bmax: Vec<f32>,
+    /// Block weight sums.
+    pub bsum: Vec<f32>,
+    /// Selection scratch.
+    pub sel: Vec<f32>,
+    /// Candidates.
+    pub cands: Vec<Cand>,
+    /// Token ids (penalties).
+    pub ids: Vec<u32>,
+}
+
+/// A row after its scan: the maximum is known and the row holds no NaN or `+inf`.
+pub struct Scanned<'a, T> {
+    /// The row.
+    pub x: &'a [T],
+    /// Block maxima.
+    pub bmax: &'a [f32],
+    /// The row maximum (finite).
+    pub m: f32,
+}
+
+/// Scans a row into `bmax` (row number 0 in errors; the caller renumbers).
+///
+/// # Errors
+/// NaN or `+inf` anywhere; every element `-inf`.
+pub fn scan<'a, T: Elem>(x: &'a [T], bmax: &'a mut Vec<f32>) -> Result<Scanned<'a, T>, KernelError> {
+    bmax.resize(n_blocks(x.len()), 0.0);
+    match prims::scan(x, bmax) {
+        prims::Scan::Bad(index, value) => Err(KernelError::NonFinite { row: 0, index, value }),
+        prims::Scan::Max(m) if m == f32::NEG_INFINITY => Err(KernelError::AllMasked { row: 0 }),
+        prims::Scan::Max(m) => Ok(Scanned { x, bmax, m }),
+    }
+}
+
+/// `1 / t` as an `f32` scale, or `None` when it is not finite (a temperature so small that the
+/// distribution is a point mass on the best token).
+fn scale_of(t: f64) -> Option<f32> {
+    let s = (1.0 / t) as f32;
+    (s.is_finite() && s > 0.0).then_some(s)
+}
+
+#[inline]
+fn w(v: f32, vmax: f32, scale: f32) -> f64 {
+    f64::from(prims::exp_neg((v - vmax) * scale))
+}
+
+/// The smallest `f32` value `v` with `(v - vmax) / fs >= ln_min_p` (computed in `f64`).
+fn min_p_threshold(vmax: f32, fs: f64, ln_min_p: f64) -> f32 {
+    let pass = |v: f32| (f64::from(v) - f64::from(vmax)) / fs >= ln_min_p;
+    let mut t = (f64::from(vmax) + fs * ln_min_p) as f32;
+    if t < ALL_FINITE {
+        t = ALL_FINITE;
+    }
+    while !pass(t) {
+        t = t.next_up();
+    }
+    while t > ALL_FINITE && pass(t.next_down()) {
+        t = t.next_down();
+    }
+    t
+}
+
+/// The top `k` tokens with `logit >= thr` (`k` clamped to `V`).
+fn top_alive<T: Elem>(s: &Scanned<'_, T>, k: usize, thr: f32, scr: &mut Scratch) -> Vec<Cand> {
+    let k = k.min(s.x.len());
+    let mut out = std::mem::take(&mut scr.cands);
+    select::top_k(s.x, s.bmax, k, &mut scr.sel, &mut out);
+    let list: Vec<Cand> = out.iter().copied().filter(|c| c.v >= thr).collect();
+    scr.cands = out;
+    list
+}
+
+/// Length of the shortest rank-order prefix of `list` whose weight reaches `target`.
+fn nucleus_len(list: &[Cand], vmax: f32, scale: f32, target: f64) -> Option<usize> {
+    let mut cum = 0.0;
+    for (i, c) in list.iter().enumerate() {
+        cum += w(c.v, vmax, scale);
+        if cum >= target {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+fn apply_top_k<T: Elem>(s: &Scanned<'_, T>, kept: Kept, k: i64, scr: &mut Scratch) -> Kept {
+    if k <= 0 || k as u64 >= s.x.len() as u64 {
+        return kept;
+    }
+    let k = k as usize;
+    match kept {
+        Kept::Threshold(thr) => Kept::List(top_alive(s, k, thr, scr)),
+        Kept::List(mut l) => {
+            l.truncate(k);
+            Kept::List(l)
+        }
+    }
+}
+
+/// Top-p with `scale = 1 / fs`, then `min_keep`.
+fn apply_top_p<T: Elem>(
+    s: &Scanned<'_, T>,
+    kept: Kept,
+    top_p: f64,
+    scale: Option<f32>,
+    min_keep: usize,
+    scr: &mut Scratch,
+) -> Kept {
+    if top_p >= 1.0 {
+        return kept;
+    }
+    let Some(scale) = scale else {
+        // A point mass: the nucleus is the best token (and min_keep more).
+        return keep_top(s, kept, min_keep.max(1), scr);
+    };
+    match kept {
+        Kept::List(mut l) => {
+            let vmax = l[0].v;
+            let total: f64 = l.iter().map(|c| w(c.v, vmax, scale)).sum();
+            let n = nucleus_len(&l, vmax, scale, top_p * total).unwrap_or(l.len());
+            l.truncate(n.max(min_keep));
+            Kept::List(l)
+        }
+        Kept::Threshold(thr) => {
+            scr.bsum.resize(s.bmax.len(), 0.0);
+            let total = prims::weight_sums(s.x, s.bmax, s.m, scale, thr, &mut scr.bsum);
+            let target = top_p * total;
+            // Solve on a window of the best candidates; widen it in the rare case the nucleus
+            // (or min_keep) reaches past it.
+            let mut window = 256usize.max(min_keep).min(s.x.len());
+            loop {
+                let list = top_alive(s, window, thr, scr);
+                let exhaustive = list.len() < window || window == s.x.len();
+                match nucleus_len(&list, s.m, scale, target) {
+                    Some(n) if n.max(min_keep) <= list.len() => {
+                        let mut list = list;
+                        list.truncate(n.max(min_keep));
+                        return Kept::List(list);
+                    }
+                    Some(_) if exhaustive => return Kept::List(list),
+                    None if exhaustive => return Kept::Threshold(thr),
+                    _ => window = window.saturating_mul(16).min(s.x.len()),
+                }
+            }
+        }
+    }
+}
+
+/// Keeps at least the best `n` tokens of `kept` (all of them if it has fewer).
+fn keep_top<T: Elem>(s: &Scanned<'_, T>, kept: Kept, n: usize, scr: &mut Scratch) -> Kept {
+    match kept {
+        Kept::List(mut l) => {
+            l.truncate(n);
+            Kept::List(l)
+        }
+        Kept::Threshold(thr) => Kept::List(top_alive(s, n, thr, scr)),
+    }
+}
+
+/// Min-p with the filter temperature `fs`, then `min_keep`.
+fn apply_min_p<T: Elem>(
+    s: &Scanned<'_, T>,
+    kept: Kept,
+    min_p: f64,
+    fs: f64,
+    min_keep: usize,
+    scr: &mut Scratch,
+) -> Kept {
+    if min_p <= 0.0 {
+        return kept;
+    }
+    let ln_min_p = min_p.ln();
+    match kept {
+        Kept::List(mut l) => {
+            let t = min_p_threshold(l[0].v, fs, ln_min_p);
+            let n = l.iter().take_while(|c| c.v >= t).count();
+            l.truncate(n.max(min_keep));
+            Kept::List(l)
+        }
+        Kept::Threshold(thr) => {
+            let t = min_p_threshold(s.m, fs, ln_min_p).max(thr);
+            if min_keep > 1 && prims::count_ge(s.x, s.bmax, t) < min_keep {
+                Kept::List(top_alive(s, min_keep, thr, scr))
+            } else {
+                Kept::Threshold(t)
+            }
+        }
+    }
+}
+
+/// The kept set after temperature, top-k, top-p and min-p in `f.order` (`f.temperature > 0`).
+pub fn kept_set<T: Elem>(s: &Scanned<'_, T>, f: &Filters, scr: &mut Scratch) -> Kept {
+    let fs = if f.order == Order::LlamaCpp { 1.0 } else { f.temperature };
+    let scale = scale_of(fs);
+    let mut kept = Kept::Threshold(ALL_FINITE);
+    let top_k = |k: Kept, scr: &mut Scratch| apply_top_k(s, k, f.top_k, scr);
+    let top_p = |k: Kept, scr: &mut Scratch| apply_top_p(s, k, f.top_p, scale, f.min_keep, scr);
+    let min_p = |k: Kept, scr: &mut Scratch| apply_min_p(s, k, f.min_p, fs, f.min_keep, scr);
+    match f.order {
+        Order::Default | Order::LlamaCpp => {
+            kept = top_k(kept, scr);
+            kept = top_p(kept, scr);
+            kept = min_p(kept, scr);
+        }
+        Order::Vllm => {
+            kept = min_p(kept, scr);
+            kept = top_k(kept, scr);
+            kept = top_p(kept, scr);
+        }
+    }
+    kept
+}
+
+/// Draws from `kept` with temperature `t > 0` and uniform `u` in `[0, 1)`: the first kept id, in
+/// increasing id order, whose cumulative probability exceeds `u`.
+pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut Scratch) -> usize {
+    let Some(scale) = scale_of(t) else {
+        return match kept {
+            Kept::List(l) => l[0].id as usize,
+            Kept::Threshold(_) => select::argmax(s.x, s.bmax, s.m),
+        };
+    };
+    match kept {
+        Kept::List(l) => {
+            let vmax = l[0].v;
+            let mut by_id = std::mem::take(&mut scr.cands);
+            by_id.clear();
+            by_id.extend_from_slice(l);
+            by_id.sort_unstable_by_key(|c| c.id);
+            let total: f64 = by_id.iter().map(|c| w(c.v, vmax, scale)).sum();
+            let target = u * total;
+            let mut cum = 0.0;
+            let mut chosen = None;
+            for c in &by_id {
+                let wc = w(c.v, vmax, scale);
+                if wc > 0.0 {
+                    cum += wc;
+                    chosen = Some(c.id);
+                    if cum > target {
+                        break;
+                    }
+                }
+            }
+            scr.cands = by_id;
+            chosen.unwrap_or(l[0].id) as usize
+        }
+        &Kept::Threshold(thr) => {
+            scr.bsum.resize(s.bmax.len(), 0.0);
+            let total = prims::weight_sums(s.x, s.bmax, s.m, scale, thr, &mut scr.bsum);
+            let target = u * total;
+            let mut cum = 0.0f64;
+            let mut last = 0;
+            for (b, &bs) in scr.bsum.iter().enumerate() {
+                if bs > 0.0 {
+                    last = b;
+                    if cum + f64::from(bs) > target {
+                        break;
+                    }
+                    cum += f64::from(bs);
+                }
+            }
+            let start = last * BLOCK;
+            let blk = &s.x[start..(start + BLOCK).min(s.x.len())];
+            start + prims::find_in_block(blk, s.m, scale, thr, target - cum)
+        }
+    }
+}
+
+/// SPEC §4 steps 4-9 on one row.
+///
+/// # Errors
+/// NaN/`+inf`, or an all-masked row (row number 0; the caller renumbers).
+pub fn sample_row<T: Elem>(x: &[T], f: &Filters, u: f64, scr: &mut Scratch) -> Result<usize, KernelError> {
+    let mut bmax = std::mem::take(&mut scr.bmax);
+    let result = (|| {
+        let s = scan(x, &mut bmax)?;
+        if f.temperature == 0.0 {
+            return Ok(select::argmax(s.x, s.bmax, s.m));
+        }
+        let kept = kept_set(&s, f, scr);
+        Ok(draw(&s, &kept, f.temperature, u, scr))
+    })();
+    scr.bmax = bmax;
+    result
+}
+
+/// Writes `kept` as a mask: kept tokens keep their logit, every other token is `-inf`.
+pub fn write_kept<T: Elem>(x: &[T], kept: &Kept, out: &mut [f32]) {
+    match kept {
+        Kept::Threshold(thr) => prims::write_masked(x, *thr, out),
+        Kept::List(l) => {
+            out.fill(f32::NEG_INFINITY);
+            for c in l {
+                out[c.id as usize] = c.v;
+            }
+        }
+    }
+}
+
+/// Which mask a call of [`mask_row`] writes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mask {
+    /// Keep the `k` best (`k >= 1`).
+    TopK(usize),
+    /// Nucleus with temperature and `min_keep`.
+    TopP { top_p: f64, temperature: f64, min_keep: usize },
+    /// Min-p with temperature and `min_keep`.
+    MinP { min_p: f64, temperature: f64, min_keep: usize },
+}
+
+/// Writes one of the masks of SPEC §3 for one row.
+///
+/// # Errors
+/// NaN/`+inf`, or an all-masked row.
+pub fn mask_row<T: Elem>(x: &[T], mask: Mask, out: &mut [f32], scr: &mut Scratch) -> Result<(), KernelError> {
+    let mut bmax = std::mem::take(&mut scr.bmax);
+    let result = (|| {
+        let s = scan(x, &mut bmax)?;
+        let all = Kept::Threshold(ALL_FINITE);
+        let kept = match mask {
+            Mask::TopK(k) if k >= x.len() => all,
+            Mask::TopK(k) => Kept::List(top_alive(&s, k, ALL_FINITE, scr)),
+            Mask::TopP { top_p, temperature, min_keep } => {
+                apply_top_p(&s, all, top_p, scale_of(temperature), min_keep, scr)
+            }
+            Mask::MinP { min_p, temperature, min_keep } => {
+                apply_min_p(&s, all, min_p, temperature, min_keep, scr)
+            }
+        };
+        write_kept(x, &kept, out);
+        Ok(())
+    })();
+    scr.bmax = bmax;
+    result
+}

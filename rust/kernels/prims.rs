@@ -1,0 +1,287 @@
+//! Streaming primitives over one row: the only loops that touch every element.
+//!
+//! Each is compiled once per SIMD level (see [`crate::simd`]). They work on fixed blocks of
+//! [`BLOCK`] elements with [`LANES`] independent accumulators, the same layout on every level, so
+//! sums are bit-identical whichever level runs them.
+
+use super::elem::Elem;
+use crate::simd::multiversion;
+
+/// Elements per block. Block maxima (one `f32` per block) let later steps skip whole blocks.
+pub const BLOCK: usize = 64;
+/// Independent accumulators per block (one AVX-512 register of `f32`).
+pub const LANES: usize = 16;
+
+/// Below this exponent argument `exp` returns exactly 0 (`e^-87.33` is the smallest normal `f32`).
+pub const EXP_CUTOFF: f32 = -87.336_54;
+
+/// Number of blocks of a row of `len` elements.
+#[inline]
+#[must_use]
+pub fn n_blocks(len: usize) -> usize {
+    len.div_ceil(BLOCK)
+}
+
+/// `e^x` in `f32` for `x <= 0`, within 2 ulp of the true value, and exactly 0 below
+/// [`EXP_CUTOFF`] (including `-inf`).
+///
+/// Cody-Waite reduction `x = n ln2 + r`, `|r| <= ln2/2`, a degree-7 polynomial for `e^r`
+/// (the Cephes `expf` coefficients), and `2^n` added into the exponent field. Multiplications
+/// and additions are kept separate (no FMA), so every SIMD level computes the same bits.
+#[inline(always)]
+#[must_use]
+pub fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let xc = if x > EXP_CUTOFF { x } else { EXP_CUTOFF };
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let z = r * r;
+    let mut y = 1.987_569_2e-4_f32;
+    y = y * r + 1.398_199_9e-3;
+    y = y * r + 8.333_452e-3;
+    y = y * r + 4.166_579_6e-2;
+    y = y * r + 1.666_666_5e-1;
+    y = y * r + 5.000_000_1e-1;
+    y = y * z + r + 1.0;
+    // n is in [-126, 0]: the integer sits in the low mantissa bits of `t`.
+    let ni = (t.to_bits() as i32).wrapping_sub(0x4b40_0000);
+    let scaled = f32::from_bits((y.to_bits() as i32).wrapping_add(ni << 23) as u32);
+    if x > EXP_CUTOFF {
+        scaled
+    } else {
+        0.0
+    }
+}
+
+/// Result of [`scan`]: the row maximum, or the first element that is NaN or `+inf`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scan {
+    /// The largest element (`-inf` when every element is `-inf`).
+    Max(f32),
+    /// Index and value of the first NaN or `+inf`.
+    Bad(usize, f32),
+}
+
+#[inline(always)]
+fn is_bad(v: f32) -> bool {
+    // NaN and +inf are the only values that are not below +inf.
+    !(v < f32::INFINITY)
+}
+
+#[inline(always)]
+fn reduce_max(acc: &[f32; LANES]) -> f32 {
+    let mut m = acc[0];
+    for &a in &acc[1..] {
+        m = if a > m { a } else { m };
+    }
+    m
+}
+
+/// Sums 16 lanes in a fixed pairwise order.
+#[inline(always)]
+fn reduce_sum(acc: &[f32; LANES]) -> f32 {
+    let mut s = *acc;
+    let mut width = LANES / 2;
+    while width > 0 {
+        for j in 0..width {
+            s[j] += s[j + width];
+        }
+        width /= 2;
+    }
+    s[0]
+}
+
+multiversion! {
+    /// One read of the row: fills `bmax` with the maximum of every block and checks that no
+    /// element is NaN or `+inf`.
+    pub fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> Scan {
+        debug_assert_eq!(bmax.len(), n_blocks(x.len()));
+        let mut bad = false;
+        let mut row_max = f32::NEG_INFINITY;
+        for (blk, bm) in x.chunks(BLOCK).zip(bmax.iter_mut()) {
+            let mut acc = [f32::NEG_INFINITY; LANES];
+            let mut flag = [false; LANES];
+            let mut lanes = blk.chunks_exact(LANES);
+            for c in &mut lanes {
+                for j in 0..LANES {
+                    let v = c[j].to_f32();
+                    acc[j] = if v > acc[j] { v } else { acc[j] };
+                    flag[j] |= is_bad(v);
+                }
+            }
+            for (j, e) in lanes.remainder().iter().enumerate() {
+                let v = e.to_f32();
+                acc[j] = if v > acc[j] { v } else { acc[j] };
+                flag[j] |= is_bad(v);
+            }
+            let m = reduce_max(&acc);
+            *bm = m;
+            row_max = if m > row_max { m } else { row_max };
+            bad |= flag.iter().any(|&f| f);
+        }
+        if bad {
+            let i = x.iter().position(|e| is_bad(e.to_f32())).unwrap_or(0);
+            return Scan::Bad(i, x[i].to_f32());
+        }
+        Scan::Max(row_max)
+    }
+}
+
+/// Weight of one element: `e^((v - m) * scale)` if `v >= thr`, else 0.
+#[inline(always)]
+fn weight(v: f32, m: f32, scale: f32, thr: f32) -> f32 {
+    let w = exp_neg((v - m) * scale);
+    if v >= thr {
+        w
+    } else {
+        0.0
+    }
+}
+
+/// Sum of the weights of one block, accumulated in [`LANES`] lanes and reduced pairwise.
+#[inline(always)]
+fn block_weight_sum<T: Elem>(blk: &[T], m: f32, scale: f32, thr: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut lanes = blk.chunks_exact(LANES);
+    for c in &mut lanes {
+        for j in 0..LANES {
+            acc[j] += weight(c[j].to_f32(), m, scale, thr);
+        }
+    }
+    for (j, e) in lanes.remainder().iter().enumerate() {
+        acc[j] += weight(e.to_f32(), m, scale, thr);
+    }
+    reduce_sum(&acc)
+}
+
+/// Whether every weight of a block with maximum `bm` is exactly 0 (so the block can be skipped).
+#[inline(always)]
+fn block_is_zero(bm: f32, m: f32, scale: f32, thr: f32) -> bool {
+    bm < thr || !((bm - m) * scale > EXP_CUTOFF)
+}
+
+multiversion! {
+    /// Fills `bsum[b]` with the sum over block `b` of `e^((x - m) * scale)` for the elements
+    /// `x >= thr` (other elements weigh 0) and returns the total, summed in `f64` in block order.
+    ///
+    /// `m` must be the row maximum and `scale > 0`. Blocks whose maximum rules out any non-zero
+    /// weight are skipped without reading them (their sum is exactly 0 either way).
+    pub fn weight_sums<T: Elem>(x: &[T], bmax: &[f32], m: f32, scale: f32, thr: f32, bsum: &mut [f32]) -> f64 {
+        let mut total = 0.0f64;
+        for ((blk, &bm), bs) in x.chunks(BLOCK).zip(bmax).zip(bsum.iter_mut()) {
+            *bs = if block_is_zero(bm, m, scale, thr) {
+                0.0
+            } else {
+                block_weight_sum(blk, m, scale, thr)
+            };
+            total += f64::from(*bs);
+        }
+        total
+    }
+}
+
+/// Index (within `blk`) of the first element whose running weight exceeds `target`, or of the
+/// last element with a non-zero weight when rounding leaves `target` unreached.
+#[must_use]
+pub fn find_in_block<T: Elem>(blk: &[T], m: f32, scale: f32, thr: f32, target: f64) -> usize {
+    let mut cum = 0.0f64;
+    let mut last = None;
+    for (i, e) in blk.iter().enumerate() {
+        let w = weight(e.to_f32(), m, scale, thr);
+        if w > 0.0 {
+            cum += f64::from(w);
+            last = Some(i);
+            if cum > target {
+                return i;
+            }
+        }
+    }
+    last.unwrap_or(0)
+}
+
+multiversion! {
+    /// `out[i] = e^((x[i] - m) * scale) * inv_sum`: the softmax write pass.
+    pub fn write_softmax<T: Elem>(x: &[T], m: f32, scale: f32, inv_sum: f32, out: &mut [f32]) -> () {
+        for (o, e) in out.iter_mut().zip(x) {
+            *o = exp_neg((e.to_f32() - m) * scale) * inv_sum;
+        }
+    }
+}
+
+multiversion! {
+    /// `out[i] = (x[i] - m) * scale - lse`, in `f64` and rounded once: the log-softmax write pass.
+    pub fn write_log_softmax<T: Elem>(x: &[T], m: f32, scale: f64, lse: f64, out: &mut [f32]) -> () {
+        let m = f64::from(m);
+        for (o, e) in out.iter_mut().zip(x) {
+            *o = ((f64::from(e.to_f32()) - m) * scale - lse) as f32;
+        }
+    }
+}
+
+multiversion! {
+    /// `out[i] = x[i]` if `x[i] >= thr`, else `-inf`: writes a threshold mask.
+    pub fn write_masked<T: Elem>(x: &[T], thr: f32, out: &mut [f32]) -> () {
+        for (o, e) in out.iter_mut().zip(x) {
+            let v = e.to_f32();
+            *o = if v >= thr { v } else { f32::NEG_INFINITY };
+        }
+    }
+}
+
+multiversion! {
+    /// `out[i] = x[i]` widened to `f32`.
+    pub fn widen<T: Elem>(x: &[T], out: &mut [f32]) -> () {
+        for (o, e) in out.iter_mut().zip(x) {
+            *o = e.to_f32();
+        }
+    }
+}
+
+/// Number of elements `>= thr`, reading only blocks whose maximum reaches `thr`.
+#[must_use]
+pub fn count_ge<T: Elem>(x: &[T], bmax: &[f32], thr: f32) -> usize {
+    x.chunks(BLOCK)
+        .zip(bmax)
+        .filter(|(_, &bm)| bm >= thr)
+        .map(|(blk, _)| blk.iter().filter(|e| e.to_f32() >= thr).count())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_neg_is_within_two_ulp() {
+        let mut x = 0.0f32;
+        let mut worst = 0.0f64;
+        while x > EXP_CUTOFF {
+            let got = f64::from(exp_neg(x));
+            let want = f64::from(x).exp();
+            let ulp = f64::from(f32::EPSILON) * want;
+            worst = worst.max((got - want).abs() / ulp);
+            x -= 0.000_731;
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_neg(-100.0), 0.0);
+    }
+
+    #[test]
+    fn scan_finds_max_and_bad_values() {
+        let mut v: Vec<f32> = (0..200).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut b = vec![0.0; n_blocks(v.len())];
+        let want = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(scan(&v, &mut b), Scan::Max(want));
+        v[130] = f32::NEG_INFINITY;
+        assert!(matches!(scan(&v, &mut b), Scan::Max(_)));
+        v[77] = f32::NAN;
+        v[150] = f32::INFINITY;
+        assert!(matches!(scan(&v, &mut b), Scan::Bad(77, _)));
+    }
+}

@@ -1,0 +1,82 @@
+//! Order-based selection on a scanned row: argmax and the exact top k.
+//!
+//! Both use the block maxima of [`super::prims::scan`]. The k-th largest block maximum is a lower
+//! bound of the k-th largest element (the block maxima are k distinct elements), so only blocks
+//! whose maximum reaches it can hold a top-k element: about k blocks instead of the whole row,
+//! and no sort of the vocabulary.
+//!
+//! Order: larger value first; equal values, lower index first.
+
+use std::cmp::Ordering;
+
+use super::elem::Elem;
+use super::prims::BLOCK;
+
+/// A token and its logit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cand {
+    /// The logit (as `f32`).
+    pub v: f32,
+    /// The token id.
+    pub id: u32,
+}
+
+/// Larger value first; equal values, lower id first.
+#[inline]
+#[must_use]
+pub fn by_rank(a: &Cand, b: &Cand) -> Ordering {
+    b.v.total_cmp(&a.v).then(a.id.cmp(&b.id))
+}
+
+/// Index of the first element equal to the row maximum `m` (ties go to the lowest index).
+#[must_use]
+pub fn argmax<T: Elem>(x: &[T], bmax: &[f32], m: f32) -> usize {
+    let b = bmax.iter().position(|&bm| bm == m).unwrap_or(0);
+    let start = b * BLOCK;
+    let end = (start + BLOCK).min(x.len());
+    start
+        + x[start..end]
+            .iter()
+            .position(|e| e.to_f32() == m)
+            .unwrap_or(0)
+}
+
+/// The `k` highest-ranked elements of the row, in rank order (`1 <= k <= x.len()`).
+///
+/// `scratch` is reused between calls to avoid allocation.
+pub fn top_k<T: Elem>(x: &[T], bmax: &[f32], k: usize, scratch: &mut Vec<f32>, out: &mut Vec<Cand>) {
+    debug_assert!(k >= 1 && k <= x.len());
+    out.clear();
+    let thr = if k <= bmax.len() {
+        scratch.clear();
+        scratch.extend_from_slice(bmax);
+        let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        *kth
+    } else {
+        f32::NEG_INFINITY
+    };
+    collect_ge(x, bmax, thr, out);
+    if out.len() > k {
+        out.select_nth_unstable_by(k - 1, by_rank);
+        out.truncate(k);
+    }
+    out.sort_unstable_by(by_rank);
+}
+
+/// Appends every element `>= thr` (in index order), reading only blocks whose maximum reaches it.
+pub fn collect_ge<T: Elem>(x: &[T], bmax: &[f32], thr: f32, out: &mut Vec<Cand>) {
+    for (b, (blk, &bm)) in x.chunks(BLOCK).zip(bmax).enumerate() {
+        if bm >= thr {
+            let base = b * BLOCK;
+            for (i, e) in blk.iter().enumerate() {
+                let v = e.to_f32();
+                if v >= thr {
+                    out.push(Cand {
+                        v,
+                        id: (base + i) as u32,
+                    });
+                }
+            }
+        }
+    }
+}

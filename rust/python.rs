@@ -1,0 +1,446 @@
+//! The `logitkit._core` extension module: converts arrays and parameters, releases the GIL,
+//! calls the kernels, maps errors. No arithmetic lives here.
+//!
+//! Logits arrive as 2-D C-contiguous arrays (the Python layer reshapes 1-D rows and copies
+//! strided input) with a `kind`: 0 = float32, 1 = float16 bits, 2 = bfloat16 bits (both as
+//! `uint16`, read in place).
+
+use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PySequence};
+
+use crate::error::KernelError;
+use crate::kernels::elem::{as_bf16, as_f16};
+use crate::kernels::{self, Bias, Filters, Mask, Order, Penalties, PerRow, RowLogprobs, TokenLists};
+use crate::{philox, simd};
+
+/// Below this many elements the GIL is kept: releasing it costs more than the work.
+const GIL_MIN_ELEMENTS: usize = 8192;
+
+fn value_error(e: KernelError) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+/// Runs `f` on the logits as `&[f32]`, `&[F16]` or `&[Bf16]`, with the vocabulary size.
+macro_rules! with_logits {
+    ($x:expr, $kind:expr, |$s:ident, $vocab:ident| $body:expr) => {{
+        if $kind == 0 {
+            let arr: PyReadonlyArray2<'_, f32> = $x.extract()?;
+            let $vocab = arr.shape()[1];
+            let $s = arr.as_slice()?;
+            $body
+        } else {
+            let arr: PyReadonlyArray2<'_, u16> = $x.extract()?;
+            let $vocab = arr.shape()[1];
+            let bits = arr.as_slice()?;
+            if $kind == 1 {
+                let $s = as_f16(bits);
+                $body
+            } else {
+                let $s = as_bf16(bits);
+                $body
+            }
+        }
+    }};
+}
+
+/// Runs `f` without the GIL when the call is big enough to be worth it.
+fn run<T: Send>(py: Python<'_>, elements: usize, f: impl FnOnce() -> Result<T, KernelError> + Send) -> PyResult<T> {
+    if elements >= GIL_MIN_ELEMENTS {
+        py.detach(f)
+    } else {
+        f()
+    }
+    .map_err(value_error)
+}
+
+fn per_row_f64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<f64>> {
+    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, f64>>() {
+        if a.len() != rows {
+            return Err(PyValueError::new_err(format!("{name}: has {} values for {rows} rows", a.len())));
+        }
+        return Ok(PerRow::Each(a.as_slice()?.to_vec()));
+    }
+    obj.extract::<f64>()
+        .map(PerRow::All)
+        .map_err(|_| PyTypeError::new_err(format!("{name}: must be a number or a 1-D array")))
+}
+
+fn per_row_i64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<i64>> {
+    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
+        if a.len() != rows {
+            return Err(PyValueError::new_err(format!("{name}: has {} values for {rows} rows", a.len())));
+        }
+        return Ok(PerRow::Each(a.as_slice()?.to_vec()));
+    }
+    obj.extract::<i64>()
+        .map(PerRow::All)
+        .map_err(|_| PyTypeError::new_err(format!("{name}: must be an integer or a 1-D integer array")))
+}
+
+fn per_row_u64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<u64>> {
+    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, u64>>() {
+        if a.len() != rows {
+            return Err(PyValueError::new_err(format!("{name}: has {} values for {rows} rows", a.len())));
+        }
+        return Ok(PerRow::Each(a.as_slice()?.to_vec()));
+    }
+    obj.extract::<u64>()
+        .map(PerRow::All)
+        .map_err(|_| PyValueError::new_err(format!("{name}: must be an integer in [0, 2**64)")))
+}
+
+/// Zips per-row values into one `PerRow` (shared when every input is shared).
+fn zip_rows<V: Clone>(rows: usize, parts: &[bool], make: impl Fn(usize) -> V) -> PerRow<V> {
+    if parts.iter().all(|&shared| shared) {
+        PerRow::All(make(0))
+    } else {
+        PerRow::Each((0..rows).map(make).collect())
+    }
+}
+
+fn is_all<V>(p: &PerRow<V>) -> bool {
+    matches!(p, PerRow::All(_))
+}
+
+/// Reads one token list: an integer array or a sequence of ints.
+fn token_row(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
+    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
+        return Ok(a.as_array().to_vec());
+    }
+    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i32>>() {
+        return Ok(a.as_array().iter().map(|&v| i64::from(v)).collect());
+    }
+    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, u32>>() {
+        return Ok(a.as_array().iter().map(|&v| i64::from(v)).collect());
+    }
+    if obj.hasattr("dtype")? {
+        let dtype = obj.getattr("dtype")?.str()?.to_string();
+        let ndim: usize = obj.getattr("ndim")?.extract()?;
+        if ndim != 1 {
+            return Err(PyValueError::new_err(format!("{name}: each token list must be 1-D, got ndim {ndim}")));
+        }
+        if !["int8", "int16", "uint8", "uint16", "uint64"].contains(&dtype.as_str()) {
+            return Err(PyTypeError::new_err(format!("{name}: token ids must be integers, got dtype {dtype}")));
+        }
+        let np = obj.py().import("numpy")?;
+        let a = np.call_method1("asarray", (obj, "int64"))?;
+        return token_row(&a, name);
+    }
+    obj.extract::<Vec<i64>>()
+        .map_err(|_| PyTypeError::new_err(format!("{name}: token ids must be integers")))
+}
+
+/// Reads token lists: `None`, one list (for one row), or a sequence of `rows` lists.
+fn token_lists(obj: Option<&Bound<'_, PyAny>>, name: &'static str, rows: usize, vocab: usize, one_row: bool) -> PyResult<TokenLists> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(TokenLists::empty(rows));
+    };
+    let lists = if one_row {
+        vec![token_row(obj, name)?]
+    } else {
+        let seq = obj
+            .cast::<PySequence>()
+            .map_err(|_| PyTypeError::new_err(format!("{name}: must be a sequence of {rows} token arrays")))?;
+        let n = seq.len()?;
+        if n != rows {
+            return Err(PyValueError::new_err(format!("{name}: has {n} token lists for {rows} rows")));
+        }
+        (0..n).map(|i| token_row(&seq.get_item(i)?, name)).collect::<PyResult<Vec<_>>>()?
+    };
+    TokenLists::new(name, lists, vocab).map_err(value_error)
+}
+
+fn bias_row(obj: &Bound<'_, PyAny>, vocab: usize, row: Option<usize>) -> PyResult<Bias> {
+    let d = obj
+        .cast::<PyDict>()
+        .map_err(|_| PyTypeError::new_err("bias: must be a dict {token_id: value} or a sequence of them"))?;
+    let mut ids = Vec::with_capacity(d.len());
+    let mut vals = Vec::with_capacity(d.len());
+    for (k, v) in d.iter() {
+        let id: i64 = k
+            .extract()
+            .map_err(|_| PyTypeError::new_err(format!("bias: token id {k} is not an integer")))?;
+        if id < 0 || id as u64 >= vocab as u64 {
+            return Err(value_error(KernelError::param("bias", row, format!("token id {id} is outside [0, {vocab})"))));
+        }
+        let val: f64 = v
+            .extract()
+            .map_err(|_| PyTypeError::new_err(format!("bias: value for token {id} is not a number")))?;
+        ids.push(id as u32);
+        vals.push(val);
+    }
+    Ok((ids, vals))
+}
+
+fn bias_rows(obj: &Bound<'_, PyAny>, rows: usize, vocab: usize) -> PyResult<PerRow<Bias>> {
+    if obj.cast::<PyDict>().is_ok() {
+        return Ok(PerRow::All(bias_row(obj, vocab, None)?));
+    }
+    let seq = obj
+        .cast::<PySequence>()
+        .map_err(|_| PyTypeError::new_err("bias: must be a dict {token_id: value} or a sequence of them"))?;
+    let n = seq.len()?;
+    if n != rows {
+        return Err(PyValueError::new_err(format!("bias: has {n} dicts for {rows} rows")));
+    }
+    (0..n)
+        .map(|r| bias_row(&seq.get_item(r)?, vocab, Some(r)))
+        .collect::<PyResult<Vec<_>>>()
+        .map(PerRow::Each)
+}
+
+#[pyfunction]
+fn softmax(py: Python<'_>, x: &Bound<'_, PyAny>, kind: u8, temperature: f64, log: bool, mut out: PyReadwriteArray2<'_, f32>) -> PyResult<()> {
+    let o = out.as_slice_mut()?;
+    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::softmax(s, vocab, temperature, log, o)))
+}
+
+#[pyfunction]
+fn argmax(py: Python<'_>, x: &Bound<'_, PyAny>, kind: u8, mut out: PyReadwriteArray1<'_, i64>) -> PyResult<()> {
+    let o = out.as_slice_mut()?;
+    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::argmax(s, vocab, o)))
+}
+
+#[pyfunction]
+fn top_k(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    kind: u8,
+    k: usize,
+    mut values: PyReadwriteArray2<'_, f32>,
+    mut indices: PyReadwriteArray2<'_, i64>,
+) -> PyResult<()> {
+    let v = values.as_slice_mut()?;
+    let i = indices.as_slice_mut()?;
+    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::top_k(s, vocab, k, v, i)))
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, kind, which, value, temperature, min_keep, out))]
+fn mask(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    kind: u8,
+    which: &str,
+    value: f64,
+    temperature: f64,
+    min_keep: usize,
+    mut out: PyReadwriteArray2<'_, f32>,
+) -> PyResult<()> {
+    let m = match which {
+        "top_k" => Mask::TopK(value as usize),
+        "top_p" => Mask::TopP { top_p: value, temperature, min_keep },
+        _ => Mask::MinP { min_p: value, temperature, min_keep },
+    };
+    let o = out.as_slice_mut()?;
+    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::mask(s, vocab, m, o)))
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, kind, out, one_row, bias=None, prompt_tokens=None, output_tokens=None, repetition_penalty=None, presence_penalty=None, frequency_penalty=None))]
+#[allow(clippy::too_many_arguments)]
+fn bias_and_penalties(
+    py: Python<'_>,
+    x: Option<&Bound<'_, PyAny>>,
+    kind: u8,
+    mut out: PyReadwriteArray2<'_, f32>,
+    one_row: bool,
+    bias: Option<&Bound<'_, PyAny>>,
+    prompt_tokens: Option<&Bound<'_, PyAny>>,
+    output_tokens: Option<&Bound<'_, PyAny>>,
+    repetition_penalty: Option<&Bound<'_, PyAny>>,
+    presence_penalty: Option<&Bound<'_, PyAny>>,
+    frequency_penalty: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let (rows, vocab) = (out.shape()[0], out.shape()[1]);
+    let bias = bias.map(|b| bias_rows(b, rows, vocab)).transpose()?;
+    let pen = match repetition_penalty {
+        None => None,
+        Some(rep) => {
+            let rep = per_row_f64(rep, "repetition_penalty", rows)?;
+            let pres = per_row_f64(presence_penalty.expect("presence_penalty"), "presence_penalty", rows)?;
+            let freq = per_row_f64(frequency_penalty.expect("frequency_penalty"), "frequency_penalty", rows)?;
+            let shared = [is_all(&rep), is_all(&pres), is_all(&freq)];
+            let p = zip_rows(rows, &shared, |r| Penalties {
+                repetition: *rep.get(r),
+                presence: *pres.get(r),
+                frequency: *freq.get(r),
+            });
+            let prompt = token_lists(prompt_tokens, "prompt_tokens", rows, vocab, one_row)?;
+            let output = token_lists(output_tokens, "output_tokens", rows, vocab, one_row)?;
+            Some((prompt, output, p))
+        }
+    };
+    let o = out.as_slice_mut()?;
+    let pen_ref = pen.as_ref().map(|(a, b, c)| (a, b, c));
+    match x {
+        None => run(py, o.len(), || kernels::bias_and_penalties::<f32>(None, vocab, bias.as_ref(), pen_ref, o)),
+        Some(x) => with_logits!(x, kind, |s, v| run(py, s.len(), || kernels::bias_and_penalties(Some(s), v, bias.as_ref(), pen_ref, o))),
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (x, kind, temperature, top_k, top_p, min_p, min_keep, order, uniforms, out))]
+#[allow(clippy::too_many_arguments)]
+fn sample(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    kind: u8,
+    temperature: &Bound<'_, PyAny>,
+    top_k: &Bound<'_, PyAny>,
+    top_p: &Bound<'_, PyAny>,
+    min_p: &Bound<'_, PyAny>,
+    min_keep: &Bound<'_, PyAny>,
+    order: &str,
+    uniforms: PyReadonlyArray1<'_, f64>,
+    mut out: PyReadwriteArray1<'_, i64>,
+) -> PyResult<()> {
+    let rows = out.len();
+    let order = Order::parse(order).ok_or_else(|| {
+        PyValueError::new_err(format!("order: must be 'default', 'vllm' or 'llama.cpp', got {order:?}"))
+    })?;
+    let t = per_row_f64(temperature, "temperature", rows)?;
+    let k = per_row_i64(top_k, "top_k", rows)?;
+    let p = per_row_f64(top_p, "top_p", rows)?;
+    let mp = per_row_f64(min_p, "min_p", rows)?;
+    let mk = per_row_i64(min_keep, "min_keep", rows)?;
+    for (r, &v) in mk.iter() {
+        if v < 1 {
+            return Err(value_error(KernelError::param("min_keep", r, format!("must be >= 1, got {v}"))));
+        }
+    }
+    let shared = [is_all(&t), is_all(&k), is_all(&p), is_all(&mp), is_all(&mk)];
+    let filters = zip_rows(rows, &shared, |r| Filters {
+        temperature: *t.get(r),
+        top_k: *k.get(r),
+        top_p: *p.get(r),
+        min_p: *mp.get(r),
+        min_keep: usize::try_from(*mk.get(r)).unwrap_or(usize::MAX),
+        order,
+    });
+    let u = uniforms.as_slice()?;
+    if u.len() != rows {
+        return Err(PyValueError::new_err(format!("uniforms: has {} values for {rows} rows", u.len())));
+    }
+    let o = out.as_slice_mut()?;
+    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::sample(s, vocab, &filters, u, o)))
+}
+
+/// One uniform per row from per-row (or shared) seeds and steps.
+#[pyfunction]
+fn uniforms<'py>(py: Python<'py>, seed: &Bound<'py, PyAny>, step: &Bound<'py, PyAny>, rows: usize) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let seed = per_row_u64(seed, "seed", rows)?;
+    let step = per_row_u64(step, "step", rows)?;
+    let u: Vec<f64> = (0..rows).map(|r| philox::uniform(*seed.get(r), *step.get(r))).collect();
+    Ok(PyArray1::from_vec(py, u))
+}
+
+#[pyfunction]
+fn uniform(seed: u64, step: u64) -> f64 {
+    philox::uniform(seed, step)
+}
+
+#[pyfunction]
+fn philox4x32_10(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    philox::philox4x32_10(ctr, key)
+}
+
+type LogprobArrays<'py> = (
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<f32>>,
+);
+
+/// Flat results: token log-probs, ranks, row offsets into them, top ids, top log-probs.
+#[pyfunction]
+fn logprobs<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, kind: u8, tokens: &Bound<'py, PyAny>, one_row: bool, top_n: usize) -> PyResult<LogprobArrays<'py>> {
+    let (rows, vocab) = {
+        let shape: Vec<usize> = x.getattr("shape")?.extract()?;
+        (shape[0], shape[1])
+    };
+    let toks = token_lists(Some(tokens), "tokens", rows, vocab, one_row)?;
+    let mut res = vec![RowLogprobs::default(); rows];
+    with_logits!(x, kind, |s, v| run(py, s.len(), || kernels::logprobs(s, v, &toks, top_n, &mut res)))?;
+    let mut offsets = Vec::with_capacity(rows + 1);
+    offsets.push(0i64);
+    let (mut lp, mut rk, mut ti, mut tl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in res {
+        lp.extend(r.token_logprobs);
+        rk.extend(r.ranks);
+        ti.extend(r.top_ids);
+        tl.extend(r.top_logprobs);
+        offsets.push(lp.len() as i64);
+    }
+    Ok((
+        PyArray1::from_vec(py, lp),
+        PyArray1::from_vec(py, rk),
+        PyArray1::from_vec(py, offsets),
+        PyArray1::from_vec(py, ti),
+        PyArray1::from_vec(py, tl),
+    ))
+}
+
+#[pyfunction]
+fn simd_level() -> &'static str {
+    simd::level().name()
+}
+
+#[pyfunction]
+fn available_simd_levels() -> Vec<&'static str> {
+    simd::available().into_iter().map(simd::Level::name).collect()
+}
+
+#[pyfunction]
+fn set_simd_level(name: &str) -> PyResult<()> {
+    let level = simd::parse(name).ok_or_else(|| {
+        PyValueError::new_err(format!("level: must be 'scalar', 'avx2', 'avx512' or 'neon', got {name:?}"))
+    })?;
+    if simd::set_level(level) {
+        Ok(())
+    } else {
+        Err(PyValueError::new_err(format!("level: this CPU does not support {name:?}")))
+    }
+}
+
+#[pyfunction]
+fn set_num_threads(n: usize) {
+    kernels::parallel::set_num_threads(n);
+}
+
+#[pyfunction]
+fn get_num_threads() -> usize {
+    kernels::parallel::num_threads()
+}
+
+#[pyfunction]
+fn _after_fork_in_child() {
+    kernels::parallel::forget_pool_after_fork();
+}
+
+#[pymodule(gil_used = false)]
+#[pyo3(name = "_core")]
+fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    m.add_function(wrap_pyfunction!(softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(argmax, m)?)?;
+    m.add_function(wrap_pyfunction!(top_k, m)?)?;
+    m.add_function(wrap_pyfunction!(mask, m)?)?;
+    m.add_function(wrap_pyfunction!(bias_and_penalties, m)?)?;
+    m.add_function(wrap_pyfunction!(sample, m)?)?;
+    m.add_function(wrap_pyfunction!(uniforms, m)?)?;
+    m.add_function(wrap_pyfunction!(uniform, m)?)?;
+    m.add_function(wrap_pyfunction!(philox4x32_10, m)?)?;
+    m.add_function(wrap_pyfunction!(logprobs, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(available_simd_levels, m)?)?;
+    m.add_function(wrap_pyfunction!(set_simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
+    Ok(())
+}
