@@ -7,7 +7,11 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq)]
 pub enum KernelError {
     /// A logit is NaN or `+inf` (only finite values and `-inf` are legal).
-    NonFinite { row: usize, index: usize, value: f32 },
+    NonFinite {
+        row: usize,
+        index: usize,
+        value: f32,
+    },
     /// Every token of the row is masked (all `-inf`, or removed before the draw).
     AllMasked { row: usize },
     /// A parameter is outside its documented range.

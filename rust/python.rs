@@ -5,14 +5,19 @@
 //! strided input) with a `kind`: 0 = float32, 1 = float16 bits, 2 = bfloat16 bits (both as
 //! `uint16`, read in place).
 
-use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2,
+    PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PySequence};
 
 use crate::error::KernelError;
 use crate::kernels::elem::{as_bf16, as_f16};
-use crate::kernels::{self, Bias, Filters, Mask, Order, Penalties, PerRow, RowLogprobs, TokenLists};
+use crate::kernels::{
+    self, Bias, Filters, Mask, Order, Penalties, PerRow, RowLogprobs, TokenLists,
+};
 use crate::{philox, simd};
 
 /// Below this many elements the GIL is kept: releasing it costs more than the work.
@@ -46,7 +51,11 @@ macro_rules! with_logits {
 }
 
 /// Runs `f` without the GIL when the call is big enough to be worth it.
-fn run<T: Send>(py: Python<'_>, elements: usize, f: impl FnOnce() -> Result<T, KernelError> + Send) -> PyResult<T> {
+fn run<T: Send>(
+    py: Python<'_>,
+    elements: usize,
+    f: impl FnOnce() -> Result<T, KernelError> + Send,
+) -> PyResult<T> {
     if elements >= GIL_MIN_ELEMENTS {
         py.detach(f)
     } else {
@@ -58,7 +67,10 @@ fn run<T: Send>(py: Python<'_>, elements: usize, f: impl FnOnce() -> Result<T, K
 fn per_row_f64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<f64>> {
     if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, f64>>() {
         if a.len() != rows {
-            return Err(PyValueError::new_err(format!("{name}: has {} values for {rows} rows", a.len())));
+            return Err(PyValueError::new_err(format!(
+                "{name}: has {} values for {rows} rows",
+                a.len()
+            )));
         }
         return Ok(PerRow::Each(a.as_slice()?.to_vec()));
     }
@@ -70,19 +82,25 @@ fn per_row_f64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerR
 fn per_row_i64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<i64>> {
     if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
         if a.len() != rows {
-            return Err(PyValueError::new_err(format!("{name}: has {} values for {rows} rows", a.len())));
+            return Err(PyValueError::new_err(format!(
+                "{name}: has {} values for {rows} rows",
+                a.len()
+            )));
         }
         return Ok(PerRow::Each(a.as_slice()?.to_vec()));
     }
-    obj.extract::<i64>()
-        .map(PerRow::All)
-        .map_err(|_| PyTypeError::new_err(format!("{name}: must be an integer or a 1-D integer array")))
+    obj.extract::<i64>().map(PerRow::All).map_err(|_| {
+        PyTypeError::new_err(format!("{name}: must be an integer or a 1-D integer array"))
+    })
 }
 
 fn per_row_u64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<u64>> {
     if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, u64>>() {
         if a.len() != rows {
-            return Err(PyValueError::new_err(format!("{name}: has {} values for {rows} rows", a.len())));
+            return Err(PyValueError::new_err(format!(
+                "{name}: has {} values for {rows} rows",
+                a.len()
+            )));
         }
         return Ok(PerRow::Each(a.as_slice()?.to_vec()));
     }
@@ -119,10 +137,14 @@ fn token_row(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
         let dtype = obj.getattr("dtype")?.str()?.to_string();
         let ndim: usize = obj.getattr("ndim")?.extract()?;
         if ndim != 1 {
-            return Err(PyValueError::new_err(format!("{name}: each token list must be 1-D, got ndim {ndim}")));
+            return Err(PyValueError::new_err(format!(
+                "{name}: each token list must be 1-D, got ndim {ndim}"
+            )));
         }
         if !["int8", "int16", "uint8", "uint16", "uint64"].contains(&dtype.as_str()) {
-            return Err(PyTypeError::new_err(format!("{name}: token ids must be integers, got dtype {dtype}")));
+            return Err(PyTypeError::new_err(format!(
+                "{name}: token ids must be integers, got dtype {dtype}"
+            )));
         }
         let np = obj.py().import("numpy")?;
         let a = np.call_method1("asarray", (obj, "int64"))?;
@@ -133,29 +155,39 @@ fn token_row(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
 }
 
 /// Reads token lists: `None`, one list (for one row), or a sequence of `rows` lists.
-fn token_lists(obj: Option<&Bound<'_, PyAny>>, name: &'static str, rows: usize, vocab: usize, one_row: bool) -> PyResult<TokenLists> {
+fn token_lists(
+    obj: Option<&Bound<'_, PyAny>>,
+    name: &'static str,
+    rows: usize,
+    vocab: usize,
+    one_row: bool,
+) -> PyResult<TokenLists> {
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
         return Ok(TokenLists::empty(rows));
     };
     let lists = if one_row {
         vec![token_row(obj, name)?]
     } else {
-        let seq = obj
-            .cast::<PySequence>()
-            .map_err(|_| PyTypeError::new_err(format!("{name}: must be a sequence of {rows} token arrays")))?;
+        let seq = obj.cast::<PySequence>().map_err(|_| {
+            PyTypeError::new_err(format!("{name}: must be a sequence of {rows} token arrays"))
+        })?;
         let n = seq.len()?;
         if n != rows {
-            return Err(PyValueError::new_err(format!("{name}: has {n} token lists for {rows} rows")));
+            return Err(PyValueError::new_err(format!(
+                "{name}: has {n} token lists for {rows} rows"
+            )));
         }
-        (0..n).map(|i| token_row(&seq.get_item(i)?, name)).collect::<PyResult<Vec<_>>>()?
+        (0..n)
+            .map(|i| token_row(&seq.get_item(i)?, name))
+            .collect::<PyResult<Vec<_>>>()?
     };
     TokenLists::new(name, lists, vocab).map_err(value_error)
 }
 
 fn bias_row(obj: &Bound<'_, PyAny>, vocab: usize, row: Option<usize>) -> PyResult<Bias> {
-    let d = obj
-        .cast::<PyDict>()
-        .map_err(|_| PyTypeError::new_err("bias: must be a dict {token_id: value} or a sequence of them"))?;
+    let d = obj.cast::<PyDict>().map_err(|_| {
+        PyTypeError::new_err("bias: must be a dict {token_id: value} or a sequence of them")
+    })?;
     let mut ids = Vec::with_capacity(d.len());
     let mut vals = Vec::with_capacity(d.len());
     for (k, v) in d.iter() {
@@ -163,11 +195,15 @@ fn bias_row(obj: &Bound<'_, PyAny>, vocab: usize, row: Option<usize>) -> PyResul
             .extract()
             .map_err(|_| PyTypeError::new_err(format!("bias: token id {k} is not an integer")))?;
         if id < 0 || id as u64 >= vocab as u64 {
-            return Err(value_error(KernelError::param("bias", row, format!("token id {id} is outside [0, {vocab})"))));
+            return Err(value_error(KernelError::param(
+                "bias",
+                row,
+                format!("token id {id} is outside [0, {vocab})"),
+            )));
         }
-        let val: f64 = v
-            .extract()
-            .map_err(|_| PyTypeError::new_err(format!("bias: value for token {id} is not a number")))?;
+        let val: f64 = v.extract().map_err(|_| {
+            PyTypeError::new_err(format!("bias: value for token {id} is not a number"))
+        })?;
         ids.push(id as u32);
         vals.push(val);
     }
@@ -178,12 +214,14 @@ fn bias_rows(obj: &Bound<'_, PyAny>, rows: usize, vocab: usize) -> PyResult<PerR
     if obj.cast::<PyDict>().is_ok() {
         return Ok(PerRow::All(bias_row(obj, vocab, None)?));
     }
-    let seq = obj
-        .cast::<PySequence>()
-        .map_err(|_| PyTypeError::new_err("bias: must be a dict {token_id: value} or a sequence of them"))?;
+    let seq = obj.cast::<PySequence>().map_err(|_| {
+        PyTypeError::new_err("bias: must be a dict {token_id: value} or a sequence of them")
+    })?;
     let n = seq.len()?;
     if n != rows {
-        return Err(PyValueError::new_err(format!("bias: has {n} dicts for {rows} rows")));
+        return Err(PyValueError::new_err(format!(
+            "bias: has {n} dicts for {rows} rows"
+        )));
     }
     (0..n)
         .map(|r| bias_row(&seq.get_item(r)?, vocab, Some(r)))
@@ -192,15 +230,35 @@ fn bias_rows(obj: &Bound<'_, PyAny>, rows: usize, vocab: usize) -> PyResult<PerR
 }
 
 #[pyfunction]
-fn softmax(py: Python<'_>, x: &Bound<'_, PyAny>, kind: u8, temperature: f64, log: bool, mut out: PyReadwriteArray2<'_, f32>) -> PyResult<()> {
+fn softmax(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    kind: u8,
+    temperature: f64,
+    log: bool,
+    mut out: PyReadwriteArray2<'_, f32>,
+) -> PyResult<()> {
     let o = out.as_slice_mut()?;
-    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::softmax(s, vocab, temperature, log, o)))
+    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::softmax(
+        s,
+        vocab,
+        temperature,
+        log,
+        o
+    )))
 }
 
 #[pyfunction]
-fn argmax(py: Python<'_>, x: &Bound<'_, PyAny>, kind: u8, mut out: PyReadwriteArray1<'_, i64>) -> PyResult<()> {
+fn argmax(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    kind: u8,
+    mut out: PyReadwriteArray1<'_, i64>,
+) -> PyResult<()> {
     let o = out.as_slice_mut()?;
-    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::argmax(s, vocab, o)))
+    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::argmax(
+        s, vocab, o
+    )))
 }
 
 #[pyfunction]
@@ -214,7 +272,9 @@ fn top_k(
 ) -> PyResult<()> {
     let v = values.as_slice_mut()?;
     let i = indices.as_slice_mut()?;
-    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::top_k(s, vocab, k, v, i)))
+    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::top_k(
+        s, vocab, k, v, i
+    )))
 }
 
 #[pyfunction]
@@ -231,11 +291,21 @@ fn mask(
 ) -> PyResult<()> {
     let m = match which {
         "top_k" => Mask::TopK(value as usize),
-        "top_p" => Mask::TopP { top_p: value, temperature, min_keep },
-        _ => Mask::MinP { min_p: value, temperature, min_keep },
+        "top_p" => Mask::TopP {
+            top_p: value,
+            temperature,
+            min_keep,
+        },
+        _ => Mask::MinP {
+            min_p: value,
+            temperature,
+            min_keep,
+        },
     };
     let o = out.as_slice_mut()?;
-    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::mask(s, vocab, m, o)))
+    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::mask(
+        s, vocab, m, o
+    )))
 }
 
 #[pyfunction]
@@ -260,8 +330,16 @@ fn bias_and_penalties(
         None => None,
         Some(rep) => {
             let rep = per_row_f64(rep, "repetition_penalty", rows)?;
-            let pres = per_row_f64(presence_penalty.expect("presence_penalty"), "presence_penalty", rows)?;
-            let freq = per_row_f64(frequency_penalty.expect("frequency_penalty"), "frequency_penalty", rows)?;
+            let pres = per_row_f64(
+                presence_penalty.expect("presence_penalty"),
+                "presence_penalty",
+                rows,
+            )?;
+            let freq = per_row_f64(
+                frequency_penalty.expect("frequency_penalty"),
+                "frequency_penalty",
+                rows,
+            )?;
             let shared = [is_all(&rep), is_all(&pres), is_all(&freq)];
             let p = zip_rows(rows, &shared, |r| Penalties {
                 repetition: *rep.get(r),
@@ -276,8 +354,12 @@ fn bias_and_penalties(
     let o = out.as_slice_mut()?;
     let pen_ref = pen.as_ref().map(|(a, b, c)| (a, b, c));
     match x {
-        None => run(py, o.len(), || kernels::bias_and_penalties::<f32>(None, vocab, bias.as_ref(), pen_ref, o)),
-        Some(x) => with_logits!(x, kind, |s, v| run(py, s.len(), || kernels::bias_and_penalties(Some(s), v, bias.as_ref(), pen_ref, o))),
+        None => run(py, o.len(), || {
+            kernels::bias_and_penalties::<f32>(None, vocab, bias.as_ref(), pen_ref, o)
+        }),
+        Some(x) => with_logits!(x, kind, |s, v| run(py, s.len(), || {
+            kernels::bias_and_penalties(Some(s), v, bias.as_ref(), pen_ref, o)
+        })),
     }
 }
 
@@ -299,7 +381,9 @@ fn sample(
 ) -> PyResult<()> {
     let rows = out.len();
     let order = Order::parse(order).ok_or_else(|| {
-        PyValueError::new_err(format!("order: must be 'default', 'vllm' or 'llama.cpp', got {order:?}"))
+        PyValueError::new_err(format!(
+            "order: must be 'default', 'vllm' or 'llama.cpp', got {order:?}"
+        ))
     })?;
     let t = per_row_f64(temperature, "temperature", rows)?;
     let k = per_row_i64(top_k, "top_k", rows)?;
@@ -308,7 +392,11 @@ fn sample(
     let mk = per_row_i64(min_keep, "min_keep", rows)?;
     for (r, &v) in mk.iter() {
         if v < 1 {
-            return Err(value_error(KernelError::param("min_keep", r, format!("must be >= 1, got {v}"))));
+            return Err(value_error(KernelError::param(
+                "min_keep",
+                r,
+                format!("must be >= 1, got {v}"),
+            )));
         }
     }
     let shared = [is_all(&t), is_all(&k), is_all(&p), is_all(&mp), is_all(&mk)];
@@ -322,18 +410,30 @@ fn sample(
     });
     let u = uniforms.as_slice()?;
     if u.len() != rows {
-        return Err(PyValueError::new_err(format!("uniforms: has {} values for {rows} rows", u.len())));
+        return Err(PyValueError::new_err(format!(
+            "uniforms: has {} values for {rows} rows",
+            u.len()
+        )));
     }
     let o = out.as_slice_mut()?;
-    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::sample(s, vocab, &filters, u, o)))
+    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::sample(
+        s, vocab, &filters, u, o
+    )))
 }
 
 /// One uniform per row from per-row (or shared) seeds and steps.
 #[pyfunction]
-fn uniforms<'py>(py: Python<'py>, seed: &Bound<'py, PyAny>, step: &Bound<'py, PyAny>, rows: usize) -> PyResult<Bound<'py, PyArray1<f64>>> {
+fn uniforms<'py>(
+    py: Python<'py>,
+    seed: &Bound<'py, PyAny>,
+    step: &Bound<'py, PyAny>,
+    rows: usize,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let seed = per_row_u64(seed, "seed", rows)?;
     let step = per_row_u64(step, "step", rows)?;
-    let u: Vec<f64> = (0..rows).map(|r| philox::uniform(*seed.get(r), *step.get(r))).collect();
+    let u: Vec<f64> = (0..rows)
+        .map(|r| philox::uniform(*seed.get(r), *step.get(r)))
+        .collect();
     Ok(PyArray1::from_vec(py, u))
 }
 
@@ -357,14 +457,23 @@ type LogprobArrays<'py> = (
 
 /// Flat results: token log-probs, ranks, row offsets into them, top ids, top log-probs.
 #[pyfunction]
-fn logprobs<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, kind: u8, tokens: &Bound<'py, PyAny>, one_row: bool, top_n: usize) -> PyResult<LogprobArrays<'py>> {
+fn logprobs<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    kind: u8,
+    tokens: &Bound<'py, PyAny>,
+    one_row: bool,
+    top_n: usize,
+) -> PyResult<LogprobArrays<'py>> {
     let (rows, vocab) = {
         let shape: Vec<usize> = x.getattr("shape")?.extract()?;
         (shape[0], shape[1])
     };
     let toks = token_lists(Some(tokens), "tokens", rows, vocab, one_row)?;
     let mut res = vec![RowLogprobs::default(); rows];
-    with_logits!(x, kind, |s, v| run(py, s.len(), || kernels::logprobs(s, v, &toks, top_n, &mut res)))?;
+    with_logits!(x, kind, |s, v| run(py, s.len(), || kernels::logprobs(
+        s, v, &toks, top_n, &mut res
+    )))?;
     let mut offsets = Vec::with_capacity(rows + 1);
     offsets.push(0i64);
     let (mut lp, mut rk, mut ti, mut tl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -391,18 +500,25 @@ fn simd_level() -> &'static str {
 
 #[pyfunction]
 fn available_simd_levels() -> Vec<&'static str> {
-    simd::available().into_iter().map(simd::Level::name).collect()
+    simd::available()
+        .into_iter()
+        .map(simd::Level::name)
+        .collect()
 }
 
 #[pyfunction]
 fn set_simd_level(name: &str) -> PyResult<()> {
     let level = simd::parse(name).ok_or_else(|| {
-        PyValueError::new_err(format!("level: must be 'scalar', 'avx2', 'avx512' or 'neon', got {name:?}"))
+        PyValueError::new_err(format!(
+            "level: must be 'scalar', 'avx2', 'avx512' or 'neon', got {name:?}"
+        ))
     })?;
     if simd::set_level(level) {
         Ok(())
     } else {
-        Err(PyValueError::new_err(format!("level: this CPU does not support {name:?}")))
+        Err(PyValueError::new_err(format!(
+            "level: this CPU does not support {name:?}"
+        )))
     }
 }
 
@@ -425,7 +541,14 @@ fn _after_fork_in_child() {
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    m.add(
+        "build_profile",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     m.add_function(wrap_pyfunction!(softmax, m)?)?;
     m.add_function(wrap_pyfunction!(argmax, m)?)?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;

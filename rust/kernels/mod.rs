@@ -128,7 +128,11 @@ fn check_temperature(t: f64) -> Result<(), KernelError> {
     if t.is_finite() && t > 0.0 {
         Ok(())
     } else {
-        Err(KernelError::param("temperature", None, format!("must be finite and > 0, got {t}")))
+        Err(KernelError::param(
+            "temperature",
+            None,
+            format!("must be finite and > 0, got {t}"),
+        ))
     }
 }
 
@@ -136,7 +140,13 @@ fn check_temperature(t: f64) -> Result<(), KernelError> {
 ///
 /// # Errors
 /// Invalid temperature, NaN/`+inf`, all-masked rows.
-pub fn softmax<T: Elem>(x: &[T], vocab: usize, temperature: f64, log: bool, out: &mut [f32]) -> Result<(), KernelError> {
+pub fn softmax<T: Elem>(
+    x: &[T],
+    vocab: usize,
+    temperature: f64,
+    log: bool,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
     check_temperature(temperature)?;
     let scale = 1.0 / temperature;
     let rows = rows_of(x, vocab);
@@ -145,7 +155,14 @@ pub fn softmax<T: Elem>(x: &[T], vocab: usize, temperature: f64, log: bool, out:
         let mut bmax = std::mem::take(&mut scr.bmax);
         let res = pipeline::scan(row, &mut bmax).map(|s| {
             scr.bsum.resize(s.bmax.len(), 0.0);
-            let total = prims::weight_sums(row, s.bmax, s.m, scale as f32, f32::NEG_INFINITY, &mut scr.bsum);
+            let total = prims::weight_sums(
+                row,
+                s.bmax,
+                s.m,
+                scale as f32,
+                f32::NEG_INFINITY,
+                &mut scr.bsum,
+            );
             if log {
                 prims::write_log_softmax(row, s.m, scale, total.ln(), o);
             } else {
@@ -165,7 +182,8 @@ pub fn argmax<T: Elem>(x: &[T], vocab: usize, out: &mut [i64]) -> Result<(), Ker
     for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, scr| {
         let row = &x[r * vocab..(r + 1) * vocab];
         let mut bmax = std::mem::take(&mut scr.bmax);
-        let res = pipeline::scan(row, &mut bmax).map(|s| o[0] = select::argmax(row, s.bmax, s.m) as i64);
+        let res =
+            pipeline::scan(row, &mut bmax).map(|s| o[0] = select::argmax(row, s.bmax, s.m) as i64);
         scr.bmax = bmax;
         res
     })
@@ -175,9 +193,19 @@ pub fn argmax<T: Elem>(x: &[T], vocab: usize, out: &mut [i64]) -> Result<(), Ker
 ///
 /// # Errors
 /// `k` outside `[1, vocab]`, NaN/`+inf`, all-masked rows.
-pub fn top_k<T: Elem>(x: &[T], vocab: usize, k: usize, values: &mut [f32], indices: &mut [i64]) -> Result<(), KernelError> {
+pub fn top_k<T: Elem>(
+    x: &[T],
+    vocab: usize,
+    k: usize,
+    values: &mut [f32],
+    indices: &mut [i64],
+) -> Result<(), KernelError> {
     if k < 1 || k > vocab {
-        return Err(KernelError::param("k", None, format!("must be in [1, {vocab}], got {k}")));
+        return Err(KernelError::param(
+            "k",
+            None,
+            format!("must be in [1, {vocab}], got {k}"),
+        ));
     }
     let rows = rows_of(x, vocab);
     let mut cands = vec![Cand { v: 0.0, id: 0 }; rows * k];
@@ -206,11 +234,34 @@ pub fn top_k<T: Elem>(x: &[T], vocab: usize, k: usize, values: &mut [f32], indic
 /// Parameters out of range, NaN/`+inf`, all-masked rows.
 pub fn mask<T: Elem>(x: &[T], vocab: usize, m: Mask, out: &mut [f32]) -> Result<(), KernelError> {
     match m {
-        Mask::TopK(k) if k < 1 => return Err(KernelError::param("k", None, format!("must be >= 1, got {k}"))),
-        Mask::TopP { top_p, temperature, min_keep } | Mask::MinP { min_p: top_p, temperature, min_keep } => {
-            let name = if matches!(m, Mask::TopP { .. }) { "top_p" } else { "min_p" };
+        Mask::TopK(k) if k < 1 => {
+            return Err(KernelError::param(
+                "k",
+                None,
+                format!("must be >= 1, got {k}"),
+            ))
+        }
+        Mask::TopP {
+            top_p,
+            temperature,
+            min_keep,
+        }
+        | Mask::MinP {
+            min_p: top_p,
+            temperature,
+            min_keep,
+        } => {
+            let name = if matches!(m, Mask::TopP { .. }) {
+                "top_p"
+            } else {
+                "min_p"
+            };
             if !(0.0..=1.0).contains(&top_p) {
-                return Err(KernelError::param(name, None, format!("must be in [0, 1], got {top_p}")));
+                return Err(KernelError::param(
+                    name,
+                    None,
+                    format!("must be in [0, 1], got {top_p}"),
+                ));
             }
             check_temperature(temperature)?;
             if min_keep < 1 {
@@ -235,10 +286,18 @@ pub fn check_bias(bias: &PerRow<Bias>, vocab: usize) -> Result<(), KernelError> 
     for (r, (ids, vals)) in bias.iter() {
         for (&id, &v) in ids.iter().zip(vals) {
             if id as usize >= vocab {
-                return Err(KernelError::param("bias", r, format!("token id {id} is outside [0, {vocab})")));
+                return Err(KernelError::param(
+                    "bias",
+                    r,
+                    format!("token id {id} is outside [0, {vocab})"),
+                ));
             }
             if v.is_nan() || v == f64::INFINITY {
-                return Err(KernelError::param("bias", r, format!("value {v} for token {id} must be finite or -inf")));
+                return Err(KernelError::param(
+                    "bias",
+                    r,
+                    format!("value {v} for token {id} must be finite or -inf"),
+                ));
             }
         }
     }
@@ -252,13 +311,25 @@ pub fn check_bias(bias: &PerRow<Bias>, vocab: usize) -> Result<(), KernelError> 
 pub fn check_penalties(p: &PerRow<Penalties>) -> Result<(), KernelError> {
     for (r, p) in p.iter() {
         if !(p.repetition.is_finite() && p.repetition > 0.0) {
-            return Err(KernelError::param("repetition_penalty", r, format!("must be finite and > 0, got {}", p.repetition)));
+            return Err(KernelError::param(
+                "repetition_penalty",
+                r,
+                format!("must be finite and > 0, got {}", p.repetition),
+            ));
         }
         if !p.presence.is_finite() {
-            return Err(KernelError::param("presence_penalty", r, format!("must be finite, got {}", p.presence)));
+            return Err(KernelError::param(
+                "presence_penalty",
+                r,
+                format!("must be finite, got {}", p.presence),
+            ));
         }
         if !p.frequency.is_finite() {
-            return Err(KernelError::param("frequency_penalty", r, format!("must be finite, got {}", p.frequency)));
+            return Err(KernelError::param(
+                "frequency_penalty",
+                r,
+                format!("must be finite, got {}", p.frequency),
+            ));
         }
     }
     Ok(())
@@ -327,11 +398,21 @@ pub fn check_filters(f: &PerRow<Filters>) -> Result<(), KernelError> {
 ///
 /// # Errors
 /// Parameters out of range, NaN/`+inf`, all-masked rows.
-pub fn sample<T: Elem>(x: &[T], vocab: usize, filters: &PerRow<Filters>, u: &[f64], out: &mut [i64]) -> Result<(), KernelError> {
+pub fn sample<T: Elem>(
+    x: &[T],
+    vocab: usize,
+    filters: &PerRow<Filters>,
+    u: &[f64],
+    out: &mut [i64],
+) -> Result<(), KernelError> {
     check_filters(filters)?;
     for (r, &ur) in u.iter().enumerate() {
         if !(0.0..1.0).contains(&ur) {
-            return Err(KernelError::param("uniforms", Some(r), format!("must be in [0, 1), got {ur}")));
+            return Err(KernelError::param(
+                "uniforms",
+                Some(r),
+                format!("must be in [0, 1), got {ur}"),
+            ));
         }
     }
     for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, scr| {
@@ -358,9 +439,19 @@ pub struct RowLogprobs {
 ///
 /// # Errors
 /// `top_n > vocab`, NaN/`+inf`, all-masked rows.
-pub fn logprobs<T: Elem>(x: &[T], vocab: usize, tokens: &TokenLists, top_n: usize, out: &mut [RowLogprobs]) -> Result<(), KernelError> {
+pub fn logprobs<T: Elem>(
+    x: &[T],
+    vocab: usize,
+    tokens: &TokenLists,
+    top_n: usize,
+    out: &mut [RowLogprobs],
+) -> Result<(), KernelError> {
     if top_n > vocab {
-        return Err(KernelError::param("top_n", None, format!("must be in [0, {vocab}], got {top_n}")));
+        return Err(KernelError::param(
+            "top_n",
+            None,
+            format!("must be in [0, {vocab}], got {top_n}"),
+        ));
     }
     for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, scr| {
         let row = &x[r * vocab..(r + 1) * vocab];

@@ -21,7 +21,10 @@ struct PoolState {
     pool: Option<Arc<ThreadPool>>,
 }
 
-static POOL: Mutex<PoolState> = Mutex::new(PoolState { threads: 0, pool: None });
+static POOL: Mutex<PoolState> = Mutex::new(PoolState {
+    threads: 0,
+    pool: None,
+});
 
 fn default_threads() -> usize {
     std::env::var("LOGITKIT_NUM_THREADS")
@@ -96,7 +99,13 @@ pub fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
 ///
 /// # Errors
 /// The first (lowest row) error returned by `f`.
-pub fn for_rows<O, F>(rows: usize, vocab: usize, out: &mut [O], out_per_row: usize, f: F) -> Result<(), KernelError>
+pub fn for_rows<O, F>(
+    rows: usize,
+    vocab: usize,
+    out: &mut [O],
+    out_per_row: usize,
+    f: F,
+) -> Result<(), KernelError>
 where
     O: Send,
     F: Fn(usize, &mut [O], &mut Scratch) -> Result<(), KernelError> + Sync,
@@ -108,14 +117,26 @@ where
     } else {
         None
     };
-    let first_err = |results: Vec<Result<(), KernelError>>| results.into_iter().find_map(Result::err);
+    let first_err =
+        |results: Vec<Result<(), KernelError>>| results.into_iter().find_map(Result::err);
     let err = match (pool, out_per_row) {
-        (Some(pool), 0) => pool.install(|| first_err((0..rows).into_par_iter().map(|r| run(r, &mut [])).collect())),
+        (Some(pool), 0) => {
+            pool.install(|| first_err((0..rows).into_par_iter().map(|r| run(r, &mut [])).collect()))
+        }
         (Some(pool), n) => pool.install(|| {
-            first_err(out.par_chunks_mut(n).enumerate().map(|(r, o)| run(r, o)).collect())
+            first_err(
+                out.par_chunks_mut(n)
+                    .enumerate()
+                    .map(|(r, o)| run(r, o))
+                    .collect(),
+            )
         }),
         (None, 0) => (0..rows).map(|r| run(r, &mut [])).find_map(Result::err),
-        (None, n) => out.chunks_mut(n).enumerate().map(|(r, o)| run(r, o)).find_map(Result::err),
+        (None, n) => out
+            .chunks_mut(n)
+            .enumerate()
+            .map(|(r, o)| run(r, o))
+            .find_map(Result::err),
     };
     err.map_or(Ok(()), Err)
 }

@@ -35,7 +35,13 @@ pub fn apply_bias(row: &mut [f32], ids: &[u32], values: &[f64]) {
 
 /// Applies repetition (over the distinct tokens of `prompt ∪ output`), then frequency and
 /// presence (from the counts in `output`). `sorted` is scratch space.
-pub fn apply_penalties(row: &mut [f32], prompt: &[u32], output: &[u32], p: &Penalties, sorted: &mut Vec<u32>) {
+pub fn apply_penalties(
+    row: &mut [f32],
+    prompt: &[u32],
+    output: &[u32],
+    p: &Penalties,
+    sorted: &mut Vec<u32>,
+) {
     if p.repetition != 1.0 {
         sorted.clear();
         sorted.extend_from_slice(prompt);
@@ -46,7 +52,11 @@ pub fn apply_penalties(row: &mut [f32], prompt: &[u32], output: &[u32], p: &Pena
         for &t in sorted.iter() {
             let z = &mut row[t as usize];
             let v = f64::from(*z);
-            *z = if v > 0.0 { (v / r) as f32 } else { (v * r) as f32 };
+            *z = if v > 0.0 {
+                (v / r) as f32
+            } else {
+                (v * r) as f32
+            };
         }
     }
     if p.frequency != 0.0 || p.presence != 0.0 {
@@ -74,13 +84,22 @@ mod tests {
             frequency: 0.25,
         };
         apply_penalties(&mut row, &[0, 1], &[1, 1, 2], &p, &mut Vec::new());
-        assert_eq!(row, vec![1.0, -4.0 - 0.5 - 0.5, 0.5 - 0.25 - 0.5, 0.5, -0.0]);
+        assert_eq!(
+            row,
+            vec![1.0, -4.0 - 0.5 - 0.5, 0.5 - 0.25 - 0.5, 0.5, -0.0]
+        );
     }
 
     #[test]
     fn neutral_penalties_keep_bits() {
         let mut row = vec![-0.0f32, 1.5, f32::NEG_INFINITY];
-        apply_penalties(&mut row, &[0, 1, 2], &[0, 2], &Penalties::default(), &mut Vec::new());
+        apply_penalties(
+            &mut row,
+            &[0, 1, 2],
+            &[0, 2],
+            &Penalties::default(),
+            &mut Vec::new(),
+        );
         assert_eq!(row[0].to_bits(), (-0.0f32).to_bits());
         assert_eq!(row[1], 1.5);
     }

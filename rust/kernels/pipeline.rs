@@ -80,13 +80,25 @@ impl Filters {
     pub fn validate(&self) -> Result<(), KernelError> {
         let t = self.temperature;
         if !(t.is_finite() && t >= 0.0) {
-            return Err(KernelError::param("temperature", None, format!("must be finite and >= 0, got {t}")));
+            return Err(KernelError::param(
+                "temperature",
+                None,
+                format!("must be finite and >= 0, got {t}"),
+            ));
         }
         if !(0.0..=1.0).contains(&self.top_p) {
-            return Err(KernelError::param("top_p", None, format!("must be in [0, 1], got {}", self.top_p)));
+            return Err(KernelError::param(
+                "top_p",
+                None,
+                format!("must be in [0, 1], got {}", self.top_p),
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(KernelError::param("min_p", None, format!("must be in [0, 1], got {}", self.min_p)));
+            return Err(KernelError::param(
+                "min_p",
+                None,
+                format!("must be in [0, 1], got {}", self.min_p),
+            ));
         }
         if self.min_keep < 1 {
             return Err(KernelError::param("min_keep", None, "must be >= 1"));
@@ -117,6 +129,8 @@ pub struct Scratch {
     pub cands: Vec<Cand>,
     /// Token ids (penalties).
     pub ids: Vec<u32>,
+    /// Weights of a candidate list.
+    pub wts: Vec<f32>,
 }
 
 /// A row after its scan: the maximum is known and the row holds no NaN or `+inf`.
@@ -133,10 +147,17 @@ pub struct Scanned<'a, T> {
 ///
 /// # Errors
 /// NaN or `+inf` anywhere; every element `-inf`.
-pub fn scan<'a, T: Elem>(x: &'a [T], bmax: &'a mut Vec<f32>) -> Result<Scanned<'a, T>, KernelError> {
+pub fn scan<'a, T: Elem>(
+    x: &'a [T],
+    bmax: &'a mut Vec<f32>,
+) -> Result<Scanned<'a, T>, KernelError> {
     bmax.resize(n_blocks(x.len()), 0.0);
     match prims::scan(x, bmax) {
-        prims::Scan::Bad(index, value) => Err(KernelError::NonFinite { row: 0, index, value }),
+        prims::Scan::Bad(index, value) => Err(KernelError::NonFinite {
+            row: 0,
+            index,
+            value,
+        }),
         prims::Scan::Max(m) if m == f32::NEG_INFINITY => Err(KernelError::AllMasked { row: 0 }),
         prims::Scan::Max(m) => Ok(Scanned { x, bmax, m }),
     }
@@ -149,9 +170,10 @@ fn scale_of(t: f64) -> Option<f32> {
     (s.is_finite() && s > 0.0).then_some(s)
 }
 
-#[inline]
-fn w(v: f32, vmax: f32, scale: f32) -> f64 {
-    f64::from(prims::exp_neg((v - vmax) * scale))
+/// Weights `e^((v - vmax) * scale)` of `list` into `wts`.
+fn list_weights<E: Elem>(list: &[E], vmax: f32, scale: f32, wts: &mut Vec<f32>) {
+    wts.resize(list.len(), 0.0);
+    prims::weights(list, vmax, scale, wts);
 }
 
 /// The smallest `f32` value `v` with `(v - vmax) / fs >= ln_min_p` (computed in `f64`).
@@ -180,11 +202,14 @@ fn top_alive<T: Elem>(s: &Scanned<'_, T>, k: usize, thr: f32, scr: &mut Scratch)
     list
 }
 
-/// Length of the shortest rank-order prefix of `list` whose weight reaches `target`.
-fn nucleus_len(list: &[Cand], vmax: f32, scale: f32, target: f64) -> Option<usize> {
+/// Length of the shortest rank-order prefix of `list` whose weight reaches `top_p` of the total.
+fn nucleus_len(list: &[Cand], scale: f32, top_p: f64, wts: &mut Vec<f32>) -> Option<usize> {
+    list_weights(list, list[0].v, scale, wts);
+    let total: f64 = wts.iter().map(|&x| f64::from(x)).sum();
+    let target = top_p * total;
     let mut cum = 0.0;
-    for (i, c) in list.iter().enumerate() {
-        cum += w(c.v, vmax, scale);
+    for (i, &x) in wts.iter().enumerate() {
+        cum += f64::from(x);
         if cum >= target {
             return Some(i + 1);
         }
@@ -224,9 +249,7 @@ fn apply_top_p<T: Elem>(
     };
     match kept {
         Kept::List(mut l) => {
-            let vmax = l[0].v;
-            let total: f64 = l.iter().map(|c| w(c.v, vmax, scale)).sum();
-            let n = nucleus_len(&l, vmax, scale, top_p * total).unwrap_or(l.len());
+            let n = nucleus_len(&l, scale, top_p, &mut scr.wts).unwrap_or(l.len());
             l.truncate(n.max(min_keep));
             Kept::List(l)
         }
@@ -234,25 +257,116 @@ fn apply_top_p<T: Elem>(
             scr.bsum.resize(s.bmax.len(), 0.0);
             let total = prims::weight_sums(s.x, s.bmax, s.m, scale, thr, &mut scr.bsum);
             let target = top_p * total;
-            // Solve on a window of the best candidates; widen it in the rare case the nucleus
-            // (or min_keep) reaches past it.
-            let mut window = 256usize.max(min_keep).min(s.x.len());
-            loop {
-                let list = top_alive(s, window, thr, scr);
-                let exhaustive = list.len() < window || window == s.x.len();
-                match nucleus_len(&list, s.m, scale, target) {
-                    Some(n) if n.max(min_keep) <= list.len() => {
-                        let mut list = list;
-                        list.truncate(n.max(min_keep));
-                        return Kept::List(list);
-                    }
-                    Some(_) if exhaustive => return Kept::List(list),
-                    None if exhaustive => return Kept::Threshold(thr),
-                    _ => window = window.saturating_mul(16).min(s.x.len()),
-                }
+            if target <= 0.0 {
+                return keep_top(s, Kept::Threshold(thr), min_keep, scr);
+            }
+            let kept = nucleus_of_threshold(s, thr, scale, total, target, scr);
+            let count = match &kept {
+                Kept::List(l) => l.len(),
+                Kept::Threshold(t) => prims::count_ge(s.x, s.bmax, *t),
+            };
+            if count < min_keep {
+                Kept::List(top_alive(s, min_keep, thr, scr))
+            } else {
+                kept
             }
         }
     }
+}
+
+/// The nucleus of the tokens `>= thr` whose weights sum to `total`: the shortest rank-order
+/// prefix whose weight reaches `target` (`0 < target`).
+///
+/// Tokens lighter than `(total - target) / (2V)` weigh less than `total - target` all together,
+/// so they lie past the nucleus: only heavier ones are collected. Their weights go into
+/// [`NUCLEUS_BUCKETS`] buckets by logit (equal logits share a bucket); the bucket where the
+/// cumulative weight crosses `target` is the only part that is sorted.
+fn nucleus_of_threshold<T: Elem>(
+    s: &Scanned<'_, T>,
+    thr: f32,
+    scale: f32,
+    total: f64,
+    target: f64,
+    scr: &mut Scratch,
+) -> Kept {
+    let budget = total - target;
+    let floor = if budget > 0.0 {
+        let c = f64::from(s.m) + (budget * 0.5 / s.x.len() as f64).ln() / f64::from(scale);
+        ((c as f32).next_down()).max(thr)
+    } else {
+        thr
+    };
+    let mut cands = std::mem::take(&mut scr.cands);
+    cands.clear();
+    select::collect_ge(s.x, s.bmax, floor, &mut cands);
+    list_weights(&cands, s.m, scale, &mut scr.wts);
+    let kept = nucleus_by_buckets(&cands, &scr.wts, floor, s.m, target, s, thr);
+    scr.cands = cands;
+    kept
+}
+
+/// Buckets of the nucleus search.
+const NUCLEUS_BUCKETS: usize = 1024;
+
+fn nucleus_by_buckets<T: Elem>(
+    cands: &[Cand],
+    wts: &[f32],
+    lo: f32,
+    hi: f32,
+    target: f64,
+    s: &Scanned<'_, T>,
+    thr: f32,
+) -> Kept {
+    let span = f64::from(hi) - f64::from(lo);
+    let inv = if span > 0.0 {
+        (NUCLEUS_BUCKETS as f64 / span) as f32
+    } else {
+        0.0
+    };
+    // Bucket 0 holds the largest logits; the index never increases with the logit.
+    let bucket = |v: f32| (((hi - v) * inv) as usize).min(NUCLEUS_BUCKETS - 1);
+    let mut mass = vec![0.0f64; NUCLEUS_BUCKETS];
+    for (c, &w) in cands.iter().zip(wts) {
+        mass[bucket(c.v)] += f64::from(w);
+    }
+    let mut above = 0.0f64;
+    let Some(b) = mass.iter().position(|&m| {
+        let reached = above + m >= target;
+        if !reached {
+            above += m;
+        }
+        reached
+    }) else {
+        return Kept::Threshold(thr);
+    };
+    let mut in_bucket: Vec<(Cand, f32)> = cands
+        .iter()
+        .zip(wts)
+        .filter(|(c, _)| bucket(c.v) == b)
+        .map(|(c, &w)| (*c, w))
+        .collect();
+    in_bucket.sort_unstable_by(|a, b| select::by_rank(&a.0, &b.0));
+    let mut cum = above;
+    let mut cross = in_bucket.len() - 1;
+    for (i, (_, w)) in in_bucket.iter().enumerate() {
+        cum += f64::from(*w);
+        if cum >= target {
+            cross = i;
+            break;
+        }
+    }
+    let tau = in_bucket[cross].0.v;
+    let last_tie = in_bucket.get(cross + 1).is_none_or(|next| next.0.v < tau);
+    if last_tie {
+        return Kept::Threshold(tau);
+    }
+    // The nucleus ends inside a run of equal logits: keep the run up to the crossing id.
+    let cut_id = in_bucket[cross].0.id;
+    let mut list = Vec::new();
+    select::collect_ge(s.x, s.bmax, tau, &mut list);
+    list.retain(|c| c.v > tau || c.id <= cut_id);
+    list.sort_unstable_by(select::by_rank);
+    Kept::List(list)
 }
 
 /// Keeps at least the best `n` tokens of `kept` (all of them if it has fewer).
@@ -299,7 +413,11 @@ fn apply_min_p<T: Elem>(
 
 /// The kept set after temperature, top-k, top-p and min-p in `f.order` (`f.temperature > 0`).
 pub fn kept_set<T: Elem>(s: &Scanned<'_, T>, f: &Filters, scr: &mut Scratch) -> Kept {
-    let fs = if f.order == Order::LlamaCpp { 1.0 } else { f.temperature };
+    let fs = if f.order == Order::LlamaCpp {
+        1.0
+    } else {
+        f.temperature
+    };
     let scale = scale_of(fs);
     let mut kept = Kept::Threshold(ALL_FINITE);
     let top_k = |k: Kept, scr: &mut Scratch| apply_top_k(s, k, f.top_k, scr);
@@ -336,14 +454,14 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
             by_id.clear();
             by_id.extend_from_slice(l);
             by_id.sort_unstable_by_key(|c| c.id);
-            let total: f64 = by_id.iter().map(|c| w(c.v, vmax, scale)).sum();
+            list_weights(&by_id, vmax, scale, &mut scr.wts);
+            let total: f64 = scr.wts.iter().map(|&x| f64::from(x)).sum();
             let target = u * total;
             let mut cum = 0.0;
             let mut chosen = None;
-            for c in &by_id {
-                let wc = w(c.v, vmax, scale);
+            for (c, &wc) in by_id.iter().zip(&scr.wts) {
                 if wc > 0.0 {
-                    cum += wc;
+                    cum += f64::from(wc);
                     chosen = Some(c.id);
                     if cum > target {
                         break;
@@ -379,7 +497,12 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
 ///
 /// # Errors
 /// NaN/`+inf`, or an all-masked row (row number 0; the caller renumbers).
-pub fn sample_row<T: Elem>(x: &[T], f: &Filters, u: f64, scr: &mut Scratch) -> Result<usize, KernelError> {
+pub fn sample_row<T: Elem>(
+    x: &[T],
+    f: &Filters,
+    u: f64,
+    scr: &mut Scratch,
+) -> Result<usize, KernelError> {
     let mut bmax = std::mem::take(&mut scr.bmax);
     let result = (|| {
         let s = scan(x, &mut bmax)?;
@@ -412,16 +535,29 @@ pub enum Mask {
     /// Keep the `k` best (`k >= 1`).
     TopK(usize),
     /// Nucleus with temperature and `min_keep`.
-    TopP { top_p: f64, temperature: f64, min_keep: usize },
+    TopP {
+        top_p: f64,
+        temperature: f64,
+        min_keep: usize,
+    },
     /// Min-p with temperature and `min_keep`.
-    MinP { min_p: f64, temperature: f64, min_keep: usize },
+    MinP {
+        min_p: f64,
+        temperature: f64,
+        min_keep: usize,
+    },
 }
 
 /// Writes one of the masks of SPEC §3 for one row.
 ///
 /// # Errors
 /// NaN/`+inf`, or an all-masked row.
-pub fn mask_row<T: Elem>(x: &[T], mask: Mask, out: &mut [f32], scr: &mut Scratch) -> Result<(), KernelError> {
+pub fn mask_row<T: Elem>(
+    x: &[T],
+    mask: Mask,
+    out: &mut [f32],
+    scr: &mut Scratch,
+) -> Result<(), KernelError> {
     let mut bmax = std::mem::take(&mut scr.bmax);
     let result = (|| {
         let s = scan(x, &mut bmax)?;
@@ -429,12 +565,16 @@ pub fn mask_row<T: Elem>(x: &[T], mask: Mask, out: &mut [f32], scr: &mut Scratch
         let kept = match mask {
             Mask::TopK(k) if k >= x.len() => all,
             Mask::TopK(k) => Kept::List(top_alive(&s, k, ALL_FINITE, scr)),
-            Mask::TopP { top_p, temperature, min_keep } => {
-                apply_top_p(&s, all, top_p, scale_of(temperature), min_keep, scr)
-            }
-            Mask::MinP { min_p, temperature, min_keep } => {
-                apply_min_p(&s, all, min_p, temperature, min_keep, scr)
-            }
+            Mask::TopP {
+                top_p,
+                temperature,
+                min_keep,
+            } => apply_top_p(&s, all, top_p, scale_of(temperature), min_keep, scr),
+            Mask::MinP {
+                min_p,
+                temperature,
+                min_keep,
+            } => apply_min_p(&s, all, min_p, temperature, min_keep, scr),
         };
         write_kept(x, &kept, out);
         Ok(())

@@ -26,8 +26,9 @@ pub fn n_blocks(len: usize) -> usize {
 /// [`EXP_CUTOFF`] (including `-inf`).
 ///
 /// Cody-Waite reduction `x = n ln2 + r`, `|r| <= ln2/2`, a degree-7 polynomial for `e^r`
-/// (the Cephes `expf` coefficients), and `2^n` added into the exponent field. Multiplications
-/// and additions are kept separate (no FMA), so every SIMD level computes the same bits.
+/// (the Cephes `expf` coefficients), and `2^n` added into the exponent field. Every
+/// multiply-add is a fused `mul_add` (one rounding), on every SIMD level (the scalar level uses
+/// the exact software fma), so every level computes the same bits.
 #[inline(always)]
 #[must_use]
 pub fn exp_neg(x: f32) -> f32 {
@@ -36,17 +37,18 @@ pub fn exp_neg(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let xc = if x > EXP_CUTOFF { x } else { EXP_CUTOFF };
-    let t = xc * LOG2E + ROUND;
+    let t = xc.mul_add(LOG2E, ROUND);
     let n = t - ROUND;
-    let r = xc - n * LN2_HI - n * LN2_LO;
+    let r = n.mul_add(-LN2_HI, xc);
+    let r = n.mul_add(-LN2_LO, r);
     let z = r * r;
     let mut y = 1.987_569_2e-4_f32;
-    y = y * r + 1.398_199_9e-3;
-    y = y * r + 8.333_452e-3;
-    y = y * r + 4.166_579_6e-2;
-    y = y * r + 1.666_666_5e-1;
-    y = y * r + 5.000_000_1e-1;
-    y = y * z + r + 1.0;
+    y = y.mul_add(r, 1.398_199_9e-3);
+    y = y.mul_add(r, 8.333_452e-3);
+    y = y.mul_add(r, 4.166_579_6e-2);
+    y = y.mul_add(r, 1.666_666_5e-1);
+    y = y.mul_add(r, 5.000_000_1e-1);
+    y = y.mul_add(z, r) + 1.0;
     // n is in [-126, 0]: the integer sits in the low mantissa bits of `t`.
     let ni = (t.to_bits() as i32).wrapping_sub(0x4b40_0000);
     let scaled = f32::from_bits((y.to_bits() as i32).wrapping_add(ni << 23) as u32);
@@ -72,13 +74,22 @@ fn is_bad(v: f32) -> bool {
     !(v < f32::INFINITY)
 }
 
+/// Maximum of 16 lanes, pairwise (the shape LLVM turns into vector shuffles).
 #[inline(always)]
 fn reduce_max(acc: &[f32; LANES]) -> f32 {
-    let mut m = acc[0];
-    for &a in &acc[1..] {
-        m = if a > m { a } else { m };
+    let mut s = *acc;
+    let mut width = LANES / 2;
+    while width > 0 {
+        for j in 0..width {
+            s[j] = if s[j + width] > s[j] {
+                s[j + width]
+            } else {
+                s[j]
+            };
+        }
+        width /= 2;
     }
-    m
+    s[0]
 }
 
 /// Sums 16 lanes in a fixed pairwise order.
@@ -100,30 +111,29 @@ multiversion! {
     /// element is NaN or `+inf`.
     pub fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> Scan {
         debug_assert_eq!(bmax.len(), n_blocks(x.len()));
-        let mut bad = false;
+        // `bad` lanes stay 0 unless an element is NaN or +inf; checked once per row.
+        let mut bad = [0u32; LANES];
         let mut row_max = f32::NEG_INFINITY;
         for (blk, bm) in x.chunks(BLOCK).zip(bmax.iter_mut()) {
             let mut acc = [f32::NEG_INFINITY; LANES];
-            let mut flag = [false; LANES];
             let mut lanes = blk.chunks_exact(LANES);
             for c in &mut lanes {
                 for j in 0..LANES {
                     let v = c[j].to_f32();
                     acc[j] = if v > acc[j] { v } else { acc[j] };
-                    flag[j] |= is_bad(v);
+                    bad[j] |= u32::from(is_bad(v));
                 }
             }
             for (j, e) in lanes.remainder().iter().enumerate() {
                 let v = e.to_f32();
                 acc[j] = if v > acc[j] { v } else { acc[j] };
-                flag[j] |= is_bad(v);
+                bad[j] |= u32::from(is_bad(v));
             }
             let m = reduce_max(&acc);
             *bm = m;
             row_max = if m > row_max { m } else { row_max };
-            bad |= flag.iter().any(|&f| f);
         }
-        if bad {
+        if bad.iter().any(|&b| b != 0) {
             let i = x.iter().position(|e| is_bad(e.to_f32())).unwrap_or(0);
             return Scan::Bad(i, x[i].to_f32());
         }
@@ -188,11 +198,13 @@ multiversion! {
 /// last element with a non-zero weight when rounding leaves `target` unreached.
 #[must_use]
 pub fn find_in_block<T: Elem>(blk: &[T], m: f32, scale: f32, thr: f32, target: f64) -> usize {
+    let mut wbuf = [0.0f32; BLOCK];
+    let wts = &mut wbuf[..blk.len()];
+    weights(blk, m, scale, wts);
     let mut cum = 0.0f64;
     let mut last = None;
-    for (i, e) in blk.iter().enumerate() {
-        let w = weight(e.to_f32(), m, scale, thr);
-        if w > 0.0 {
+    for (i, (e, &w)) in blk.iter().zip(wts.iter()).enumerate() {
+        if w > 0.0 && e.to_f32() >= thr {
             cum += f64::from(w);
             last = Some(i);
             if cum > target {
@@ -201,6 +213,15 @@ pub fn find_in_block<T: Elem>(blk: &[T], m: f32, scale: f32, thr: f32, target: f
         }
     }
     last.unwrap_or(0)
+}
+
+multiversion! {
+    /// `out[i] = e^((x[i] - m) * scale)` (`x[i] <= m`): weights of a short list.
+    pub fn weights<T: Elem>(x: &[T], m: f32, scale: f32, out: &mut [f32]) -> () {
+        for (o, e) in out.iter_mut().zip(x) {
+            *o = exp_neg((e.to_f32() - m) * scale);
+        }
+    }
 }
 
 multiversion! {

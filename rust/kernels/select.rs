@@ -21,11 +21,21 @@ pub struct Cand {
     pub id: u32,
 }
 
+impl Elem for Cand {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self.v
+    }
+}
+
 /// Larger value first; equal values, lower id first.
 #[inline]
 #[must_use]
 pub fn by_rank(a: &Cand, b: &Cand) -> Ordering {
-    b.v.total_cmp(&a.v).then(a.id.cmp(&b.id))
+    // Numeric comparison (rows hold no NaN here), so -0.0 and 0.0 are a tie.
+    b.v.partial_cmp(&a.v)
+        .unwrap_or(Ordering::Equal)
+        .then(a.id.cmp(&b.id))
 }
 
 /// Index of the first element equal to the row maximum `m` (ties go to the lowest index).
@@ -44,13 +54,20 @@ pub fn argmax<T: Elem>(x: &[T], bmax: &[f32], m: f32) -> usize {
 /// The `k` highest-ranked elements of the row, in rank order (`1 <= k <= x.len()`).
 ///
 /// `scratch` is reused between calls to avoid allocation.
-pub fn top_k<T: Elem>(x: &[T], bmax: &[f32], k: usize, scratch: &mut Vec<f32>, out: &mut Vec<Cand>) {
+pub fn top_k<T: Elem>(
+    x: &[T],
+    bmax: &[f32],
+    k: usize,
+    scratch: &mut Vec<f32>,
+    out: &mut Vec<Cand>,
+) {
     debug_assert!(k >= 1 && k <= x.len());
     out.clear();
     let thr = if k <= bmax.len() {
         scratch.clear();
         scratch.extend_from_slice(bmax);
-        let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        let (_, kth, _) = scratch
+            .select_nth_unstable_by(k - 1, |a, b| b.partial_cmp(a).unwrap_or(Ordering::Equal));
         *kth
     } else {
         f32::NEG_INFINITY
@@ -64,19 +81,24 @@ pub fn top_k<T: Elem>(x: &[T], bmax: &[f32], k: usize, scratch: &mut Vec<f32>, o
 }
 
 /// Appends every element `>= thr` (in index order), reading only blocks whose maximum reaches it.
+///
+/// Branch-free within a block: every element is written to a stack buffer and the write
+/// position advances only for kept ones, so random keep/drop patterns cost no mispredictions.
 pub fn collect_ge<T: Elem>(x: &[T], bmax: &[f32], thr: f32, out: &mut Vec<Cand>) {
+    let mut buf = [Cand { v: 0.0, id: 0 }; BLOCK];
     for (b, (blk, &bm)) in x.chunks(BLOCK).zip(bmax).enumerate() {
         if bm >= thr {
-            let base = b * BLOCK;
+            let base = (b * BLOCK) as u32;
+            let mut n = 0usize;
             for (i, e) in blk.iter().enumerate() {
                 let v = e.to_f32();
-                if v >= thr {
-                    out.push(Cand {
-                        v,
-                        id: (base + i) as u32,
-                    });
-                }
+                buf[n] = Cand {
+                    v,
+                    id: base + i as u32,
+                };
+                n += usize::from(v >= thr);
             }
+            out.extend_from_slice(&buf[..n]);
         }
     }
 }

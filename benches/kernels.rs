@@ -1,0 +1,150 @@
+//! Times the streaming primitives on one row at every SIMD level this CPU has.
+//!
+//! `cargo bench --bench kernels [-- V]` (default V = 128256). Prints the median time per row.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use logitkit::kernels::{self, prims, Filters, Order, PerRow};
+use logitkit::simd;
+
+fn median_us(mut f: impl FnMut()) -> f64 {
+    for _ in 0..5 {
+        f();
+    }
+    let mut t: Vec<f64> = (0..101)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn main() {
+    let v: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(128_256);
+    // Deterministic pseudo-normal logits (sum of uniforms) with a few spikes.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let mut x: Vec<f32> = (0..v)
+        .map(|_| (0..4).map(|_| next()).sum::<f32>() * 2.0 - 4.0)
+        .collect();
+    for i in 0..8 {
+        x[(i * 7919) % v] += 12.0;
+    }
+    let mut bmax = vec![0.0f32; prims::n_blocks(v)];
+    let mut bsum = vec![0.0f32; prims::n_blocks(v)];
+    let mut out = vec![0.0f32; v];
+    let mut tok = vec![0i64; 1];
+    for level in simd::available() {
+        simd::set_level(level);
+        println!("level {:>7}  V={v}", level.name());
+        let m = match prims::scan(&x, &mut bmax) {
+            prims::Scan::Max(m) => m,
+            prims::Scan::Bad(..) => unreachable!(),
+        };
+        let row: &[f32] = &x;
+        probe(row, &bmax);
+        let rows = [
+            (
+                "scan (block max)",
+                median_us(|| drop(black_box(prims::scan(black_box(row), &mut bmax)))),
+            ),
+            (
+                "weight_sums",
+                median_us(|| {
+                    drop(black_box(prims::weight_sums(
+                        row,
+                        &bmax,
+                        m,
+                        1.25,
+                        f32::NEG_INFINITY,
+                        &mut bsum,
+                    )))
+                }),
+            ),
+            (
+                "write_softmax",
+                median_us(|| prims::write_softmax(row, m, 1.0, 1.0, black_box(&mut out))),
+            ),
+            (
+                "softmax",
+                median_us(|| kernels::softmax(row, v, 1.0, false, &mut out).unwrap()),
+            ),
+            (
+                "argmax",
+                median_us(|| kernels::argmax(row, v, &mut tok).unwrap()),
+            ),
+        ];
+        for (name, us) in rows {
+            println!("  {name:<18} {us:9.2} us");
+        }
+        for (name, f) in [
+            (
+                "temp 0.8",
+                Filters {
+                    temperature: 0.8,
+                    ..Filters::default()
+                },
+            ),
+            (
+                "top-k 40",
+                Filters {
+                    temperature: 0.8,
+                    top_k: 40,
+                    ..Filters::default()
+                },
+            ),
+            (
+                "llama chain",
+                Filters {
+                    temperature: 0.8,
+                    top_k: 40,
+                    top_p: 0.95,
+                    min_p: 0.05,
+                    order: Order::LlamaCpp,
+                    ..Filters::default()
+                },
+            ),
+            (
+                "top-p 0.9",
+                Filters {
+                    top_p: 0.9,
+                    ..Filters::default()
+                },
+            ),
+            (
+                "min-p 0.05",
+                Filters {
+                    min_p: 0.05,
+                    ..Filters::default()
+                },
+            ),
+        ] {
+            let f = PerRow::All(f);
+            let us = median_us(|| kernels::sample(row, v, &f, &[0.37], &mut tok).unwrap());
+            println!("  {:<18} {us:9.2} us", format!("sample {name}"));
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn probe(x: &[f32], bmax: &[f32]) {
+    use logitkit::kernels::select::{collect_ge, Cand};
+    let mut c: Vec<Cand> = Vec::with_capacity(x.len());
+    let us = median_us(|| {
+        c.clear();
+        collect_ge(x, bmax, -0.09, &mut c);
+    });
+    println!("  collect_ge -0.09   {us:9.2} us  n={}", c.len());
+}
