@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PySequence};
 
 use crate::error::KernelError;
+use crate::kernels::batch::{Request, RowResult};
 use crate::kernels::elem::{as_bf16, as_f16};
 use crate::kernels::{
     self, Bias, Filters, Mask, Order, Penalties, PerRow, RowLogprobs, TokenLists,
@@ -493,6 +494,170 @@ fn logprobs<'py>(
     ))
 }
 
+/// The parsed, validated parameters of one request (built once per `SamplingParams`).
+#[pyclass(frozen, module = "logitkit._core")]
+struct RowParams {
+    req: Request,
+    seed: Option<u64>,
+}
+
+#[pymethods]
+impl RowParams {
+    #[new]
+    #[pyo3(signature = (temperature, top_k, top_p, min_p, min_keep, order, repetition_penalty, presence_penalty, frequency_penalty, bias_ids, bias_values, allowed_token_ids, stop_token_ids, min_tokens, seed, logprobs, processed))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        temperature: f64,
+        top_k: i64,
+        top_p: f64,
+        min_p: f64,
+        min_keep: usize,
+        order: &str,
+        repetition_penalty: f64,
+        presence_penalty: f64,
+        frequency_penalty: f64,
+        bias_ids: Vec<u32>,
+        bias_values: Vec<f64>,
+        allowed_token_ids: Option<Vec<u32>>,
+        stop_token_ids: Vec<u32>,
+        min_tokens: usize,
+        seed: Option<u64>,
+        logprobs: Option<usize>,
+        processed: bool,
+    ) -> PyResult<Self> {
+        let order = Order::parse(order).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "order: must be 'default', 'vllm' or 'llama.cpp', got {order:?}"
+            ))
+        })?;
+        let req = Request {
+            filters: Filters {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                min_keep,
+                order,
+            },
+            penalties: Penalties {
+                repetition: repetition_penalty,
+                presence: presence_penalty,
+                frequency: frequency_penalty,
+            },
+            bias_ids,
+            bias_values,
+            allowed: allowed_token_ids,
+            stop_ids: stop_token_ids,
+            min_tokens,
+            logprobs,
+            processed,
+        };
+        req.filters.validate().map_err(value_error)?;
+        kernels::check_penalties(&PerRow::All(req.penalties)).map_err(value_error)?;
+        Ok(Self { req, seed })
+    }
+}
+
+type BatchArrays<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<f32>>,
+    usize,
+);
+
+/// One step of a continuous-batching server. Returns tokens, log-probs, ranks, top ids and top
+/// log-probs (flat, `n` per row, padded with -1 / -inf) and `n`.
+#[pyfunction]
+#[pyo3(signature = (x, kind, params, prompt_tokens, output_tokens, steps, bitmask, entropy))]
+#[allow(clippy::too_many_arguments)]
+fn sample_batch<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    kind: u8,
+    params: Vec<Bound<'py, RowParams>>,
+    prompt_tokens: Option<&Bound<'py, PyAny>>,
+    output_tokens: Option<&Bound<'py, PyAny>>,
+    steps: Option<&Bound<'py, PyAny>>,
+    bitmask: Option<PyReadonlyArray2<'py, i32>>,
+    entropy: PyReadonlyArray1<'py, u64>,
+) -> PyResult<BatchArrays<'py>> {
+    let shape: Vec<usize> = x.getattr("shape")?.extract()?;
+    let (rows, vocab) = (shape[0], shape[1]);
+    if params.len() != rows && params.len() != 1 {
+        return Err(PyValueError::new_err(format!(
+            "params: has {} entries for {rows} rows",
+            params.len()
+        )));
+    }
+    // Rows that share one SamplingParams object share its parsed request.
+    let mut requests: Vec<&Request> = Vec::new();
+    let mut seeds: Vec<Option<u64>> = Vec::new();
+    let mut seen: Vec<*const RowParams> = Vec::new();
+    let mut req_of = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let p = params[if params.len() == 1 { 0 } else { r }].get();
+        let ptr: *const RowParams = p;
+        let idx = seen.iter().position(|&q| q == ptr).unwrap_or_else(|| {
+            seen.push(ptr);
+            requests.push(&p.req);
+            seeds.push(p.seed);
+            seen.len() - 1
+        });
+        req_of.push(idx);
+    }
+    let prompt = token_lists(prompt_tokens, "prompt_tokens", rows, vocab, false)?;
+    let output = token_lists(output_tokens, "output_tokens", rows, vocab, false)?;
+    let steps = steps.map(|s| per_row_u64(s, "steps", rows)).transpose()?;
+    let entropy = entropy.as_slice()?;
+    let u: Vec<f64> = (0..rows)
+        .map(|r| {
+            let seed = seeds[req_of[r]].unwrap_or(entropy[r]);
+            let step = steps
+                .as_ref()
+                .map_or(output.row(r).len() as u64, |s| *s.get(r));
+            philox::uniform(seed, step)
+        })
+        .collect();
+    let words = vocab.div_ceil(32);
+    let mask_slice = match &bitmask {
+        Some(b) => {
+            if b.shape() != [rows, words] {
+                return Err(PyValueError::new_err(format!(
+                    "token_bitmask: must have shape ({rows}, {words}), got {:?}",
+                    b.shape()
+                )));
+            }
+            Some((b.as_slice()?, words))
+        }
+        None => None,
+    };
+    let mut res = vec![RowResult::default(); rows];
+    with_logits!(x, kind, |s, v| run(py, s.len(), || kernels::sample_batch(
+        s, v, &requests, &req_of, &prompt, &output, mask_slice, &u, &mut res
+    )))?;
+    let n = requests
+        .iter()
+        .filter_map(|r| r.logprobs)
+        .max()
+        .unwrap_or(0);
+    let mut top_ids = vec![-1i64; rows * n];
+    let mut top_lps = vec![f32::NEG_INFINITY; rows * n];
+    for (r, rr) in res.iter().enumerate() {
+        top_ids[r * n..r * n + rr.top_ids.len()].copy_from_slice(&rr.top_ids);
+        top_lps[r * n..r * n + rr.top_logprobs.len()].copy_from_slice(&rr.top_logprobs);
+    }
+    Ok((
+        PyArray1::from_vec(py, res.iter().map(|r| r.token).collect()),
+        PyArray1::from_vec(py, res.iter().map(|r| r.logprob).collect()),
+        PyArray1::from_vec(py, res.iter().map(|r| r.rank).collect()),
+        PyArray1::from_vec(py, top_ids),
+        PyArray1::from_vec(py, top_lps),
+        n,
+    ))
+}
+
 #[pyfunction]
 fn simd_level() -> &'static str {
     simd::level().name()
@@ -556,6 +721,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bias_and_penalties, m)?)?;
     m.add_function(wrap_pyfunction!(sample, m)?)?;
     m.add_function(wrap_pyfunction!(uniforms, m)?)?;
+    m.add_class::<RowParams>()?;
+    m.add_function(wrap_pyfunction!(sample_batch, m)?)?;
     m.add_function(wrap_pyfunction!(uniform, m)?)?;
     m.add_function(wrap_pyfunction!(philox4x32_10, m)?)?;
     m.add_function(wrap_pyfunction!(logprobs, m)?)?;

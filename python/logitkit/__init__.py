@@ -20,11 +20,16 @@ from ._api import simd_level as simd_level
 from ._api import softmax as softmax
 from ._api import top_k as top_k
 from ._api import uniform as uniform
+from ._serving import BatchResult as BatchResult
+from ._serving import SamplingParams as SamplingParams
+from ._serving import sample_batch as sample_batch
 
 __version__: str = _core.__version__
 
 __all__ = [
+    "BatchResult",
     "LogProbs",
+    "SamplingParams",
     "TopK",
     "__version__",
     "apply_logit_bias",
@@ -37,6 +42,7 @@ __all__ = [
     "mask_top_k",
     "mask_top_p",
     "sample",
+    "sample_batch",
     "set_num_threads",
     "simd_level",
     "softmax",

@@ -14,6 +14,7 @@
 //! * the draw returns the first kept id, in increasing id order, whose cumulative probability
 //!   exceeds the uniform `u`.
 
+pub mod batch;
 pub mod elem;
 pub mod parallel;
 pub mod penalties;
@@ -482,5 +483,46 @@ pub fn logprobs<T: Elem>(
         });
         scr.bmax = bmax;
         res
+    })
+}
+
+/// One step of a continuous-batching server: every row its own [`batch::Request`].
+///
+/// `req_of[r]` indexes `requests`; `u[r]` is row r's uniform; `bitmask` holds `words` int32
+/// words per row when given.
+///
+/// # Errors
+/// Ids out of range, NaN/`+inf`, rows left with no token.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_batch<T: Elem>(
+    x: &[T],
+    vocab: usize,
+    requests: &[&batch::Request],
+    req_of: &[usize],
+    prompt: &TokenLists,
+    output: &TokenLists,
+    bitmask: Option<(&[i32], usize)>,
+    u: &[f64],
+    out: &mut [batch::RowResult],
+) -> Result<(), KernelError> {
+    for r in requests {
+        r.check_ids(vocab)?;
+        check_filters(&PerRow::All(r.filters))?;
+        check_penalties(&PerRow::All(r.penalties))?;
+        check_bias(
+            &PerRow::All((r.bias_ids.clone(), r.bias_values.clone())),
+            vocab,
+        )?;
+    }
+    for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, scr| {
+        let inp = batch::RowInput {
+            req: requests[req_of[r]],
+            prompt: prompt.row(r),
+            output: output.row(r),
+            bitmask: bitmask.map(|(b, words)| &b[r * words..(r + 1) * words]),
+            u: u[r],
+        };
+        o[0] = batch::sample_request(&x[r * vocab..(r + 1) * vocab], &inp, scr)?;
+        Ok(())
     })
 }

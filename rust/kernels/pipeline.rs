@@ -121,6 +121,10 @@ pub enum Kept {
 pub struct Scratch {
     /// Block maxima of the current row.
     pub bmax: Vec<f32>,
+    /// Block maxima of an edited copy of the row.
+    pub bmax2: Vec<f32>,
+    /// An edited `f32` copy of the row.
+    pub row: Vec<f32>,
     /// Block weight sums.
     pub bsum: Vec<f32>,
     /// Selection scratch.

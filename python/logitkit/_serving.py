@@ -1,0 +1,299 @@
+"""The serving layer (SPEC §7): per-request parameters and one call per decoding step."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _core
+from ._api import ArrayLike, _logits, _u64
+
+__all__ = ["BatchResult", "SamplingParams", "sample_batch"]
+
+_ORDERS = ("default", "vllm", "llama.cpp")
+_MODES = ("raw", "processed")
+_ID_LIMIT = 2**31
+
+# Request keys that are not sampling parameters: read by a server, ignored here.
+_NOT_SAMPLING = frozenset(
+    {
+        "model", "messages", "prompt", "max_tokens", "max_completion_tokens", "stop", "n",
+        "stream", "stream_options", "user", "suffix", "echo", "best_of", "tools", "tool_choice",
+        "functions", "function_call", "response_format", "parallel_tool_calls", "service_tier",
+        "store", "metadata", "modalities", "audio", "prediction", "reasoning_effort",
+        "web_search_options", "ignore_eos", "include_stop_str_in_output", "skip_special_tokens",
+        "spaces_between_special_tokens", "add_generation_prompt", "continue_final_message",
+        "chat_template", "chat_template_kwargs", "documents", "truncate_prompt_tokens",
+        "detokenize", "output_kind", "request_id", "priority", "top_logprobs", "logprobs",
+        "prompt_logprobs", "max_new_tokens", "stop_sequences", "return_full_text",
+    }
+)
+# Sampling parameters of other engines that logitkit does not implement: refused, so a
+# request never silently samples differently from what it asked for.
+_UNSUPPORTED = frozenset(
+    {
+        "typical_p", "tfs_z", "top_a", "mirostat", "mirostat_mode", "mirostat_tau",
+        "mirostat_eta", "epsilon_cutoff", "eta_cutoff", "dry_multiplier", "dry_base",
+        "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers", "xtc_probability",
+        "xtc_threshold", "top_n_sigma", "length_penalty", "use_beam_search", "bad_words",
+        "guided_json", "guided_regex", "guided_choice", "guided_grammar", "dynatemp_range",
+        "dynatemp_exponent", "repeat_last_n", "penalty_last_n", "no_repeat_ngram_size",
+    }
+)
+
+
+def _fail(name: str, message: str) -> ValueError:
+    return ValueError(f"{name}: {message}")
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise _fail(name, f"must be an integer, got {value!r}")
+    return int(value)
+
+
+def _num(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise _fail(name, f"must be a number, got {value!r}")
+    return float(value)
+
+
+def _ids(value: Any, name: str) -> list[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise _fail(name, f"must be a sequence of token ids, got {value!r}")
+    out = [_int(v, name) for v in value]
+    for t in out:
+        if not 0 <= t < _ID_LIMIT:
+            raise _fail(name, f"token id {t} is out of range")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """The sampling parameters of one request, validated at construction.
+
+    Names follow OpenAI / vLLM. Every invalid value raises ``ValueError`` naming the field.
+    ``logprobs=n`` asks for the sampled token's log-probability, its rank and the top ``n``;
+    ``logprobs_mode="raw"`` measures them on the logits as given, ``"processed"`` on the
+    distribution actually sampled from. ``seed=None`` draws fresh entropy at every step.
+
+    >>> import logitkit
+    >>> p = logitkit.SamplingParams(temperature=0.7, top_p=0.9, seed=1)
+    >>> p.top_k, p.logprobs, p.stop_token_ids
+    (0, None, [])
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    min_keep: int = 1
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[int, float] = dataclasses.field(default_factory=dict)
+    allowed_token_ids: Sequence[int] | None = None
+    stop_token_ids: Sequence[int] = dataclasses.field(default_factory=list)
+    min_tokens: int = 0
+    seed: int | None = None
+    logprobs: int | None = None
+    logprobs_mode: str = "raw"
+    order: str = "default"
+
+    def __post_init__(self) -> None:
+        t = _num(self.temperature, "temperature")
+        if not (math.isfinite(t) and t >= 0):
+            raise _fail("temperature", f"must be finite and >= 0, got {t}")
+        top_k = _int(self.top_k, "top_k")
+        top_p = _num(self.top_p, "top_p")
+        if not 0.0 <= top_p <= 1.0:
+            raise _fail("top_p", f"must be in [0, 1], got {top_p}")
+        min_p = _num(self.min_p, "min_p")
+        if not 0.0 <= min_p <= 1.0:
+            raise _fail("min_p", f"must be in [0, 1], got {min_p}")
+        min_keep = _int(self.min_keep, "min_keep")
+        if min_keep < 1:
+            raise _fail("min_keep", f"must be >= 1, got {min_keep}")
+        rep = _num(self.repetition_penalty, "repetition_penalty")
+        if not (math.isfinite(rep) and rep > 0):
+            raise _fail("repetition_penalty", f"must be finite and > 0, got {rep}")
+        pres = _num(self.presence_penalty, "presence_penalty")
+        if not math.isfinite(pres):
+            raise _fail("presence_penalty", f"must be finite, got {pres}")
+        freq = _num(self.frequency_penalty, "frequency_penalty")
+        if not math.isfinite(freq):
+            raise _fail("frequency_penalty", f"must be finite, got {freq}")
+        if not isinstance(self.logit_bias, Mapping):
+            raise _fail("logit_bias", f"must be a mapping {{token_id: value}}, got {self.logit_bias!r}")
+        bias_ids: list[int] = []
+        bias_values: list[float] = []
+        for k, v in self.logit_bias.items():
+            key = int(k) if isinstance(k, str) and k.strip().lstrip("-").isdigit() else k
+            tid = _int(key, "logit_bias")
+            if not 0 <= tid < _ID_LIMIT:
+                raise _fail("logit_bias", f"token id {tid} is out of range")
+            val = _num(v, "logit_bias")
+            if math.isnan(val) or val == math.inf:
+                raise _fail("logit_bias", f"value {val} for token {tid} must be finite or -inf")
+            bias_ids.append(tid)
+            bias_values.append(val)
+        allowed = None
+        if self.allowed_token_ids is not None:
+            allowed = _ids(self.allowed_token_ids, "allowed_token_ids")
+            if not allowed:
+                raise _fail("allowed_token_ids", "is empty: no token could ever be sampled")
+        stop = _ids(self.stop_token_ids, "stop_token_ids")
+        min_tokens = _int(self.min_tokens, "min_tokens")
+        if min_tokens < 0:
+            raise _fail("min_tokens", f"must be >= 0, got {min_tokens}")
+        seed = None
+        if self.seed is not None:
+            seed = _int(self.seed, "seed")
+            if not 0 <= seed < 2**64:
+                raise _fail("seed", f"must be in [0, 2**64), got {seed}")
+        logprobs = None
+        if self.logprobs is not None:
+            logprobs = _int(self.logprobs, "logprobs")
+            if logprobs < 0:
+                raise _fail("logprobs", f"must be >= 0, got {logprobs}")
+        if self.logprobs_mode not in _MODES:
+            raise _fail("logprobs_mode", f"must be 'raw' or 'processed', got {self.logprobs_mode!r}")
+        if self.order not in _ORDERS:
+            raise _fail("order", f"must be one of {', '.join(map(repr, _ORDERS))}, got {self.order!r}")
+        native = _core.RowParams(
+            t, top_k, top_p, min_p, min_keep, self.order, rep, pres, freq, bias_ids,
+            bias_values, allowed, stop, min_tokens, seed, logprobs,
+            self.logprobs_mode == "processed",
+        )  # fmt: skip
+        object.__setattr__(self, "_native", native)
+
+    @classmethod
+    def from_openai(cls, body: Mapping[str, Any]) -> SamplingParams:
+        """Reads the sampling parameters of an OpenAI-style request body.
+
+        ``logprobs: true`` with ``top_logprobs: n`` gives ``logprobs = n`` (``0`` without
+        ``top_logprobs``; ``false`` or absent gives ``None``; an integer, as in the completions
+        API, is taken as is). String keys of ``logit_bias`` become token ids. Keys that are not
+        sampling parameters (``model``, ``messages``, ``max_tokens``, ``stop``, ...) are ignored;
+        vLLM-style keys with ``SamplingParams`` names (``top_k``, ``min_p``, ...) are read;
+        sampling parameters logitkit does not implement (``typical_p``, ``mirostat``, ...)
+        raise ``ValueError``. A ``null`` value means the default.
+
+        >>> import logitkit
+        >>> body = {"model": "m", "temperature": 0.5, "logprobs": True, "top_logprobs": 3,
+        ...         "logit_bias": {"42": -100}, "max_tokens": 16}
+        >>> p = logitkit.SamplingParams.from_openai(body)
+        >>> p.temperature, p.logprobs, dict(p.logit_bias)
+        (0.5, 3, {42: -100.0})
+        """
+        if not isinstance(body, Mapping):
+            raise TypeError(f"body: must be a mapping, got {type(body).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"logprobs"}
+        kwargs: dict[str, Any] = {}
+        for key, value in body.items():
+            if key in _UNSUPPORTED:
+                raise ValueError(f"{key}: is a sampling parameter logitkit does not support")
+            if key in names and value is not None:
+                kwargs[key] = value
+        bias = kwargs.get("logit_bias")
+        if bias is not None:
+            if not isinstance(bias, Mapping):
+                raise _fail("logit_bias", f"must be a mapping, got {bias!r}")
+            parsed: dict[int, float] = {}
+            for k, v in bias.items():
+                try:
+                    tid = int(k)
+                except (TypeError, ValueError):
+                    raise _fail("logit_bias", f"key {k!r} is not a token id") from None
+                parsed[tid] = _num(v, "logit_bias")
+            kwargs["logit_bias"] = parsed
+        lp = body.get("logprobs")
+        if isinstance(lp, bool):
+            if lp:
+                top = body.get("top_logprobs")
+                kwargs["logprobs"] = 0 if top is None else _int(top, "top_logprobs")
+        elif lp is not None:
+            kwargs["logprobs"] = _int(lp, "logprobs")
+        return cls(**kwargs)
+
+
+class BatchResult(NamedTuple):
+    """The result of :func:`sample_batch`: int64 ``tokens (B,)``; when any row asked for
+    log-probabilities, float32 ``logprobs (B,)``, int64 ``ranks (B,)`` and ``top_ids`` /
+    ``top_logprobs (B, n)`` (rows that asked for fewer are padded with -1 / -inf), else None."""
+
+    tokens: npt.NDArray[np.int64]
+    logprobs: npt.NDArray[np.float32] | None
+    ranks: npt.NDArray[np.int64] | None
+    top_ids: npt.NDArray[np.int64] | None
+    top_logprobs: npt.NDArray[np.float32] | None
+
+
+def sample_batch(
+    logits: ArrayLike,
+    params: SamplingParams | Sequence[SamplingParams],
+    *,
+    prompt_tokens: Sequence[npt.ArrayLike] | None = None,
+    output_tokens: Sequence[npt.ArrayLike] | None = None,
+    steps: int | npt.ArrayLike | None = None,
+    token_bitmask: npt.ArrayLike | None = None,
+    dtype: str | None = None,
+) -> BatchResult:
+    """Samples one token for every row of a ``(B, V)`` decoding step.
+
+    Every row has its own :class:`SamplingParams` (or all share one), its own prompt and
+    output tokens (ragged lists), and optionally a row of the packed grammar bitmask
+    ``token_bitmask`` (int32 ``(B, ceil(V/32))``, bit ``t % 32`` of word ``t // 32`` set when
+    token ``t`` is allowed). Per row: masks (``allowed_token_ids``, ``stop_token_ids`` while
+    fewer than ``min_tokens`` tokens were generated, the bitmask), logit bias, penalties, then
+    the pipeline of :func:`sample` with ``uniform(seed, step)``, ``step`` defaulting to
+    ``len(output_tokens[row])``. Rows run in parallel with the GIL released.
+
+    >>> import numpy as np, logitkit
+    >>> x = np.zeros((2, 4), dtype=np.float32)
+    >>> p = [logitkit.SamplingParams(allowed_token_ids=[3], seed=0),
+    ...      logitkit.SamplingParams(temperature=0.0, logit_bias={1: 5.0})]
+    >>> logitkit.sample_batch(x, p).tokens.tolist()
+    [3, 1]
+    """
+    x = _logits(logits, dtype)
+    if len(x.shape) != 2:
+        raise ValueError(f"logits: sample_batch needs a (B, V) batch, got shape {x.shape}")
+    rows, vocab = x.shape
+    if isinstance(params, SamplingParams):
+        plist: Sequence[SamplingParams] = [params]
+    elif isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
+        plist = params
+        if len(plist) != rows:
+            raise ValueError(f"params: has {len(plist)} entries for {rows} rows")
+    else:
+        raise TypeError("params: must be a SamplingParams or a sequence of them")
+    try:
+        natives = [p._native for p in plist]  # type: ignore[attr-defined]
+    except AttributeError:
+        raise TypeError("params: every entry must be a SamplingParams") from None
+    step_arg = None if steps is None else _u64(steps, "steps")
+    mask = None
+    if token_bitmask is not None:
+        m = np.asarray(token_bitmask)
+        if m.dtype == np.uint32:
+            m = m.view(np.int32)
+        if m.dtype != np.int32:
+            raise TypeError(f"token_bitmask: must be an int32 array, got dtype {m.dtype}")
+        words = -(-vocab // 32)
+        if m.shape != (rows, words):
+            raise ValueError(f"token_bitmask: must have shape ({rows}, {words}), got {m.shape}")
+        mask = np.ascontiguousarray(m)
+    entropy = np.frombuffer(os.urandom(8 * max(rows, 1)), dtype=np.uint64)
+    tokens, lp, rk, ti, tl, n = _core.sample_batch(
+        x.array, x.kind, natives, prompt_tokens, output_tokens, step_arg, mask, entropy
+    )
+    if all(p.logprobs is None for p in plist):
+        return BatchResult(tokens, None, None, None, None)
+    return BatchResult(tokens, lp, rk, ti.reshape(rows, n), tl.reshape(rows, n))

@@ -1,0 +1,263 @@
+//! One decoding step of a continuous-batching server (SPEC §7): every row its own request.
+//!
+//! Per row, in one pass over the vocabulary for the edits plus the pipeline's own passes:
+//! masks (allowed ids, stop ids before `min_tokens`, the packed grammar bitmask), logit bias,
+//! penalties, then SPEC §4 steps 4-9, then the requested log-probabilities. A row that needs no
+//! edit is read in place; otherwise it is widened once into a per-thread `f32` scratch row.
+
+use super::elem::Elem;
+use super::penalties::{self, Penalties};
+use super::pipeline::{self, Filters, Kept, Scratch, ALL_FINITE};
+use super::prims;
+use super::select::{self, Cand};
+use crate::error::KernelError;
+
+/// The parsed parameters of one request (one `SamplingParams`).
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    /// Temperature, top-k, top-p, min-p, min_keep, order.
+    pub filters: Filters,
+    /// Repetition, presence and frequency penalties.
+    pub penalties: Penalties,
+    /// Logit bias: ids and values (finite or `-inf`).
+    pub bias_ids: Vec<u32>,
+    /// Logit bias values.
+    pub bias_values: Vec<f64>,
+    /// Only these ids may be sampled, when given.
+    pub allowed: Option<Vec<u32>>,
+    /// Banned while fewer than `min_tokens` tokens were generated.
+    pub stop_ids: Vec<u32>,
+    /// See `stop_ids`.
+    pub min_tokens: usize,
+    /// Number of top log-probabilities wanted; `None`: no log-probabilities.
+    pub logprobs: Option<usize>,
+    /// `true`: log-probabilities of the distribution sampled from; `false`: of the raw logits.
+    pub processed: bool,
+}
+
+impl Request {
+    /// Checks every id against the vocabulary size.
+    ///
+    /// # Errors
+    /// [`KernelError::InvalidParam`] naming the field.
+    pub fn check_ids(&self, vocab: usize) -> Result<(), KernelError> {
+        let check =
+            |name: &'static str, ids: &[u32]| match ids.iter().find(|&&t| t as usize >= vocab) {
+                Some(t) => Err(KernelError::param(
+                    name,
+                    None,
+                    format!("token id {t} is outside [0, {vocab})"),
+                )),
+                None => Ok(()),
+            };
+        check("logit_bias", &self.bias_ids)?;
+        check("stop_token_ids", &self.stop_ids)?;
+        if let Some(a) = &self.allowed {
+            check("allowed_token_ids", a)?;
+        }
+        Ok(())
+    }
+
+    fn edits_row(&self, n_out: usize, has_bitmask: bool) -> bool {
+        has_bitmask
+            || self.allowed.is_some()
+            || (n_out < self.min_tokens && !self.stop_ids.is_empty())
+            || !self.bias_ids.is_empty()
+            || self.penalties != Penalties::default()
+    }
+}
+
+/// Everything one row of `sample_batch` needs besides its logits.
+pub struct RowInput<'a> {
+    /// The request.
+    pub req: &'a Request,
+    /// Prompt tokens (for the repetition penalty).
+    pub prompt: &'a [u32],
+    /// Generated tokens so far.
+    pub output: &'a [u32],
+    /// The packed allow-bitmask words of this row, if any.
+    pub bitmask: Option<&'a [i32]>,
+    /// The uniform of this row's draw.
+    pub u: f64,
+}
+
+/// The result of one row.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RowResult {
+    /// The sampled token.
+    pub token: i64,
+    /// Its log-probability (NaN when not requested).
+    pub logprob: f32,
+    /// Its rank (0 when not requested).
+    pub rank: i64,
+    /// Top ids (rank order).
+    pub top_ids: Vec<i64>,
+    /// Their log-probabilities.
+    pub top_logprobs: Vec<f32>,
+}
+
+/// Applies the masks, the bias and the penalties of `inp` to `row` (already a copy).
+fn edit_row(row: &mut [f32], inp: &RowInput<'_>, scr: &mut Scratch) {
+    let req = inp.req;
+    if let Some(allowed) = &req.allowed {
+        scr.wts.clear();
+        scr.wts.extend(allowed.iter().map(|&t| row[t as usize]));
+        row.fill(f32::NEG_INFINITY);
+        for (&t, &v) in allowed.iter().zip(&scr.wts) {
+            row[t as usize] = v;
+        }
+    }
+    if inp.output.len() < req.min_tokens {
+        for &t in &req.stop_ids {
+            row[t as usize] = f32::NEG_INFINITY;
+        }
+    }
+    if let Some(words) = inp.bitmask {
+        for (chunk, &word) in row.chunks_mut(32).zip(words) {
+            let word = word as u32;
+            for (j, z) in chunk.iter_mut().enumerate() {
+                if word >> j & 1 == 0 {
+                    *z = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    penalties::apply_bias(row, &req.bias_ids, &req.bias_values);
+    penalties::apply_penalties(row, inp.prompt, inp.output, &req.penalties, &mut scr.ids);
+}
+
+/// Log-probabilities of the token `tok` and the top `n`, under `log_softmax(z * scale)`
+/// restricted to `kept` (every finite token for raw log-probabilities).
+fn logprobs_of<T: Elem>(
+    s: &pipeline::Scanned<'_, T>,
+    kept: &Kept,
+    scale: f64,
+    tok: usize,
+    n: usize,
+    scr: &mut Scratch,
+    res: &mut RowResult,
+) {
+    let v_tok = s.x[tok].to_f32();
+    let (vmax, log_total) = match kept {
+        Kept::Threshold(thr) => {
+            scr.bsum.resize(s.bmax.len(), 0.0);
+            let total = prims::weight_sums(s.x, s.bmax, s.m, scale as f32, *thr, &mut scr.bsum);
+            (s.m, total.ln())
+        }
+        Kept::List(l) => {
+            scr.wts.resize(l.len(), 0.0);
+            prims::weights(l, l[0].v, scale as f32, &mut scr.wts);
+            let total: f64 = scr.wts.iter().map(|&w| f64::from(w)).sum();
+            (l[0].v, total.ln())
+        }
+    };
+    let lp = |v: f32| ((f64::from(v) - f64::from(vmax)) * scale - log_total) as f32;
+    res.logprob = lp(v_tok);
+    res.rank = 1 + match kept {
+        Kept::Threshold(_) => prims::count_ge(s.x, s.bmax, v_tok.next_up()),
+        Kept::List(l) => l.iter().filter(|c| c.v > v_tok).count(),
+    } as i64;
+    res.top_ids.clear();
+    res.top_logprobs.clear();
+    if n == 0 {
+        return;
+    }
+    let top: Vec<Cand> = match kept {
+        Kept::Threshold(thr) => {
+            let mut list = std::mem::take(&mut scr.cands);
+            select::top_k(s.x, s.bmax, n.min(s.x.len()), &mut scr.sel, &mut list);
+            let t: Vec<Cand> = list.iter().copied().filter(|c| c.v >= *thr).collect();
+            scr.cands = list;
+            t
+        }
+        Kept::List(l) => l.iter().copied().take(n).collect(),
+    };
+    res.top_ids.extend(top.iter().map(|c| i64::from(c.id)));
+    res.top_logprobs.extend(top.iter().map(|c| lp(c.v)));
+}
+
+/// Samples one row of a batch step and computes its requested log-probabilities.
+///
+/// # Errors
+/// NaN/`+inf` in the logits, or a row left with no token (row number 0; the caller renumbers).
+pub fn sample_request<T: Elem>(
+    x: &[T],
+    inp: &RowInput<'_>,
+    scr: &mut Scratch,
+) -> Result<RowResult, KernelError> {
+    let mut bmax = std::mem::take(&mut scr.bmax);
+    let mut bmax2 = std::mem::take(&mut scr.bmax2);
+    let mut row = std::mem::take(&mut scr.row);
+    let result = sample_request_in(x, inp, &mut bmax, &mut bmax2, &mut row, scr);
+    scr.bmax = bmax;
+    scr.bmax2 = bmax2;
+    scr.row = row;
+    result
+}
+
+fn sample_request_in<T: Elem>(
+    x: &[T],
+    inp: &RowInput<'_>,
+    bmax: &mut Vec<f32>,
+    bmax2: &mut Vec<f32>,
+    row: &mut Vec<f32>,
+    scr: &mut Scratch,
+) -> Result<RowResult, KernelError> {
+    let req = inp.req;
+    // The caller's row is checked first, so NaN/+inf errors name the caller's index.
+    let raw = pipeline::scan(x, bmax)?;
+    let mut res = RowResult {
+        logprob: f32::NAN,
+        ..RowResult::default()
+    };
+    if req.edits_row(inp.output.len(), inp.bitmask.is_some()) {
+        row.resize(x.len(), 0.0);
+        prims::widen(x, row);
+        edit_row(row, inp, scr);
+        let s = pipeline::scan(&row[..], bmax2)?;
+        step(&s, inp, scr, &mut res);
+    } else {
+        step(&raw, inp, scr, &mut res);
+    }
+    if let (Some(n), false) = (req.logprobs, req.processed) {
+        logprobs_of(
+            &raw,
+            &Kept::Threshold(ALL_FINITE),
+            1.0,
+            res.token as usize,
+            n,
+            scr,
+            &mut res,
+        );
+    }
+    Ok(res)
+}
+
+/// SPEC §4 steps 4-9 on an edited row, then the processed log-probabilities if requested.
+fn step<T: Elem>(
+    s: &pipeline::Scanned<'_, T>,
+    inp: &RowInput<'_>,
+    scr: &mut Scratch,
+    res: &mut RowResult,
+) {
+    let f = &inp.req.filters;
+    let (kept, tok, scale) = if f.temperature == 0.0 {
+        let t = select::argmax(s.x, s.bmax, s.m);
+        (
+            Kept::List(vec![Cand {
+                v: s.x[t].to_f32(),
+                id: t as u32,
+            }]),
+            t,
+            1.0,
+        )
+    } else {
+        let kept = pipeline::kept_set(s, f, scr);
+        let t = pipeline::draw(s, &kept, f.temperature, inp.u, scr);
+        (kept, t, 1.0 / f.temperature)
+    };
+    res.token = tok as i64;
+    if let (Some(n), true) = (inp.req.logprobs, inp.req.processed) {
+        logprobs_of(s, &kept, scale, tok, n, scr, res);
+    }
+}
