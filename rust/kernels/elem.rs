@@ -4,13 +4,29 @@
 //! are read in place. Both 16-bit widenings are exact and written with integer operations only,
 //! so that every SIMD level vectorises them and gives bit-identical results.
 
+/// The storage of an [`Elem`], for the hand-written SIMD kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// `f32`.
+    F32,
+    /// IEEE half bits.
+    F16,
+    /// bfloat16 bits.
+    Bf16,
+    /// Anything else (portable code only).
+    Other,
+}
+
 /// A logit element that widens exactly to `f32`.
 pub trait Elem: Copy + Send + Sync + 'static {
+    /// How the element is stored.
+    const STORAGE: Storage = Storage::Other;
     /// The value as `f32` (exact for every supported type).
     fn to_f32(self) -> f32;
 }
 
 impl Elem for f32 {
+    const STORAGE: Storage = Storage::F32;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -28,6 +44,7 @@ pub struct F16(pub u16);
 pub struct Bf16(pub u16);
 
 impl Elem for Bf16 {
+    const STORAGE: Storage = Storage::Bf16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f32::from_bits(u32::from(self.0) << 16)
@@ -35,6 +52,7 @@ impl Elem for Bf16 {
 }
 
 impl Elem for F16 {
+    const STORAGE: Storage = Storage::F16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         // Branch-free binary16 -> binary32:

@@ -4,8 +4,8 @@
 //! [`BLOCK`] elements with [`LANES`] independent accumulators, the same layout on every level, so
 //! sums are bit-identical whichever level runs them.
 
-use super::elem::Elem;
-use crate::simd::multiversion;
+use super::elem::{Elem, Storage};
+use crate::simd::{multiversion, Level};
 
 /// Elements per block. Block maxima (one `f32` per block) let later steps skip whole blocks.
 pub const BLOCK: usize = 64;
@@ -106,11 +106,34 @@ fn reduce_sum(acc: &[f32; LANES]) -> f32 {
     s[0]
 }
 
+/// One read of the row: fills `bmax` with the maximum of every block and checks that no
+/// element is NaN or `+inf`.
+#[must_use]
+pub fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> Scan {
+    debug_assert_eq!(bmax.len(), n_blocks(x.len()));
+    let (row_max, bad) = match (T::STORAGE, crate::simd::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
+        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx512) => unsafe {
+            crate::simd::x86::avx512::scan(x, bmax)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
+        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx2) => unsafe {
+            crate::simd::x86::avx2::scan(x, bmax)
+        },
+        _ => scan_portable(x, bmax),
+    };
+    if bad {
+        let i = x.iter().position(|e| is_bad(e.to_f32())).unwrap_or(0);
+        return Scan::Bad(i, x[i].to_f32());
+    }
+    Scan::Max(row_max)
+}
+
 multiversion! {
-    /// One read of the row: fills `bmax` with the maximum of every block and checks that no
-    /// element is NaN or `+inf`.
-    pub fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> Scan {
-        debug_assert_eq!(bmax.len(), n_blocks(x.len()));
+    /// [`scan`] in portable code: the row maximum and whether a NaN or `+inf` was seen.
+    pub fn scan_portable<T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
         // `bad` lanes stay 0 unless an element is NaN or +inf; checked once per row.
         let mut bad = [0u32; LANES];
         let mut row_max = f32::NEG_INFINITY;
@@ -133,11 +156,7 @@ multiversion! {
             *bm = m;
             row_max = if m > row_max { m } else { row_max };
         }
-        if bad.iter().any(|&b| b != 0) {
-            let i = x.iter().position(|e| is_bad(e.to_f32())).unwrap_or(0);
-            return Scan::Bad(i, x[i].to_f32());
-        }
-        Scan::Max(row_max)
+        (row_max, bad.iter().any(|&b| b != 0))
     }
 }
 
@@ -174,13 +193,37 @@ fn block_is_zero(bm: f32, m: f32, scale: f32, thr: f32) -> bool {
     bm < thr || !((bm - m) * scale > EXP_CUTOFF)
 }
 
+/// Fills `bsum[b]` with the sum over block `b` of `e^((x - m) * scale)` for the elements
+/// `x >= thr` (other elements weigh 0) and returns the total, summed in `f64` in block order.
+///
+/// `m` must be the row maximum and `scale > 0`. Blocks whose maximum rules out any non-zero
+/// weight are skipped without reading them (their sum is exactly 0 either way).
+pub fn weight_sums<T: Elem>(
+    x: &[T],
+    bmax: &[f32],
+    m: f32,
+    scale: f32,
+    thr: f32,
+    bsum: &mut [f32],
+) -> f64 {
+    match (T::STORAGE, crate::simd::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
+        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx512) => unsafe {
+            crate::simd::x86::avx512::weight_sums(x, bmax, m, scale, thr, bsum)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
+        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx2) => unsafe {
+            crate::simd::x86::avx2::weight_sums(x, bmax, m, scale, thr, bsum)
+        },
+        _ => weight_sums_portable(x, bmax, m, scale, thr, bsum),
+    }
+}
+
 multiversion! {
-    /// Fills `bsum[b]` with the sum over block `b` of `e^((x - m) * scale)` for the elements
-    /// `x >= thr` (other elements weigh 0) and returns the total, summed in `f64` in block order.
-    ///
-    /// `m` must be the row maximum and `scale > 0`. Blocks whose maximum rules out any non-zero
-    /// weight are skipped without reading them (their sum is exactly 0 either way).
-    pub fn weight_sums<T: Elem>(x: &[T], bmax: &[f32], m: f32, scale: f32, thr: f32, bsum: &mut [f32]) -> f64 {
+    /// [`weight_sums`] in portable code.
+    pub fn weight_sums_portable<T: Elem>(x: &[T], bmax: &[f32], m: f32, scale: f32, thr: f32, bsum: &mut [f32]) -> f64 {
         let mut total = 0.0f64;
         for ((blk, &bm), bs) in x.chunks(BLOCK).zip(bmax).zip(bsum.iter_mut()) {
             *bs = if block_is_zero(bm, m, scale, thr) {
@@ -224,9 +267,26 @@ multiversion! {
     }
 }
 
+/// `out[i] = e^((x[i] - m) * scale) * inv_sum`: the softmax write pass.
+pub fn write_softmax<T: Elem>(x: &[T], m: f32, scale: f32, inv_sum: f32, out: &mut [f32]) {
+    match (T::STORAGE, crate::simd::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
+        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx512) => unsafe {
+            crate::simd::x86::avx512::write_softmax(x, m, scale, inv_sum, out);
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
+        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx2) => unsafe {
+            crate::simd::x86::avx2::write_softmax(x, m, scale, inv_sum, out);
+        },
+        _ => write_softmax_portable(x, m, scale, inv_sum, out),
+    }
+}
+
 multiversion! {
-    /// `out[i] = e^((x[i] - m) * scale) * inv_sum`: the softmax write pass.
-    pub fn write_softmax<T: Elem>(x: &[T], m: f32, scale: f32, inv_sum: f32, out: &mut [f32]) -> () {
+    /// [`write_softmax`] in portable code.
+    pub fn write_softmax_portable<T: Elem>(x: &[T], m: f32, scale: f32, inv_sum: f32, out: &mut [f32]) -> () {
         for (o, e) in out.iter_mut().zip(x) {
             *o = exp_neg((e.to_f32() - m) * scale) * inv_sum;
         }
@@ -291,6 +351,79 @@ mod tests {
         assert_eq!(exp_neg(0.0), 1.0);
         assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_neg(-100.0), 0.0);
+    }
+
+    /// Every level gives the bits of the portable code (f32, f16 and bf16 rows).
+    #[test]
+    fn every_level_matches_portable_bits() {
+        use crate::kernels::elem::{as_bf16, as_f16};
+        use crate::simd::{available, set_level, test_lock, Level};
+        let _guard = test_lock();
+        let mut state = 12345u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) * 60.0 - 40.0
+        };
+        for len in [1usize, 7, 15, 16, 17, 63, 64, 65, 130, 1000, 4099] {
+            let mut x: Vec<f32> = (0..len).map(|_| next()).collect();
+            x[len / 2] = f32::NEG_INFINITY;
+            let bf: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+            let hf: Vec<u16> = x.iter().map(|&v| f16_bits(v)).collect();
+            let run = || {
+                let mut out = Vec::new();
+                out.extend(run_all(&x));
+                out.extend(run_all(as_bf16(&bf)));
+                out.extend(run_all(as_f16(&hf)));
+                out
+            };
+            set_level(Level::Scalar);
+            let want = run();
+            for level in available() {
+                set_level(level);
+                assert_eq!(run(), want, "level {level:?}, len {len}");
+            }
+        }
+        set_level(available()[0]);
+    }
+
+    fn run_all<T: Elem>(x: &[T]) -> Vec<u32> {
+        let mut bmax = vec![0.0; n_blocks(x.len())];
+        let mut bsum = vec![0.0; n_blocks(x.len())];
+        let mut out = vec![0.0; x.len()];
+        let Scan::Max(m) = scan(x, &mut bmax) else {
+            panic!("bad row")
+        };
+        let mut bits: Vec<u32> = bmax.iter().map(|v| v.to_bits()).collect();
+        for (scale, thr) in [(1.0f32, f32::NEG_INFINITY), (0.37, -3.0), (4.0, m - 1.0)] {
+            let total = weight_sums(x, &bmax, m, scale, thr, &mut bsum);
+            bits.push(total.to_bits() as u32);
+            bits.extend(bsum.iter().map(|v| v.to_bits()));
+            write_softmax(x, m, scale, 0.25, &mut out);
+            bits.extend(out.iter().map(|v| v.to_bits()));
+        }
+        bits
+    }
+
+    /// binary32 -> binary16 bits, round to nearest even (test data only: normal range).
+    fn f16_bits(v: f32) -> u16 {
+        let b = v.to_bits();
+        let sign = ((b >> 16) & 0x8000) as u16;
+        if v.is_infinite() {
+            return sign | 0x7c00;
+        }
+        let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
+        if exp <= 0 {
+            return sign;
+        }
+        let mant = b & 0x7f_ffff;
+        let mut h = ((exp as u32) << 10) | (mant >> 13);
+        let rest = mant & 0x1fff;
+        if rest > 0x1000 || (rest == 0x1000 && h & 1 == 1) {
+            h += 1;
+        }
+        sign | h.min(0x7bff) as u16
     }
 
     #[test]

@@ -11,6 +11,9 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
 /// A SIMD level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -120,6 +123,14 @@ pub fn level() -> Level {
         }
         v => Level::from_u8(v),
     }
+}
+
+/// Serialises tests that switch the process-wide level.
+#[cfg(test)]
+pub fn test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Forces `level` for the rest of the process (used by tests and `logitkit._core`).

@@ -1,0 +1,436 @@
+//! Hand-written AVX-512 and AVX2 kernels for the streaming primitives of
+//! [`crate::kernels::prims`]: the block scan, the block weight sums and the softmax write.
+//!
+//! The kernels are written once over [`V16`], sixteen `f32` lanes: one `zmm` register with
+//! AVX-512, two `ymm` registers with AVX2. They perform exactly the operations of the portable
+//! code in `prims.rs`, in the same order and with the same lane layout (`max(v, acc)`, fused
+//! multiply-adds where it uses `mul_add`, pairwise lane reductions), so their results are
+//! bit-identical to it. f16 rows are widened with `vcvtph2ps` and bf16 rows with a 16-bit
+//! shift, in registers.
+//!
+//! Every function here is `unsafe`: it must only run on a CPU with the features of its ISA,
+//! which [`super::level`] guarantees, and pointers must cover 16 readable elements.
+#![allow(unsafe_op_in_unsafe_fn)]
+#![allow(clippy::undocumented_unsafe_blocks)]
+
+use std::arch::x86_64::*;
+
+use crate::kernels::elem::{Elem, Storage};
+use crate::kernels::prims::{BLOCK, EXP_CUTOFF, LANES};
+
+/// Sixteen `f32` lanes.
+trait V16: Copy {
+    type M: Copy;
+    unsafe fn splat(v: f32) -> Self;
+    unsafe fn load<T: Elem>(p: *const T) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
+    /// `self * b + c`, one rounding.
+    unsafe fn fma(self, b: Self, c: Self) -> Self;
+    /// `self > o ? self : o` per lane.
+    unsafe fn max(self, o: Self) -> Self;
+    /// Lanes that are NaN or `+inf` (not below `+inf`).
+    unsafe fn bad(self) -> Self::M;
+    /// `(a > b) ? self : 0` per lane (`a >= b` when not `strict`).
+    unsafe fn keep_if(self, a: Self, b: Self, strict: bool) -> Self;
+    unsafe fn no_mask() -> Self::M;
+    unsafe fn or(a: Self::M, b: Self::M) -> Self::M;
+    unsafe fn any(m: Self::M) -> bool;
+    /// `bits(self) + ((bits(t) - bits(1.5 * 2^23)) << 23)`: scales by `2^n`.
+    unsafe fn scale_pow2(self, t: Self) -> Self;
+    /// Pairwise maximum of the lanes, as `prims::reduce_max`.
+    unsafe fn reduce_max(self) -> f32;
+    /// Pairwise sum of the lanes, as `prims::reduce_sum`.
+    unsafe fn reduce_sum(self) -> f32;
+}
+
+#[derive(Clone, Copy)]
+struct Z(__m512);
+
+impl V16 for Z {
+    type M = __mmask16;
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Z(_mm512_set1_ps(v))
+    }
+    #[inline(always)]
+    unsafe fn load<T: Elem>(p: *const T) -> Self {
+        Z(match T::STORAGE {
+            Storage::F32 => _mm512_loadu_ps(p.cast()),
+            Storage::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+            Storage::Bf16 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_loadu_si256(p.cast()),
+            ))),
+            Storage::Other => unreachable!("no SIMD load for this element type"),
+        })
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm512_storeu_ps(p, self.0);
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        Z(_mm512_add_ps(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        Z(_mm512_sub_ps(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        Z(_mm512_mul_ps(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn fma(self, b: Self, c: Self) -> Self {
+        Z(_mm512_fmadd_ps(self.0, b.0, c.0))
+    }
+    #[inline(always)]
+    unsafe fn max(self, o: Self) -> Self {
+        Z(_mm512_max_ps(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn bad(self) -> __mmask16 {
+        _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(self.0, _mm512_set1_ps(f32::INFINITY))
+    }
+    #[inline(always)]
+    unsafe fn keep_if(self, a: Self, b: Self, strict: bool) -> Self {
+        let m = if strict {
+            _mm512_cmp_ps_mask::<_CMP_GT_OQ>(a.0, b.0)
+        } else {
+            _mm512_cmp_ps_mask::<_CMP_GE_OQ>(a.0, b.0)
+        };
+        Z(_mm512_maskz_mov_ps(m, self.0))
+    }
+    #[inline(always)]
+    unsafe fn no_mask() -> __mmask16 {
+        0
+    }
+    #[inline(always)]
+    unsafe fn or(a: __mmask16, b: __mmask16) -> __mmask16 {
+        a | b
+    }
+    #[inline(always)]
+    unsafe fn any(m: __mmask16) -> bool {
+        m != 0
+    }
+    #[inline(always)]
+    unsafe fn scale_pow2(self, t: Self) -> Self {
+        let n = _mm512_sub_epi32(_mm512_castps_si512(t.0), _mm512_set1_epi32(0x4b40_0000));
+        Z(_mm512_castsi512_ps(_mm512_add_epi32(
+            _mm512_castps_si512(self.0),
+            _mm512_slli_epi32::<23>(n),
+        )))
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(self) -> f32 {
+        let lo = _mm512_castps512_ps256(self.0);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self.0)));
+        reduce8_max(_mm256_max_ps(hi, lo))
+    }
+    #[inline(always)]
+    unsafe fn reduce_sum(self) -> f32 {
+        let lo = _mm512_castps512_ps256(self.0);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self.0)));
+        reduce8_sum(_mm256_add_ps(lo, hi))
+    }
+}
+
+/// Lanes `j` and `j + 4`, then `j + 2`, then `j + 1` (the pairwise order of `prims`).
+#[inline(always)]
+unsafe fn reduce8_max(v: __m256) -> f32 {
+    let v4 = _mm_max_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+    let v2 = _mm_max_ps(_mm_movehl_ps(v4, v4), v4);
+    let v1 = _mm_max_ss(_mm_shuffle_ps::<0b01>(v2, v2), v2);
+    _mm_cvtss_f32(v1)
+}
+
+#[inline(always)]
+unsafe fn reduce8_sum(v: __m256) -> f32 {
+    let v4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+    let v1 = _mm_add_ss(v2, _mm_shuffle_ps::<0b01>(v2, v2));
+    _mm_cvtss_f32(v1)
+}
+
+/// Lanes 0-7 and 8-15.
+#[derive(Clone, Copy)]
+struct Y(__m256, __m256);
+
+#[inline(always)]
+unsafe fn load8<T: Elem>(p: *const T) -> __m256 {
+    match T::STORAGE {
+        Storage::F32 => _mm256_loadu_ps(p.cast()),
+        Storage::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+        Storage::Bf16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+            _mm_loadu_si128(p.cast()),
+        ))),
+        Storage::Other => unreachable!("no SIMD load for this element type"),
+    }
+}
+
+#[inline(always)]
+unsafe fn scale8(y: __m256, t: __m256) -> __m256 {
+    let n = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4b40_0000));
+    _mm256_castsi256_ps(_mm256_add_epi32(
+        _mm256_castps_si256(y),
+        _mm256_slli_epi32::<23>(n),
+    ))
+}
+
+impl V16 for Y {
+    type M = __m256;
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Y(_mm256_set1_ps(v), _mm256_set1_ps(v))
+    }
+    #[inline(always)]
+    unsafe fn load<T: Elem>(p: *const T) -> Self {
+        Y(load8(p), load8(p.add(8)))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        _mm256_storeu_ps(p, self.0);
+        _mm256_storeu_ps(p.add(8), self.1);
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        Y(_mm256_add_ps(self.0, o.0), _mm256_add_ps(self.1, o.1))
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        Y(_mm256_sub_ps(self.0, o.0), _mm256_sub_ps(self.1, o.1))
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        Y(_mm256_mul_ps(self.0, o.0), _mm256_mul_ps(self.1, o.1))
+    }
+    #[inline(always)]
+    unsafe fn fma(self, b: Self, c: Self) -> Self {
+        Y(
+            _mm256_fmadd_ps(self.0, b.0, c.0),
+            _mm256_fmadd_ps(self.1, b.1, c.1),
+        )
+    }
+    #[inline(always)]
+    unsafe fn max(self, o: Self) -> Self {
+        Y(_mm256_max_ps(self.0, o.0), _mm256_max_ps(self.1, o.1))
+    }
+    #[inline(always)]
+    unsafe fn bad(self) -> __m256 {
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        _mm256_or_ps(
+            _mm256_cmp_ps::<_CMP_NLT_UQ>(self.0, inf),
+            _mm256_cmp_ps::<_CMP_NLT_UQ>(self.1, inf),
+        )
+    }
+    #[inline(always)]
+    unsafe fn keep_if(self, a: Self, b: Self, strict: bool) -> Self {
+        let (m0, m1) = if strict {
+            (
+                _mm256_cmp_ps::<_CMP_GT_OQ>(a.0, b.0),
+                _mm256_cmp_ps::<_CMP_GT_OQ>(a.1, b.1),
+            )
+        } else {
+            (
+                _mm256_cmp_ps::<_CMP_GE_OQ>(a.0, b.0),
+                _mm256_cmp_ps::<_CMP_GE_OQ>(a.1, b.1),
+            )
+        };
+        Y(_mm256_and_ps(self.0, m0), _mm256_and_ps(self.1, m1))
+    }
+    #[inline(always)]
+    unsafe fn no_mask() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn or(a: __m256, b: __m256) -> __m256 {
+        _mm256_or_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn any(m: __m256) -> bool {
+        _mm256_movemask_ps(m) != 0
+    }
+    #[inline(always)]
+    unsafe fn scale_pow2(self, t: Self) -> Self {
+        Y(scale8(self.0, t.0), scale8(self.1, t.1))
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(self) -> f32 {
+        reduce8_max(_mm256_max_ps(self.1, self.0))
+    }
+    #[inline(always)]
+    unsafe fn reduce_sum(self) -> f32 {
+        reduce8_sum(_mm256_add_ps(self.0, self.1))
+    }
+}
+
+/// `e^d` for `d <= 0` (0 below the cutoff): `prims::exp_neg`, lane for lane.
+#[inline(always)]
+unsafe fn exp_neg<V: V16>(d: V) -> V {
+    let cutoff = V::splat(EXP_CUTOFF);
+    let xc = d.max(cutoff);
+    let round = V::splat(12_582_912.0);
+    let t = xc.fma(V::splat(std::f32::consts::LOG2_E), round);
+    let n = t.sub(round);
+    let r = n.fma(V::splat(-0.693_359_4), xc);
+    let r = n.fma(V::splat(2.121_944_4e-4), r);
+    let z = r.mul(r);
+    let mut y = V::splat(1.987_569_2e-4);
+    y = y.fma(r, V::splat(1.398_199_9e-3));
+    y = y.fma(r, V::splat(8.333_452e-3));
+    y = y.fma(r, V::splat(4.166_579_6e-2));
+    y = y.fma(r, V::splat(1.666_666_5e-1));
+    y = y.fma(r, V::splat(5.000_000_1e-1));
+    y = y.fma(z, r).add(V::splat(1.0));
+    y.scale_pow2(t).keep_if(d, cutoff, true)
+}
+
+/// The last `len < 16` elements of a block, widened, padded with `-inf`.
+#[inline(always)]
+fn tail<T: Elem>(part: &[T]) -> [f32; LANES] {
+    let mut buf = [f32::NEG_INFINITY; LANES];
+    for (b, e) in buf.iter_mut().zip(part) {
+        *b = e.to_f32();
+    }
+    buf
+}
+
+#[inline(always)]
+unsafe fn scan_k<V: V16, T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
+    let mut bad = V::no_mask();
+    let mut row_max = f32::NEG_INFINITY;
+    for (blk, bm) in x.chunks(BLOCK).zip(bmax.iter_mut()) {
+        let mut acc = V::splat(f32::NEG_INFINITY);
+        let full = blk.len() / LANES;
+        for c in 0..full {
+            let v = V::load(blk.as_ptr().add(c * LANES));
+            acc = v.max(acc);
+            bad = V::or(bad, v.bad());
+        }
+        if full * LANES < blk.len() {
+            let buf = tail(&blk[full * LANES..]);
+            let v = V::load(buf.as_ptr());
+            acc = v.max(acc);
+            bad = V::or(bad, v.bad());
+        }
+        let m = acc.reduce_max();
+        *bm = m;
+        row_max = if m > row_max { m } else { row_max };
+    }
+    (row_max, V::any(bad))
+}
+
+#[inline(always)]
+unsafe fn weight<V: V16>(v: V, m: V, scale: V, thr: V) -> V {
+    exp_neg(v.sub(m).mul(scale)).keep_if(v, thr, false)
+}
+
+#[inline(always)]
+unsafe fn weight_sums_k<V: V16, T: Elem>(
+    x: &[T],
+    bmax: &[f32],
+    m: f32,
+    scale: f32,
+    thr: f32,
+    bsum: &mut [f32],
+) -> f64 {
+    let (mv, sv, tv) = (V::splat(m), V::splat(scale), V::splat(thr));
+    let mut total = 0.0f64;
+    for ((blk, &bm), bs) in x.chunks(BLOCK).zip(bmax).zip(bsum.iter_mut()) {
+        *bs = if bm < thr || !((bm - m) * scale > EXP_CUTOFF) {
+            0.0
+        } else {
+            let mut acc = V::splat(0.0);
+            let full = blk.len() / LANES;
+            for c in 0..full {
+                acc = acc.add(weight(V::load(blk.as_ptr().add(c * LANES)), mv, sv, tv));
+            }
+            if full * LANES < blk.len() {
+                let buf = tail(&blk[full * LANES..]);
+                acc = acc.add(weight(V::load(buf.as_ptr()), mv, sv, tv));
+            }
+            acc.reduce_sum()
+        };
+        total += f64::from(*bs);
+    }
+    total
+}
+
+#[inline(always)]
+unsafe fn write_softmax_k<V: V16, T: Elem>(
+    x: &[T],
+    m: f32,
+    scale: f32,
+    inv_sum: f32,
+    out: &mut [f32],
+) {
+    let (mv, sv, iv) = (V::splat(m), V::splat(scale), V::splat(inv_sum));
+    let full = x.len() / LANES;
+    for c in 0..full {
+        let v = V::load(x.as_ptr().add(c * LANES));
+        exp_neg(v.sub(mv).mul(sv))
+            .mul(iv)
+            .store(out.as_mut_ptr().add(c * LANES));
+    }
+    let done = full * LANES;
+    if done < x.len() {
+        let buf = tail(&x[done..]);
+        let mut res = [0.0f32; LANES];
+        exp_neg(V::load(buf.as_ptr()).sub(mv).mul(sv))
+            .mul(iv)
+            .store(res.as_mut_ptr());
+        out[done..].copy_from_slice(&res[..x.len() - done]);
+    }
+}
+
+macro_rules! entry_points {
+    ($isa:ident, $v:ty, $features:literal) => {
+        /// Entry points compiled for one ISA.
+        pub mod $isa {
+            use super::*;
+
+            /// # Safety
+            /// The CPU must support the features of this ISA; `bmax` has one entry per block.
+            #[target_feature(enable = $features)]
+            pub unsafe fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
+                scan_k::<$v, T>(x, bmax)
+            }
+
+            /// # Safety
+            /// As [`scan`]; `bsum` has one entry per block.
+            #[target_feature(enable = $features)]
+            pub unsafe fn weight_sums<T: Elem>(
+                x: &[T],
+                bmax: &[f32],
+                m: f32,
+                scale: f32,
+                thr: f32,
+                bsum: &mut [f32],
+            ) -> f64 {
+                weight_sums_k::<$v, T>(x, bmax, m, scale, thr, bsum)
+            }
+
+            /// # Safety
+            /// As [`scan`]; `out.len() == x.len()`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn write_softmax<T: Elem>(
+                x: &[T],
+                m: f32,
+                scale: f32,
+                inv_sum: f32,
+                out: &mut [f32],
+            ) {
+                write_softmax_k::<$v, T>(x, m, scale, inv_sum, out);
+            }
+        }
+    };
+}
+
+entry_points!(
+    avx512,
+    Z,
+    "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"
+);
+entry_points!(avx2, Y, "avx2,fma,f16c");
