@@ -155,19 +155,20 @@ pub fn softmax<T: Elem>(
         let row = &x[r * vocab..(r + 1) * vocab];
         let mut bmax = std::mem::take(&mut scr.bmax);
         let res = pipeline::scan(row, &mut bmax).map(|s| {
-            scr.bsum.resize(s.bmax.len(), 0.0);
-            let total = prims::weight_sums(
-                row,
-                s.bmax,
-                s.m,
-                scale as f32,
-                f32::NEG_INFINITY,
-                &mut scr.bsum,
-            );
             if log {
+                scr.bsum.resize(s.bmax.len(), 0.0);
+                let total = prims::weight_sums(
+                    row,
+                    s.bmax,
+                    s.m,
+                    scale as f32,
+                    f32::NEG_INFINITY,
+                    &mut scr.bsum,
+                );
                 prims::write_log_softmax(row, s.m, scale, total.ln(), o);
             } else {
-                prims::write_softmax(row, s.m, scale as f32, (1.0 / total) as f32, o);
+                let total = prims::write_weights(row, s.bmax, s.m, scale as f32, o);
+                prims::scale_in_place(o, (1.0 / total) as f32);
             }
         });
         scr.bmax = bmax;

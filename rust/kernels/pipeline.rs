@@ -8,7 +8,7 @@
 //! * [`Kept::List`]: an explicit list in rank order (larger logit first, ties by lower id), which
 //!   top-k produces and top-p produces from a window of the best candidates.
 //!
-//! Weights are `e^((v - v_max) * scale)` computed by [`prims::exp_neg`] and summed in `f64`.
+//! Weights are `e^((v - v_max) * scale)` computed by [`prims::exp2_neg`] and summed in `f64`.
 
 use super::elem::Elem;
 use super::prims::{self, n_blocks, BLOCK};

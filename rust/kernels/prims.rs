@@ -12,8 +12,22 @@ pub const BLOCK: usize = 64;
 /// Independent accumulators per block (one AVX-512 register of `f32`).
 pub const LANES: usize = 16;
 
-/// Below this exponent argument `exp` returns exactly 0 (`e^-87.33` is the smallest normal `f32`).
-pub const EXP_CUTOFF: f32 = -87.336_54;
+/// Below this base-2 exponent [`exp2_neg`] returns exactly 0 (`2^-125`, about `e^-86.6`).
+pub const T_CUTOFF: f32 = -125.0;
+
+/// `ln 2^k / k!`, `k = 6..1`: the Taylor polynomial of `2^f` on `[-1/2, 1/2]` (truncation error
+/// below `1.2e-7` relative).
+pub const EXP2_POLY: [f32; 6] = [
+    1.540_353_e-4,
+    1.333_355_8e-3,
+    9.618_129e-3,
+    5.550_410_8e-2,
+    2.402_265e-1,
+    6.931_472e-1,
+];
+
+/// `log2(e)`: converts a natural-log scale into the base-2 scale the kernels use.
+pub const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
 /// Number of blocks of a row of `len` elements.
 #[inline]
@@ -22,37 +36,31 @@ pub fn n_blocks(len: usize) -> usize {
     len.div_ceil(BLOCK)
 }
 
-/// `e^x` in `f32` for `x <= 0`, within 2 ulp of the true value, and exactly 0 below
-/// [`EXP_CUTOFF`] (including `-inf`).
+/// `2^t` in `f32` for `t <= 0`, within 3 ulp of the true value, and exactly 0 below
+/// [`T_CUTOFF`] (including `-inf`).
 ///
-/// Cody-Waite reduction `x = n ln2 + r`, `|r| <= ln2/2`, a degree-7 polynomial for `e^r`
-/// (the Cephes `expf` coefficients), and `2^n` added into the exponent field. Every
-/// multiply-add is a fused `mul_add` (one rounding), on every SIMD level (the scalar level uses
-/// the exact software fma), so every level computes the same bits.
+/// `t = n + f` with `n = round(t)` and `|f| <= 1/2`, [`EXP2_POLY`] for `2^f` in fused
+/// multiply-adds, and `2^n` added into the exponent field (results stay normal above the
+/// cutoff). The scalar level uses the exact software fma, so every level computes the same bits.
+/// A weight `e^(d * s)` is computed as `2^(d * (s * log2 e))`: the two `f32` products add a
+/// relative error of at most `|t| * 2^-23` to the bound above.
 #[inline(always)]
 #[must_use]
-pub fn exp_neg(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let xc = if x > EXP_CUTOFF { x } else { EXP_CUTOFF };
-    let t = xc.mul_add(LOG2E, ROUND);
-    let n = t - ROUND;
-    let r = n.mul_add(-LN2_HI, xc);
-    let r = n.mul_add(-LN2_LO, r);
-    let z = r * r;
-    let mut y = 1.987_569_2e-4_f32;
-    y = y.mul_add(r, 1.398_199_9e-3);
-    y = y.mul_add(r, 8.333_452e-3);
-    y = y.mul_add(r, 4.166_579_6e-2);
-    y = y.mul_add(r, 1.666_666_5e-1);
-    y = y.mul_add(r, 5.000_000_1e-1);
-    y = y.mul_add(z, r) + 1.0;
-    // n is in [-126, 0]: the integer sits in the low mantissa bits of `t`.
-    let ni = (t.to_bits() as i32).wrapping_sub(0x4b40_0000);
+pub fn exp2_neg(t: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer (ties even)
+    let tc = if t > T_CUTOFF { t } else { T_CUTOFF };
+    let r = tc + ROUND;
+    let n = r - ROUND;
+    let f = tc - n;
+    let mut y = EXP2_POLY[0];
+    for c in &EXP2_POLY[1..] {
+        y = y.mul_add(f, *c);
+    }
+    y = y.mul_add(f, 1.0);
+    // n is in [-125, 0]: the integer sits in the low mantissa bits of `r`.
+    let ni = (r.to_bits() as i32).wrapping_sub(0x4b40_0000);
     let scaled = f32::from_bits((y.to_bits() as i32).wrapping_add(ni << 23) as u32);
-    if x > EXP_CUTOFF {
+    if t >= T_CUTOFF {
         scaled
     } else {
         0.0
@@ -160,10 +168,10 @@ multiversion! {
     }
 }
 
-/// Weight of one element: `e^((v - m) * scale)` if `v >= thr`, else 0.
+/// Weight of one element: `e^((v - m) * scale) = 2^((v - m) * a)` if `v >= thr`, else 0.
 #[inline(always)]
-fn weight(v: f32, m: f32, scale: f32, thr: f32) -> f32 {
-    let w = exp_neg((v - m) * scale);
+fn weight(v: f32, m: f32, a: f32, thr: f32) -> f32 {
+    let w = exp2_neg((v - m) * a);
     if v >= thr {
         w
     } else {
@@ -173,24 +181,24 @@ fn weight(v: f32, m: f32, scale: f32, thr: f32) -> f32 {
 
 /// Sum of the weights of one block, accumulated in [`LANES`] lanes and reduced pairwise.
 #[inline(always)]
-fn block_weight_sum<T: Elem>(blk: &[T], m: f32, scale: f32, thr: f32) -> f32 {
+fn block_weight_sum<T: Elem>(blk: &[T], m: f32, a: f32, thr: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut lanes = blk.chunks_exact(LANES);
     for c in &mut lanes {
         for j in 0..LANES {
-            acc[j] += weight(c[j].to_f32(), m, scale, thr);
+            acc[j] += weight(c[j].to_f32(), m, a, thr);
         }
     }
     for (j, e) in lanes.remainder().iter().enumerate() {
-        acc[j] += weight(e.to_f32(), m, scale, thr);
+        acc[j] += weight(e.to_f32(), m, a, thr);
     }
     reduce_sum(&acc)
 }
 
 /// Whether every weight of a block with maximum `bm` is exactly 0 (so the block can be skipped).
 #[inline(always)]
-fn block_is_zero(bm: f32, m: f32, scale: f32, thr: f32) -> bool {
-    bm < thr || !((bm - m) * scale > EXP_CUTOFF)
+pub(crate) fn block_is_zero(bm: f32, m: f32, a: f32, thr: f32) -> bool {
+    bm < thr || !((bm - m) * a >= T_CUTOFF)
 }
 
 /// Fills `bsum[b]` with the sum over block `b` of `e^((x - m) * scale)` for the elements
@@ -224,12 +232,13 @@ pub fn weight_sums<T: Elem>(
 multiversion! {
     /// [`weight_sums`] in portable code.
     pub fn weight_sums_portable<T: Elem>(x: &[T], bmax: &[f32], m: f32, scale: f32, thr: f32, bsum: &mut [f32]) -> f64 {
+        let a = scale * LOG2_E;
         let mut total = 0.0f64;
         for ((blk, &bm), bs) in x.chunks(BLOCK).zip(bmax).zip(bsum.iter_mut()) {
-            *bs = if block_is_zero(bm, m, scale, thr) {
+            *bs = if block_is_zero(bm, m, a, thr) {
                 0.0
             } else {
-                block_weight_sum(blk, m, scale, thr)
+                block_weight_sum(blk, m, a, thr)
             };
             total += f64::from(*bs);
         }
@@ -261,35 +270,62 @@ pub fn find_in_block<T: Elem>(blk: &[T], m: f32, scale: f32, thr: f32, target: f
 multiversion! {
     /// `out[i] = e^((x[i] - m) * scale)` (`x[i] <= m`): weights of a short list.
     pub fn weights<T: Elem>(x: &[T], m: f32, scale: f32, out: &mut [f32]) -> () {
+        let a = scale * LOG2_E;
         for (o, e) in out.iter_mut().zip(x) {
-            *o = exp_neg((e.to_f32() - m) * scale);
+            *o = exp2_neg((e.to_f32() - m) * a);
         }
     }
 }
 
-/// `out[i] = e^((x[i] - m) * scale) * inv_sum`: the softmax write pass.
-pub fn write_softmax<T: Elem>(x: &[T], m: f32, scale: f32, inv_sum: f32, out: &mut [f32]) {
+/// The softmax numerator pass: writes `out[i] = e^((x[i] - m) * scale)` and returns their
+/// sum, with the block and lane structure of [`weight_sums`] (so the total is the same bits).
+pub fn write_weights<T: Elem>(x: &[T], bmax: &[f32], m: f32, scale: f32, out: &mut [f32]) -> f64 {
     match (T::STORAGE, crate::simd::level()) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
         (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx512) => unsafe {
-            crate::simd::x86::avx512::write_softmax(x, m, scale, inv_sum, out);
+            crate::simd::x86::avx512::write_weights(x, bmax, m, scale, out)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
         (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx2) => unsafe {
-            crate::simd::x86::avx2::write_softmax(x, m, scale, inv_sum, out);
+            crate::simd::x86::avx2::write_weights(x, bmax, m, scale, out)
         },
-        _ => write_softmax_portable(x, m, scale, inv_sum, out),
+        _ => write_weights_portable(x, bmax, m, scale, out),
     }
 }
 
 multiversion! {
-    /// [`write_softmax`] in portable code.
-    pub fn write_softmax_portable<T: Elem>(x: &[T], m: f32, scale: f32, inv_sum: f32, out: &mut [f32]) -> () {
-        for (o, e) in out.iter_mut().zip(x) {
-            *o = exp_neg((e.to_f32() - m) * scale) * inv_sum;
+    /// [`write_weights`] in portable code.
+    pub fn write_weights_portable<T: Elem>(x: &[T], bmax: &[f32], m: f32, scale: f32, out: &mut [f32]) -> f64 {
+        let a = scale * LOG2_E;
+        let mut total = 0.0f64;
+        for ((blk, &bm), o) in x.chunks(BLOCK).zip(bmax).zip(out.chunks_mut(BLOCK)) {
+            if block_is_zero(bm, m, a, f32::NEG_INFINITY) {
+                o.fill(0.0);
+                continue;
+            }
+            let mut acc = [0.0f32; LANES];
+            for (i, (e, w)) in blk.iter().zip(o.iter_mut()).enumerate() {
+                *w = exp2_neg((e.to_f32() - m) * a);
+                acc[i % LANES] += *w;
+            }
+            total += f64::from(reduce_sum(&acc));
         }
+        total
+    }
+}
+
+/// `out[i] *= k`.
+pub fn scale_in_place(out: &mut [f32], k: f32) {
+    match crate::simd::level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
+        Level::Avx512 => unsafe { crate::simd::x86::avx512::scale_in_place(out, k) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
+        Level::Avx2 => unsafe { crate::simd::x86::avx2::scale_in_place(out, k) },
+        _ => out.iter_mut().for_each(|o| *o *= k),
     }
 }
 
@@ -337,20 +373,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exp_neg_is_within_two_ulp() {
-        let mut x = 0.0f32;
+    fn exp2_neg_is_within_three_ulp() {
+        let mut t = 0.0f32;
         let mut worst = 0.0f64;
-        while x > EXP_CUTOFF {
-            let got = f64::from(exp_neg(x));
-            let want = f64::from(x).exp();
-            let ulp = f64::from(f32::EPSILON) * want;
-            worst = worst.max((got - want).abs() / ulp);
-            x -= 0.000_731;
+        while t >= T_CUTOFF {
+            let got = f64::from(exp2_neg(t));
+            let want = f64::from(t).exp2();
+            worst = worst.max((got - want).abs() / (f64::from(f32::EPSILON) * want));
+            t -= 0.000_913;
         }
-        assert!(worst <= 2.0, "worst error {worst} ulp");
-        assert_eq!(exp_neg(0.0), 1.0);
-        assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_neg(-100.0), 0.0);
+        assert!(worst <= 3.0, "worst error {worst} ulp");
+        assert_eq!(exp2_neg(0.0), 1.0);
+        assert_eq!(exp2_neg(-1.0), 0.5);
+        assert_eq!(exp2_neg(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp2_neg(-125.5), 0.0);
     }
 
     /// Every level gives the bits of the portable code (f32, f16 and bf16 rows).
@@ -400,7 +436,11 @@ mod tests {
             let total = weight_sums(x, &bmax, m, scale, thr, &mut bsum);
             bits.push(total.to_bits() as u32);
             bits.extend(bsum.iter().map(|v| v.to_bits()));
-            write_softmax(x, m, scale, 0.25, &mut out);
+            let t2 = write_weights(x, &bmax, m, scale, &mut out);
+            if thr == f32::NEG_INFINITY {
+                assert_eq!(t2.to_bits(), total.to_bits());
+            }
+            scale_in_place(&mut out, 0.37);
             bits.extend(out.iter().map(|v| v.to_bits()));
         }
         bits

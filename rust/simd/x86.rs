@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 
 use crate::kernels::elem::{Elem, Storage};
-use crate::kernels::prims::{BLOCK, EXP_CUTOFF, LANES};
+use crate::kernels::prims::{block_is_zero, BLOCK, EXP2_POLY, LANES, LOG2_E, T_CUTOFF};
 
 /// Sixteen `f32` lanes.
 trait V16: Copy {
@@ -38,8 +38,10 @@ trait V16: Copy {
     unsafe fn no_mask() -> Self::M;
     unsafe fn or(a: Self::M, b: Self::M) -> Self::M;
     unsafe fn any(m: Self::M) -> bool;
-    /// `bits(self) + ((bits(t) - bits(1.5 * 2^23)) << 23)`: scales by `2^n`.
-    unsafe fn scale_pow2(self, t: Self) -> Self;
+    /// Rounds to the nearest integer (ties even).
+    unsafe fn round(self) -> Self;
+    /// `self * 2^n` for an integral `n` (results must be normal).
+    unsafe fn scale_pow2(self, n: Self) -> Self;
     /// Pairwise maximum of the lanes, as `prims::reduce_max`.
     unsafe fn reduce_max(self) -> f32;
     /// Pairwise sum of the lanes, as `prims::reduce_sum`.
@@ -116,12 +118,14 @@ impl V16 for Z {
         m != 0
     }
     #[inline(always)]
-    unsafe fn scale_pow2(self, t: Self) -> Self {
-        let n = _mm512_sub_epi32(_mm512_castps_si512(t.0), _mm512_set1_epi32(0x4b40_0000));
-        Z(_mm512_castsi512_ps(_mm512_add_epi32(
-            _mm512_castps_si512(self.0),
-            _mm512_slli_epi32::<23>(n),
-        )))
+    unsafe fn round(self) -> Self {
+        Z(_mm512_roundscale_ps::<
+            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+        >(self.0))
+    }
+    #[inline(always)]
+    unsafe fn scale_pow2(self, n: Self) -> Self {
+        Z(_mm512_scalef_ps(self.0, n.0))
     }
     #[inline(always)]
     unsafe fn reduce_max(self) -> f32 {
@@ -171,12 +175,17 @@ unsafe fn load8<T: Elem>(p: *const T) -> __m256 {
 }
 
 #[inline(always)]
-unsafe fn scale8(y: __m256, t: __m256) -> __m256 {
-    let n = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4b40_0000));
+unsafe fn scale8(y: __m256, n: __m256) -> __m256 {
+    let ni = _mm256_cvtps_epi32(n);
     _mm256_castsi256_ps(_mm256_add_epi32(
         _mm256_castps_si256(y),
-        _mm256_slli_epi32::<23>(n),
+        _mm256_slli_epi32::<23>(ni),
     ))
+}
+
+#[inline(always)]
+unsafe fn round8(v: __m256) -> __m256 {
+    _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
 }
 
 impl V16 for Y {
@@ -253,8 +262,12 @@ impl V16 for Y {
         _mm256_movemask_ps(m) != 0
     }
     #[inline(always)]
-    unsafe fn scale_pow2(self, t: Self) -> Self {
-        Y(scale8(self.0, t.0), scale8(self.1, t.1))
+    unsafe fn round(self) -> Self {
+        Y(round8(self.0), round8(self.1))
+    }
+    #[inline(always)]
+    unsafe fn scale_pow2(self, n: Self) -> Self {
+        Y(scale8(self.0, n.0), scale8(self.1, n.1))
     }
     #[inline(always)]
     unsafe fn reduce_max(self) -> f32 {
@@ -266,25 +279,19 @@ impl V16 for Y {
     }
 }
 
-/// `e^d` for `d <= 0` (0 below the cutoff): `prims::exp_neg`, lane for lane.
+/// `2^t` for `t <= 0` (0 below the cutoff): `prims::exp2_neg`, lane for lane.
 #[inline(always)]
-unsafe fn exp_neg<V: V16>(d: V) -> V {
-    let cutoff = V::splat(EXP_CUTOFF);
-    let xc = d.max(cutoff);
-    let round = V::splat(12_582_912.0);
-    let t = xc.fma(V::splat(std::f32::consts::LOG2_E), round);
-    let n = t.sub(round);
-    let r = n.fma(V::splat(-0.693_359_4), xc);
-    let r = n.fma(V::splat(2.121_944_4e-4), r);
-    let z = r.mul(r);
-    let mut y = V::splat(1.987_569_2e-4);
-    y = y.fma(r, V::splat(1.398_199_9e-3));
-    y = y.fma(r, V::splat(8.333_452e-3));
-    y = y.fma(r, V::splat(4.166_579_6e-2));
-    y = y.fma(r, V::splat(1.666_666_5e-1));
-    y = y.fma(r, V::splat(5.000_000_1e-1));
-    y = y.fma(z, r).add(V::splat(1.0));
-    y.scale_pow2(t).keep_if(d, cutoff, true)
+unsafe fn exp2_neg<V: V16>(t: V) -> V {
+    let cutoff = V::splat(T_CUTOFF);
+    let tc = t.max(cutoff);
+    let n = tc.round();
+    let f = tc.sub(n);
+    let mut y = V::splat(EXP2_POLY[0]);
+    for c in &EXP2_POLY[1..] {
+        y = y.fma(f, V::splat(*c));
+    }
+    y = y.fma(f, V::splat(1.0));
+    y.scale_pow2(n).keep_if(t, cutoff, false)
 }
 
 /// The last `len < 16` elements of a block, widened, padded with `-inf`.
@@ -323,8 +330,8 @@ unsafe fn scan_k<V: V16, T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
 }
 
 #[inline(always)]
-unsafe fn weight<V: V16>(v: V, m: V, scale: V, thr: V) -> V {
-    exp_neg(v.sub(m).mul(scale)).keep_if(v, thr, false)
+unsafe fn weight<V: V16>(v: V, m: V, a: V, thr: V) -> V {
+    exp2_neg(v.sub(m).mul(a)).keep_if(v, thr, false)
 }
 
 #[inline(always)]
@@ -336,10 +343,11 @@ unsafe fn weight_sums_k<V: V16, T: Elem>(
     thr: f32,
     bsum: &mut [f32],
 ) -> f64 {
-    let (mv, sv, tv) = (V::splat(m), V::splat(scale), V::splat(thr));
+    let a = scale * LOG2_E;
+    let (mv, sv, tv) = (V::splat(m), V::splat(a), V::splat(thr));
     let mut total = 0.0f64;
     for ((blk, &bm), bs) in x.chunks(BLOCK).zip(bmax).zip(bsum.iter_mut()) {
-        *bs = if bm < thr || !((bm - m) * scale > EXP_CUTOFF) {
+        *bs = if block_is_zero(bm, m, a, thr) {
             0.0
         } else {
             let mut acc = V::splat(0.0);
@@ -359,30 +367,40 @@ unsafe fn weight_sums_k<V: V16, T: Elem>(
 }
 
 #[inline(always)]
-unsafe fn write_softmax_k<V: V16, T: Elem>(
+unsafe fn write_weights_k<V: V16, T: Elem>(
     x: &[T],
+    bmax: &[f32],
     m: f32,
     scale: f32,
-    inv_sum: f32,
     out: &mut [f32],
-) {
-    let (mv, sv, iv) = (V::splat(m), V::splat(scale), V::splat(inv_sum));
-    let full = x.len() / LANES;
-    for c in 0..full {
-        let v = V::load(x.as_ptr().add(c * LANES));
-        exp_neg(v.sub(mv).mul(sv))
-            .mul(iv)
-            .store(out.as_mut_ptr().add(c * LANES));
+) -> f64 {
+    let a = scale * LOG2_E;
+    let (mv, av) = (V::splat(m), V::splat(a));
+    let mut total = 0.0f64;
+    for ((blk, &bm), o) in x.chunks(BLOCK).zip(bmax).zip(out.chunks_mut(BLOCK)) {
+        if block_is_zero(bm, m, a, f32::NEG_INFINITY) {
+            o.fill(0.0);
+            continue;
+        }
+        let mut acc = V::splat(0.0);
+        let full = blk.len() / LANES;
+        for c in 0..full {
+            let w = exp2_neg(V::load(blk.as_ptr().add(c * LANES)).sub(mv).mul(av));
+            w.store(o.as_mut_ptr().add(c * LANES));
+            acc = acc.add(w);
+        }
+        let done = full * LANES;
+        if done < blk.len() {
+            let buf = tail(&blk[done..]);
+            let w = exp2_neg(V::load(buf.as_ptr()).sub(mv).mul(av));
+            let mut res = [0.0f32; LANES];
+            w.store(res.as_mut_ptr());
+            o[done..].copy_from_slice(&res[..blk.len() - done]);
+            acc = acc.add(w);
+        }
+        total += f64::from(acc.reduce_sum());
     }
-    let done = full * LANES;
-    if done < x.len() {
-        let buf = tail(&x[done..]);
-        let mut res = [0.0f32; LANES];
-        exp_neg(V::load(buf.as_ptr()).sub(mv).mul(sv))
-            .mul(iv)
-            .store(res.as_mut_ptr());
-        out[done..].copy_from_slice(&res[..x.len() - done]);
-    }
+    total
 }
 
 macro_rules! entry_points {
@@ -415,14 +433,23 @@ macro_rules! entry_points {
             /// # Safety
             /// As [`scan`]; `out.len() == x.len()`.
             #[target_feature(enable = $features)]
-            pub unsafe fn write_softmax<T: Elem>(
+            pub unsafe fn write_weights<T: Elem>(
                 x: &[T],
+                bmax: &[f32],
                 m: f32,
                 scale: f32,
-                inv_sum: f32,
                 out: &mut [f32],
-            ) {
-                write_softmax_k::<$v, T>(x, m, scale, inv_sum, out);
+            ) -> f64 {
+                write_weights_k::<$v, T>(x, bmax, m, scale, out)
+            }
+
+            /// # Safety
+            /// The CPU must support the features of this ISA.
+            #[target_feature(enable = $features)]
+            pub unsafe fn scale_in_place(out: &mut [f32], k: f32) {
+                for o in out.iter_mut() {
+                    *o *= k;
+                }
             }
         }
     };
