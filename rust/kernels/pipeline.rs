@@ -131,8 +131,10 @@ pub struct Scratch {
     pub sel: Vec<f32>,
     /// Candidates.
     pub cands: Vec<Cand>,
-    /// Token ids (penalties).
+    /// Token ids (penalties, candidate ids).
     pub ids: Vec<u32>,
+    /// Candidate values.
+    pub vals: Vec<f32>,
     /// Weights of a candidate list.
     pub wts: Vec<f32>,
 }
@@ -300,20 +302,23 @@ fn nucleus_of_threshold<T: Elem>(
     } else {
         thr
     };
-    let mut cands = std::mem::take(&mut scr.cands);
-    cands.clear();
-    select::collect_ge(s.x, s.bmax, floor, &mut cands);
-    list_weights(&cands, s.m, scale, &mut scr.wts);
-    let kept = nucleus_by_buckets(&cands, &scr.wts, floor, s.m, target, s, thr);
-    scr.cands = cands;
+    let (mut vals, mut ids) = (std::mem::take(&mut scr.vals), std::mem::take(&mut scr.ids));
+    vals.clear();
+    ids.clear();
+    select::collect_ge_soa(s.x, s.bmax, floor, &mut vals, &mut ids);
+    list_weights(&vals, s.m, scale, &mut scr.wts);
+    let kept = nucleus_by_buckets(&vals, &ids, &scr.wts, floor, s.m, target, s, thr);
+    (scr.vals, scr.ids) = (vals, ids);
     kept
 }
 
 /// Buckets of the nucleus search.
 const NUCLEUS_BUCKETS: usize = 1024;
 
+#[allow(clippy::too_many_arguments)]
 fn nucleus_by_buckets<T: Elem>(
-    cands: &[Cand],
+    vals: &[f32],
+    ids: &[u32],
     wts: &[f32],
     lo: f32,
     hi: f32,
@@ -328,26 +333,37 @@ fn nucleus_by_buckets<T: Elem>(
         0.0
     };
     // Bucket 0 holds the largest logits; the index never increases with the logit.
-    let bucket = |v: f32| (((hi - v) * inv) as usize).min(NUCLEUS_BUCKETS - 1);
-    let mut mass = vec![0.0f64; NUCLEUS_BUCKETS];
-    for (c, &w) in cands.iter().zip(wts) {
-        mass[bucket(c.v)] += f64::from(w);
+    let mut idx = vec![0u16; vals.len()];
+    prims::bucket_indices(vals, hi, inv, NUCLEUS_BUCKETS as u16 - 1, &mut idx);
+    // Four interleaved histograms, so consecutive updates of one bucket do not serialise.
+    let mut mass = vec![[0.0f64; 4]; NUCLEUS_BUCKETS];
+    for (i, (&b, &w)) in idx.iter().zip(wts).enumerate() {
+        mass[usize::from(b)][i & 3] += f64::from(w);
     }
     let mut above = 0.0f64;
-    let Some(b) = mass.iter().position(|&m| {
-        let reached = above + m >= target;
-        if !reached {
-            above += m;
+    let mut crossing = None;
+    for (b, m4) in mass.iter().enumerate() {
+        let m = (m4[0] + m4[1]) + (m4[2] + m4[3]);
+        if above + m >= target {
+            crossing = Some(b as u16);
+            break;
         }
-        reached
-    }) else {
+        above += m;
+    }
+    let Some(b) = crossing else {
         return Kept::Threshold(thr);
     };
-    let mut in_bucket: Vec<(Cand, f32)> = cands
-        .iter()
-        .zip(wts)
-        .filter(|(c, _)| bucket(c.v) == b)
-        .map(|(c, &w)| (*c, w))
+    let mut in_bucket: Vec<(Cand, f32)> = (0..vals.len())
+        .filter(|&i| idx[i] == b)
+        .map(|i| {
+            (
+                Cand {
+                    v: vals[i],
+                    id: ids[i],
+                },
+                wts[i],
+            )
+        })
         .collect();
     in_bucket.sort_unstable_by(|a, b| select::by_rank(&a.0, &b.0));
     let mut cum = above;

@@ -330,6 +330,19 @@ pub fn scale_in_place(out: &mut [f32], k: f32) {
 }
 
 multiversion! {
+    /// `out[i] = min(top, floor((hi - x[i]) * inv))` for `x[i] <= hi`: value buckets, largest
+    /// values in bucket 0.
+    pub fn bucket_indices<T: Elem>(x: &[T], hi: f32, inv: f32, top: u16, out: &mut [u16]) -> () {
+        let top_f = f32::from(top);
+        for (o, e) in out.iter_mut().zip(x) {
+            let b = (hi - e.to_f32()) * inv;
+            // `b >= 0`; clamping in float first keeps the conversion in range.
+            *o = (if b < top_f { b } else { top_f }) as u16;
+        }
+    }
+}
+
+multiversion! {
     /// `out[i] = (x[i] - m) * scale - lse`, in `f64` and rounded once: the log-softmax write pass.
     pub fn write_log_softmax<T: Elem>(x: &[T], m: f32, scale: f64, lse: f64, out: &mut [f32]) -> () {
         let m = f64::from(m);

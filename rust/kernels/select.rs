@@ -9,7 +9,7 @@
 
 use std::cmp::Ordering;
 
-use super::elem::Elem;
+use super::elem::{Elem, Storage};
 use super::prims::BLOCK;
 
 /// A token and its logit.
@@ -99,6 +99,40 @@ pub fn collect_ge<T: Elem>(x: &[T], bmax: &[f32], thr: f32, out: &mut Vec<Cand>)
                 n += usize::from(v >= thr);
             }
             out.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+/// [`collect_ge`] into separate value and id arrays (`thr` finite), with AVX-512 compress where
+/// available.
+pub fn collect_ge_soa<T: Elem>(
+    x: &[T],
+    bmax: &[f32],
+    thr: f32,
+    vals: &mut Vec<f32>,
+    ids: &mut Vec<u32>,
+) {
+    debug_assert!(thr.is_finite());
+    #[cfg(target_arch = "x86_64")]
+    if T::STORAGE != Storage::Other && crate::simd::level() == crate::simd::Level::Avx512 {
+        // SAFETY: level() returns Avx512 only after detecting AVX-512 F/BW/VL/DQ.
+        unsafe { crate::simd::x86::collect_ge_avx512(x, bmax, thr, vals, ids) };
+        return;
+    }
+    let mut bv = [0.0f32; BLOCK];
+    let mut bi = [0u32; BLOCK];
+    for (b, (blk, &bm)) in x.chunks(BLOCK).zip(bmax).enumerate() {
+        if bm >= thr {
+            let base = (b * BLOCK) as u32;
+            let mut n = 0usize;
+            for (i, e) in blk.iter().enumerate() {
+                let v = e.to_f32();
+                bv[n] = v;
+                bi[n] = base + i as u32;
+                n += usize::from(v >= thr);
+            }
+            vals.extend_from_slice(&bv[..n]);
+            ids.extend_from_slice(&bi[..n]);
         }
     }
 }

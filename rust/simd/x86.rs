@@ -403,6 +403,52 @@ unsafe fn write_weights_k<V: V16, T: Elem>(
     total
 }
 
+/// Appends the values `>= thr` (finite `thr`) of the blocks whose maximum reaches it, and their
+/// ids, with `vcompressps`: a full-width store of the compressed register, then the write
+/// position advances by the number of kept lanes.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+pub unsafe fn collect_ge_avx512<T: Elem>(
+    x: &[T],
+    bmax: &[f32],
+    thr: f32,
+    vals: &mut Vec<f32>,
+    ids: &mut Vec<u32>,
+) {
+    let tv = _mm512_set1_ps(thr);
+    let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (b, (blk, &bm)) in x.chunks(BLOCK).zip(bmax).enumerate() {
+        if !(bm >= thr) {
+            continue;
+        }
+        vals.reserve(BLOCK + LANES);
+        ids.reserve(BLOCK + LANES);
+        let mut n = vals.len();
+        let (vp, ip) = (vals.as_mut_ptr(), ids.as_mut_ptr());
+        let base = (b * BLOCK) as i32;
+        let full = blk.len() / LANES;
+        for c in 0..=full {
+            let v = if c < full {
+                Z::load(blk.as_ptr().add(c * LANES)).0
+            } else if full * LANES < blk.len() {
+                let buf = tail(&blk[full * LANES..]);
+                _mm512_loadu_ps(buf.as_ptr())
+            } else {
+                break;
+            };
+            let m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, tv);
+            let id = _mm512_add_epi32(iota, _mm512_set1_epi32(base + (c * LANES) as i32));
+            _mm512_storeu_ps(vp.add(n), _mm512_maskz_compress_ps(m, v));
+            _mm512_storeu_si512(ip.add(n).cast(), _mm512_maskz_compress_epi32(m, id));
+            n += m.count_ones() as usize;
+        }
+        vals.set_len(n);
+        ids.set_len(n);
+    }
+}
+
 macro_rules! entry_points {
     ($isa:ident, $v:ty, $features:literal) => {
         /// Entry points compiled for one ISA.
