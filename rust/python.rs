@@ -11,7 +11,7 @@ use numpy::{
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PySequence};
+use pyo3::types::{PyDict, PyFloat, PyInt, PySequence};
 
 use crate::error::KernelError;
 use crate::kernels::batch::{Request, RowResult};
@@ -66,6 +66,12 @@ fn run<T: Send>(
 }
 
 fn per_row_f64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<f64>> {
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        return Ok(PerRow::All(f.value()));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        return obj.extract::<f64>().map(PerRow::All);
+    }
     if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, f64>>() {
         if a.len() != rows {
             return Err(PyValueError::new_err(format!(
@@ -81,6 +87,12 @@ fn per_row_f64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerR
 }
 
 fn per_row_i64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<i64>> {
+    if obj.is_instance_of::<PyInt>() {
+        return obj
+            .extract::<i64>()
+            .map(PerRow::All)
+            .map_err(|_| PyValueError::new_err(format!("{name}: {obj} does not fit in int64")));
+    }
     if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
         if a.len() != rows {
             return Err(PyValueError::new_err(format!(
@@ -96,6 +108,11 @@ fn per_row_i64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerR
 }
 
 fn per_row_u64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<u64>> {
+    if obj.is_instance_of::<PyInt>() {
+        return obj.extract::<u64>().map(PerRow::All).map_err(|_| {
+            PyValueError::new_err(format!("{name}: must be an integer in [0, 2**64)"))
+        });
+    }
     if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, u64>>() {
         if a.len() != rows {
             return Err(PyValueError::new_err(format!(
@@ -365,7 +382,7 @@ fn bias_and_penalties(
 }
 
 #[pyfunction]
-#[pyo3(signature = (x, kind, temperature, top_k, top_p, min_p, min_keep, order, uniforms, out))]
+#[pyo3(signature = (x, kind, temperature, top_k, top_p, min_p, min_keep, order, seed, step, uniforms, out))]
 #[allow(clippy::too_many_arguments)]
 fn sample(
     py: Python<'_>,
@@ -377,7 +394,9 @@ fn sample(
     min_p: &Bound<'_, PyAny>,
     min_keep: &Bound<'_, PyAny>,
     order: &str,
-    uniforms: PyReadonlyArray1<'_, f64>,
+    seed: &Bound<'_, PyAny>,
+    step: &Bound<'_, PyAny>,
+    uniforms: Option<PyReadonlyArray1<'_, f64>>,
     mut out: PyReadwriteArray1<'_, i64>,
 ) -> PyResult<()> {
     let rows = out.len();
@@ -409,16 +428,28 @@ fn sample(
         min_keep: usize::try_from(*mk.get(r)).unwrap_or(usize::MAX),
         order,
     });
-    let u = uniforms.as_slice()?;
-    if u.len() != rows {
-        return Err(PyValueError::new_err(format!(
-            "uniforms: has {} values for {rows} rows",
-            u.len()
-        )));
-    }
+    let u: Vec<f64> = match &uniforms {
+        Some(a) => {
+            let u = a.as_slice()?;
+            if u.len() != rows {
+                return Err(PyValueError::new_err(format!(
+                    "uniforms: has {} values for {rows} rows",
+                    u.len()
+                )));
+            }
+            u.to_vec()
+        }
+        None => {
+            let seed = per_row_u64(seed, "seed", rows)?;
+            let step = per_row_u64(step, "step", rows)?;
+            (0..rows)
+                .map(|r| philox::uniform(*seed.get(r), *step.get(r)))
+                .collect()
+        }
+    };
     let o = out.as_slice_mut()?;
     with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::sample(
-        s, vocab, &filters, u, o
+        s, vocab, &filters, &u, o
     )))
 }
 

@@ -80,7 +80,22 @@ def _torch_bf16_bits(x: Any) -> np.ndarray | None:
     return None
 
 
+_F32_DTYPE = np.dtype(np.float32)
+
+
 def _logits(logits: ArrayLike, dtype: str | None) -> _Logits:
+    # Fast path: a C-contiguous float32 ndarray, the common case in a decoding loop.
+    if dtype is None and type(logits) is np.ndarray and logits.dtype is _F32_DTYPE:
+        shape = logits.shape
+        if logits.flags.c_contiguous and shape and shape[-1]:
+            if len(shape) == 2:
+                return _Logits(logits, _F32, shape, logits)
+            if len(shape) == 1:
+                return _Logits(logits.reshape(1, -1), _F32, shape, logits)
+    return _logits_any(logits, dtype)
+
+
+def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
     if dtype is not None and dtype != "bfloat16":
         raise ValueError(f"dtype: must be None or 'bfloat16', got {dtype!r}")
     if isinstance(logits, np.ndarray):
@@ -530,32 +545,39 @@ def uniform(seed: int, step: int) -> float:
     return float(_core.uniform(s, t))
 
 
-def _uniforms(x: _Logits, seed: Any, step: Any, uniforms: Any) -> np.ndarray:
+def _uniforms(x: _Logits, uniforms: Any) -> np.ndarray:
     rows = x.array.shape[0]
-    if uniforms is not None:
-        if len(x.shape) == 1:
-            if isinstance(uniforms, (bool, np.bool_)) or not isinstance(
-                uniforms, (int, float, np.integer, np.floating)
-            ):
-                raise TypeError("uniforms: must be a float for 1-D logits")
-            u = np.array([float(uniforms)])
-        else:
-            u = np.asarray(uniforms)
-            if u.ndim != 1 or u.shape[0] != rows:
-                raise ValueError(f"uniforms: must be an array of length {rows}, got shape {u.shape}")
-            if u.dtype.kind not in "fiu":
-                raise TypeError(f"uniforms: must hold floats, got dtype {u.dtype}")
-            u = np.ascontiguousarray(u, dtype=np.float64)
-        return u
-    st = _u64(step, "step")
+    if len(x.shape) == 1:
+        if isinstance(uniforms, (bool, np.bool_)) or not isinstance(
+            uniforms, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError("uniforms: must be a float for 1-D logits")
+        return np.array([float(uniforms)])
+    u = np.asarray(uniforms)
+    if u.ndim != 1 or u.shape[0] != rows:
+        raise ValueError(f"uniforms: must be an array of length {rows}, got shape {u.shape}")
+    if u.dtype.kind not in "fiu":
+        raise TypeError(f"uniforms: must hold floats, got dtype {u.dtype}")
+    return np.ascontiguousarray(u, dtype=np.float64)
+
+
+def _seed(seed: Any, rows: int) -> Any:
     if seed is None:
         if rows == 1:
-            sd: Any = int.from_bytes(os.urandom(8), "little")
-        else:
-            sd = np.frombuffer(os.urandom(8 * rows), dtype=np.uint64).copy()
-    else:
-        sd = _u64(seed, "seed")
-    return _core.uniforms(sd, st, rows)
+            return int.from_bytes(os.urandom(8), "little")
+        return np.frombuffer(os.urandom(8 * rows), dtype=np.uint64)
+    if type(seed) is int and 0 <= seed <= _U64_MAX:
+        return seed
+    return _u64(seed, "seed")
+
+
+def _scalar_or(value: Any, name: str, integer: bool) -> Any:
+    t = type(value)
+    if t is float or (t is int and value is not True and value is not False):
+        if integer and t is float:
+            raise TypeError(f"{name}: must be an integer, got float")
+        return value
+    return _per_row(value, name, integer)
 
 
 def sample(
@@ -601,14 +623,19 @@ def sample(
     x = _logits(logits, dtype)
     if order not in _ORDERS:
         raise ValueError(f"order: must be one of {', '.join(map(repr, _ORDERS))}, got {order!r}")
-    t = _per_row(temperature, "temperature", integer=False)
-    k = _per_row(top_k, "top_k", integer=True)
-    p = _per_row(top_p, "top_p", integer=False)
-    mp = _per_row(min_p, "min_p", integer=False)
-    mk = _per_row(min_keep, "min_keep", integer=True)
-    u = _uniforms(x, seed, step, uniforms)
-    res = np.empty(x.array.shape[0], dtype=np.int64)
-    _core.sample(x.array, x.kind, t, k, p, mp, mk, order, u, res)
+    t = _scalar_or(temperature, "temperature", False)
+    k = _scalar_or(top_k, "top_k", True)
+    p = _scalar_or(top_p, "top_p", False)
+    mp = _scalar_or(min_p, "min_p", False)
+    mk = _scalar_or(min_keep, "min_keep", True)
+    rows = x.array.shape[0]
+    res = np.empty(rows, dtype=np.int64)
+    if uniforms is not None:
+        u = _uniforms(x, uniforms)
+        _core.sample(x.array, x.kind, t, k, p, mp, mk, order, 0, 0, u, res)
+    else:
+        st = step if type(step) is int and 0 <= step <= _U64_MAX else _u64(step, "step")
+        _core.sample(x.array, x.kind, t, k, p, mp, mk, order, _seed(seed, rows), st, None, res)
     return _scalar_or_rows(x, res)
 
 

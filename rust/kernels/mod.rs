@@ -165,7 +165,7 @@ pub fn softmax<T: Elem>(
                     f32::NEG_INFINITY,
                     &mut scr.bsum,
                 );
-                prims::write_log_softmax(row, s.m, scale, total.ln(), o);
+                prims::write_log_softmax(row, s.m, scale as f32, total.ln() as f32, o);
             } else {
                 let total = prims::write_weights(row, s.bmax, s.m, scale as f32, o);
                 prims::scale_in_place(o, (1.0 / total) as f32);
@@ -181,13 +181,20 @@ pub fn softmax<T: Elem>(
 /// # Errors
 /// NaN/`+inf`, all-masked rows.
 pub fn argmax<T: Elem>(x: &[T], vocab: usize, out: &mut [i64]) -> Result<(), KernelError> {
-    for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, scr| {
+    for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, _| {
         let row = &x[r * vocab..(r + 1) * vocab];
-        let mut bmax = std::mem::take(&mut scr.bmax);
-        let res =
-            pipeline::scan(row, &mut bmax).map(|s| o[0] = select::argmax(row, s.bmax, s.m) as i64);
-        scr.bmax = bmax;
-        res
+        match prims::max(row) {
+            prims::Scan::Bad(index, value) => Err(KernelError::NonFinite {
+                row: 0,
+                index,
+                value,
+            }),
+            prims::Scan::Max(m) if m == f32::NEG_INFINITY => Err(KernelError::AllMasked { row: 0 }),
+            prims::Scan::Max(m) => {
+                o[0] = prims::find_eq(row, m) as i64;
+                Ok(())
+            }
+        }
     })
 }
 

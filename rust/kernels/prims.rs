@@ -139,6 +139,51 @@ pub fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> Scan {
     Scan::Max(row_max)
 }
 
+/// The row maximum, or the first NaN / `+inf`: one read, no block maxima.
+#[must_use]
+pub fn max<T: Elem>(x: &[T]) -> Scan {
+    let (m, bad) = match (T::STORAGE, crate::simd::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
+        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx512) => unsafe {
+            crate::simd::x86::avx512::max(x)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
+        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx2) => unsafe {
+            crate::simd::x86::avx2::max(x)
+        },
+        _ => {
+            let mut bmax = vec![0.0; n_blocks(x.len())];
+            scan_portable(x, &mut bmax)
+        }
+    };
+    if bad {
+        let i = x.iter().position(|e| is_bad(e.to_f32())).unwrap_or(0);
+        return Scan::Bad(i, x[i].to_f32());
+    }
+    Scan::Max(m)
+}
+
+/// Index of the first element equal to `m` (0 if none).
+#[must_use]
+pub fn find_eq<T: Elem>(x: &[T], m: f32) -> usize {
+    let found = match (T::STORAGE, crate::simd::level()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
+        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx512) => unsafe {
+            crate::simd::x86::avx512::find_eq(x, m)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
+        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx2) => unsafe {
+            crate::simd::x86::avx2::find_eq(x, m)
+        },
+        _ => x.iter().position(|e| e.to_f32() == m),
+    };
+    found.unwrap_or(0)
+}
+
 multiversion! {
     /// [`scan`] in portable code: the row maximum and whether a NaN or `+inf` was seen.
     pub fn scan_portable<T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
@@ -343,11 +388,11 @@ multiversion! {
 }
 
 multiversion! {
-    /// `out[i] = (x[i] - m) * scale - lse`, in `f64` and rounded once: the log-softmax write pass.
-    pub fn write_log_softmax<T: Elem>(x: &[T], m: f32, scale: f64, lse: f64, out: &mut [f32]) -> () {
-        let m = f64::from(m);
+    /// `out[i] = (x[i] - m) * scale - lse` in `f32` (separate multiply and subtract, so every
+    /// level rounds alike): the log-softmax write pass.
+    pub fn write_log_softmax<T: Elem>(x: &[T], m: f32, scale: f32, lse: f32, out: &mut [f32]) -> () {
         for (o, e) in out.iter_mut().zip(x) {
-            *o = ((f64::from(e.to_f32()) - m) * scale - lse) as f32;
+            *o = (e.to_f32() - m) * scale - lse;
         }
     }
 }

@@ -42,6 +42,8 @@ trait V16: Copy {
     unsafe fn round(self) -> Self;
     /// `self * 2^n` for an integral `n` (results must be normal).
     unsafe fn scale_pow2(self, n: Self) -> Self;
+    /// Lane of the first `self == o`, if any.
+    unsafe fn first_eq(self, o: Self) -> Option<usize>;
     /// Pairwise maximum of the lanes, as `prims::reduce_max`.
     unsafe fn reduce_max(self) -> f32;
     /// Pairwise sum of the lanes, as `prims::reduce_sum`.
@@ -53,6 +55,11 @@ struct Z(__m512);
 
 impl V16 for Z {
     type M = __mmask16;
+    #[inline(always)]
+    unsafe fn first_eq(self, o: Self) -> Option<usize> {
+        let m = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(self.0, o.0);
+        (m != 0).then(|| m.trailing_zeros() as usize)
+    }
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
         Z(_mm512_set1_ps(v))
@@ -190,6 +197,13 @@ unsafe fn round8(v: __m256) -> __m256 {
 
 impl V16 for Y {
     type M = __m256;
+    #[inline(always)]
+    unsafe fn first_eq(self, o: Self) -> Option<usize> {
+        let lo = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(self.0, o.0)) as u32;
+        let hi = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(self.1, o.1)) as u32;
+        let m = lo | (hi << 8);
+        (m != 0).then(|| m.trailing_zeros() as usize)
+    }
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
         Y(_mm256_set1_ps(v), _mm256_set1_ps(v))
@@ -449,6 +463,61 @@ pub unsafe fn collect_ge_avx512<T: Elem>(
     }
 }
 
+/// The row maximum and whether a NaN or `+inf` was seen: four independent accumulators.
+#[inline(always)]
+unsafe fn max_k<V: V16, T: Elem>(x: &[T]) -> (f32, bool) {
+    let ninf = V::splat(f32::NEG_INFINITY);
+    let (mut a0, mut a1, mut a2, mut a3) = (ninf, ninf, ninf, ninf);
+    let mut bad = V::no_mask();
+    let quads = x.len() / (4 * LANES);
+    for q in 0..quads {
+        let p = x.as_ptr().add(q * 4 * LANES);
+        let (v0, v1, v2, v3) = (
+            V::load(p),
+            V::load(p.add(LANES)),
+            V::load(p.add(2 * LANES)),
+            V::load(p.add(3 * LANES)),
+        );
+        a0 = v0.max(a0);
+        a1 = v1.max(a1);
+        a2 = v2.max(a2);
+        a3 = v3.max(a3);
+        bad = V::or(
+            bad,
+            V::or(V::or(v0.bad(), v1.bad()), V::or(v2.bad(), v3.bad())),
+        );
+    }
+    let mut i = quads * 4 * LANES;
+    while i + LANES <= x.len() {
+        let v = V::load(x.as_ptr().add(i));
+        a0 = v.max(a0);
+        bad = V::or(bad, v.bad());
+        i += LANES;
+    }
+    if i < x.len() {
+        let buf = tail(&x[i..]);
+        let v = V::load(buf.as_ptr());
+        a0 = v.max(a0);
+        bad = V::or(bad, v.bad());
+    }
+    (a0.max(a1).max(a2.max(a3)).reduce_max(), V::any(bad))
+}
+
+/// Index of the first element equal to `m`, if any.
+#[inline(always)]
+unsafe fn find_eq_k<V: V16, T: Elem>(x: &[T], m: f32) -> Option<usize> {
+    let mv = V::splat(m);
+    let mut i = 0;
+    while i + LANES <= x.len() {
+        let v = V::load(x.as_ptr().add(i));
+        if let Some(j) = v.first_eq(mv) {
+            return Some(i + j);
+        }
+        i += LANES;
+    }
+    x[i..].iter().position(|e| e.to_f32() == m).map(|j| i + j)
+}
+
 macro_rules! entry_points {
     ($isa:ident, $v:ty, $features:literal) => {
         /// Entry points compiled for one ISA.
@@ -474,6 +543,20 @@ macro_rules! entry_points {
                 bsum: &mut [f32],
             ) -> f64 {
                 weight_sums_k::<$v, T>(x, bmax, m, scale, thr, bsum)
+            }
+
+            /// # Safety
+            /// The CPU must support the features of this ISA.
+            #[target_feature(enable = $features)]
+            pub unsafe fn max<T: Elem>(x: &[T]) -> (f32, bool) {
+                max_k::<$v, T>(x)
+            }
+
+            /// # Safety
+            /// The CPU must support the features of this ISA.
+            #[target_feature(enable = $features)]
+            pub unsafe fn find_eq<T: Elem>(x: &[T], m: f32) -> Option<usize> {
+                find_eq_k::<$v, T>(x, m)
             }
 
             /// # Safety
