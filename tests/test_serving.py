@@ -1,0 +1,311 @@
+"""The serving layer (SPEC §7): SamplingParams, from_openai and sample_batch."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import logitkit as lk
+
+
+def _rows(seed: int, b: int, v: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, 2.0, (b, v)).astype(np.float32)
+
+
+def _log_softmax64(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    out = np.full(z.shape, -np.inf)
+    fin = np.isfinite(z)
+    m = z[fin].max()
+    out[fin] = z[fin] - m - np.log(np.exp(z[fin] - m).sum())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# SamplingParams
+
+
+def test_defaults():
+    p = lk.SamplingParams()
+    assert p.logprobs is None
+    assert p.allowed_token_ids is None
+    assert len(p.logit_bias) == 0 and len(p.stop_token_ids) == 0
+    assert p.min_tokens == 0
+    assert (p.temperature, p.top_k, p.top_p, p.min_p, p.min_keep) == (1.0, 0, 1.0, 0.0, 1)
+    assert p.logprobs_mode == "raw" and p.order == "default" and p.seed is None
+
+
+def test_frozen_and_replace_revalidates():
+    p = lk.SamplingParams(temperature=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.temperature = 1.0  # type: ignore[misc]
+    q = dataclasses.replace(p, top_k=5)
+    assert (q.temperature, q.top_k) == (0.5, 5)
+    with pytest.raises(ValueError, match="top_p"):
+        dataclasses.replace(p, top_p=2.0)
+
+
+BAD_FIELDS = [
+    ("temperature", -0.1),
+    ("temperature", float("nan")),
+    ("temperature", float("inf")),
+    ("top_k", 1.5),
+    ("top_k", "5"),
+    ("top_p", 1.01),
+    ("top_p", -0.01),
+    ("min_p", 1.5),
+    ("min_p", float("nan")),
+    ("min_keep", 0),
+    ("repetition_penalty", 0.0),
+    ("repetition_penalty", float("inf")),
+    ("presence_penalty", float("nan")),
+    ("frequency_penalty", float("-inf")),
+    ("logit_bias", {1: float("nan")}),
+    ("logit_bias", {1: float("inf")}),
+    ("logit_bias", {-1: 1.0}),
+    ("logit_bias", [1, 2]),
+    ("allowed_token_ids", [-3]),
+    ("allowed_token_ids", []),
+    ("stop_token_ids", [1.5]),
+    ("min_tokens", -1),
+    ("seed", -1),
+    ("seed", 2**64),
+    ("logprobs", -1),
+    ("logprobs_mode", "final"),
+    ("order", "hf"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_FIELDS, ids=[f"{f}={v!r}" for f, v in BAD_FIELDS])
+def test_invalid_field_raises_value_error_naming_it(field, value):
+    with pytest.raises(ValueError, match=field):
+        lk.SamplingParams(**{field: value})
+
+
+def test_bias_of_minus_inf_is_valid():
+    lk.SamplingParams(logit_bias={3: float("-inf")})
+
+
+# ---------------------------------------------------------------------------------------------
+# from_openai
+
+
+def test_from_openai_logprobs_rules():
+    assert lk.SamplingParams.from_openai({"logprobs": True, "top_logprobs": 4}).logprobs == 4
+    assert lk.SamplingParams.from_openai({"logprobs": True}).logprobs == 0
+    assert lk.SamplingParams.from_openai({"logprobs": False}).logprobs is None
+    assert lk.SamplingParams.from_openai({}).logprobs is None
+
+
+def test_from_openai_reads_sampling_keys_and_ignores_the_rest():
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 12,
+        "stop": ["\n"],
+        "n": 1,
+        "stream": False,
+        "user": "u",
+        "temperature": 0.3,
+        "top_p": 0.8,
+        "presence_penalty": 0.5,
+        "frequency_penalty": 0.25,
+        "seed": 99,
+        "logit_bias": {"17": -100, "4": 2.5},
+        "top_k": 20,
+        "min_p": 0.1,
+        "repetition_penalty": 1.2,
+        "min_tokens": 3,
+        "stop_token_ids": [2],
+    }
+    p = lk.SamplingParams.from_openai(body)
+    assert (p.temperature, p.top_p, p.top_k, p.min_p) == (0.3, 0.8, 20, 0.1)
+    assert (p.presence_penalty, p.frequency_penalty, p.repetition_penalty) == (0.5, 0.25, 1.2)
+    assert p.seed == 99 and p.min_tokens == 3 and list(p.stop_token_ids) == [2]
+    assert dict(p.logit_bias) == {17: -100.0, 4: 2.5}
+
+
+def test_from_openai_null_means_default_and_bad_values_name_the_field():
+    assert lk.SamplingParams.from_openai({"temperature": None}).temperature == 1.0
+    with pytest.raises(ValueError, match="top_p"):
+        lk.SamplingParams.from_openai({"top_p": 3})
+    with pytest.raises(ValueError, match="logit_bias"):
+        lk.SamplingParams.from_openai({"logit_bias": {"abc": 1}})
+    with pytest.raises(ValueError, match="typical_p"):
+        lk.SamplingParams.from_openai({"typical_p": 0.9})
+
+
+# ---------------------------------------------------------------------------------------------
+# sample_batch against per-row sample
+
+
+def test_matches_sample_row_by_row_with_default_steps():
+    x = _rows(0, 6, 300)
+    outs = [list(range(i)) for i in range(6)]
+    params = [
+        lk.SamplingParams(temperature=0.0),
+        lk.SamplingParams(temperature=0.7, top_k=20, seed=11),
+        lk.SamplingParams(top_p=0.8, seed=12),
+        lk.SamplingParams(min_p=0.1, temperature=1.3, seed=13, order="vllm"),
+        lk.SamplingParams(top_k=40, top_p=0.95, min_p=0.05, temperature=0.8, seed=14,
+                          order="llama.cpp"),
+        lk.SamplingParams(seed=15, min_keep=3, top_p=0.0),
+    ]  # fmt: skip
+    got = lk.sample_batch(x, params, output_tokens=outs).tokens
+    for r, p in enumerate(params):
+        want = lk.sample(x[r], temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                         min_p=p.min_p, min_keep=p.min_keep, order=p.order,
+                         seed=p.seed or 0, step=len(outs[r]))  # fmt: skip
+        assert got[r] == want, r
+
+
+@given(seed=st.integers(0, 2**32), b=st.integers(1, 5), v=st.integers(2, 200))
+def test_bias_and_penalties_then_sample(seed, b, v):
+    x = _rows(seed, b, v)
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, v, rng.integers(0, 6)) for _ in range(b)]
+    outs = [rng.integers(0, v, rng.integers(0, 6)) for _ in range(b)]
+    bias = {int(rng.integers(0, v)): float(rng.normal(0, 3))}
+    p = lk.SamplingParams(repetition_penalty=1.3, presence_penalty=0.4, frequency_penalty=0.2,
+                          logit_bias=bias, temperature=0.9, top_k=10, seed=seed)  # fmt: skip
+    got = lk.sample_batch(x, p, prompt_tokens=prompts, output_tokens=outs).tokens
+    z = lk.apply_penalties(lk.apply_logit_bias(x, bias), prompt_tokens=prompts,
+                           output_tokens=outs, repetition_penalty=1.3, presence_penalty=0.4,
+                           frequency_penalty=0.2)  # fmt: skip
+    for r in range(b):
+        assert got[r] == lk.sample(z[r], temperature=0.9, top_k=10, seed=seed, step=len(outs[r]))
+
+
+def test_row_results_do_not_depend_on_batch_composition_or_threads():
+    x = _rows(3, 16, 5000)
+    p = lk.SamplingParams(temperature=0.8, top_p=0.9, seed=5)
+    alone = [int(lk.sample_batch(x[r : r + 1], p).tokens[0]) for r in range(16)]
+    for threads in (1, 2):
+        lk.set_num_threads(threads)
+        assert lk.sample_batch(x, p).tokens.tolist() == alone
+        assert lk.sample_batch(x[::-1].copy(), p).tokens.tolist() == alone[::-1]
+
+
+def test_steps_override_and_reproducibility():
+    x = _rows(4, 3, 1000)
+    p = lk.SamplingParams(seed=77)
+    a = lk.sample_batch(x, p, steps=np.array([5, 6, 7])).tokens
+    b = lk.sample_batch(x, p, output_tokens=[[0] * 5, [0] * 6, [0] * 7]).tokens
+    assert a.tolist() == b.tolist()
+    for r, s in enumerate((5, 6, 7)):
+        assert a[r] == lk.sample(x[r], seed=77, step=s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks
+
+
+def test_allowed_ids_stop_ids_and_min_tokens():
+    v = 50
+    x = np.zeros((2, v), dtype=np.float32)
+    x[:, 7] = 20.0  # token 7 dominates
+    p = lk.SamplingParams(stop_token_ids=[7], min_tokens=2, seed=1)
+    early = lk.sample_batch(x, p, output_tokens=[[1], [1, 2]]).tokens
+    assert early[0] != 7 and early[1] == 7
+    q = lk.SamplingParams(allowed_token_ids=[3, 4], seed=2)
+    for s in range(30):
+        assert lk.sample_batch(x, q, steps=s).tokens[0] in (3, 4)
+
+
+@given(seed=st.integers(0, 2**32), v=st.integers(1, 130))
+def test_bitmask_is_respected_and_bits_beyond_v_are_ignored(seed, v):
+    rng = np.random.default_rng(seed)
+    words = -(-v // 32)
+    allowed = rng.random(v) < 0.3
+    allowed[rng.integers(0, v)] = True
+    bits = np.zeros(words * 32, dtype=bool)
+    bits[:v] = allowed
+    bits[v:] = True  # must be ignored
+    mask = np.packbits(bits.reshape(words, 32)[:, ::-1], axis=-1, bitorder="big")
+    mask = mask.view(">u4").astype(np.uint32).view(np.int32).reshape(1, words)
+    x = _rows(seed, 1, v)
+    p = lk.SamplingParams(temperature=1.5, seed=seed)
+    for s in range(5):
+        tok = int(lk.sample_batch(x, p, token_bitmask=mask, steps=s).tokens[0])
+        assert 0 <= tok < v and allowed[tok]
+    greedy = lk.sample_batch(x, lk.SamplingParams(temperature=0.0), token_bitmask=mask).tokens[0]
+    masked = np.where(allowed, x[0], -np.inf)
+    assert greedy == int(np.argmax(masked))
+
+
+def test_bad_bitmask_and_empty_rows():
+    x = _rows(5, 2, 64)
+    p = lk.SamplingParams(seed=0)
+    with pytest.raises(ValueError, match="token_bitmask"):
+        lk.sample_batch(x, p, token_bitmask=np.zeros((2, 3), dtype=np.int32))
+    with pytest.raises(TypeError, match="token_bitmask"):
+        lk.sample_batch(x, p, token_bitmask=np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="row 1"):
+        lk.sample_batch(x, p, token_bitmask=np.array([[1, 0], [0, 0]], dtype=np.int32))
+    with pytest.raises(ValueError, match="allowed_token_ids"):
+        lk.sample_batch(x, lk.SamplingParams(allowed_token_ids=[64]))
+    with pytest.raises(ValueError, match="output_tokens"):
+        lk.sample_batch(x, p, output_tokens=[[0], [64]])
+    with pytest.raises(ValueError, match="params"):
+        lk.sample_batch(x, [p])
+    with pytest.raises(ValueError, match="logits"):
+        lk.sample_batch(x[0], p)
+    bad = x.copy()
+    bad[1, 9] = np.nan
+    with pytest.raises(ValueError, match=r"row 1.*index 9"):
+        lk.sample_batch(bad, p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logprobs
+
+
+@given(seed=st.integers(0, 2**32), n=st.integers(0, 5))
+def test_raw_logprobs_match_the_oracle(seed, n):
+    x = _rows(seed, 3, 97)
+    p = lk.SamplingParams(temperature=0.7, top_k=5, seed=seed, logprobs=n)
+    res = lk.sample_batch(x, p)
+    assert res.top_ids is not None and res.top_ids.shape == (3, n)
+    for r in range(3):
+        ref = _log_softmax64(x[r])
+        t = res.tokens[r]
+        assert res.logprobs[r] == pytest.approx(ref[t], abs=2e-5)
+        assert res.ranks[r] == 1 + int((ref > ref[t]).sum())
+        order = np.lexsort((np.arange(97), -ref))[:n]
+        assert res.top_ids[r].tolist() == order.tolist()
+        np.testing.assert_allclose(res.top_logprobs[r], ref[order], atol=2e-5)
+
+
+@given(seed=st.integers(0, 2**32))
+def test_processed_logprobs_are_over_the_kept_tempered_set(seed):
+    x = _rows(seed, 2, 120)
+    t = 0.6
+    p = lk.SamplingParams(temperature=t, top_k=7, seed=seed, logprobs=10,
+                          logprobs_mode="processed")  # fmt: skip
+    res = lk.sample_batch(x, p)
+    for r in range(2):
+        kept = np.argsort(-x[r], kind="stable")[:7]
+        z = np.full(120, -np.inf)
+        z[kept] = x[r, kept].astype(np.float64) / t
+        ref = _log_softmax64(z)
+        tok = res.tokens[r]
+        assert tok in kept
+        assert res.logprobs[r] == pytest.approx(ref[tok], abs=2e-5)
+        assert res.ranks[r] == 1 + int((ref > ref[tok]).sum())
+        assert res.top_ids[r, :7].tolist() == kept.tolist()
+        assert res.top_ids[r, 7:].tolist() == [-1, -1, -1]
+        assert np.isneginf(res.top_logprobs[r, 7:]).all()
+        np.testing.assert_allclose(res.top_logprobs[r, :7], ref[kept], atol=2e-5)
+
+
+def test_logprob_fields_are_none_unless_requested_and_padded_per_row():
+    x = _rows(9, 2, 40)
+    res = lk.sample_batch(x, lk.SamplingParams(seed=1))
+    assert res.logprobs is None and res.ranks is None and res.top_ids is None
+    res = lk.sample_batch(x, [lk.SamplingParams(seed=1, logprobs=3),
+                              lk.SamplingParams(seed=1, logprobs=1)])  # fmt: skip
+    assert res.top_ids.shape == (2, 3)
+    assert res.top_ids[1, 1:].tolist() == [-1, -1]
+    assert res.tokens.dtype == np.int64 and res.logprobs.dtype == np.float32
