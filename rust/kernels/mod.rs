@@ -149,7 +149,6 @@ pub fn softmax<T: Elem>(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     check_temperature(temperature)?;
-    let scale = 1.0 / temperature;
     let rows = rows_of(x, vocab);
     for_rows(rows, vocab, out, vocab, |r, o, scr| {
         let row = &x[r * vocab..(r + 1) * vocab];
@@ -161,13 +160,14 @@ pub fn softmax<T: Elem>(
                     row,
                     s.bmax,
                     s.m,
-                    scale as f32,
+                    pipeline::scale_of(temperature),
                     f32::NEG_INFINITY,
                     &mut scr.bsum,
                 );
-                prims::write_log_softmax(row, s.m, scale as f32, total.ln() as f32, o);
+                prims::write_log_softmax(row, s.m, pipeline::scale_of(temperature), total.ln(), o);
             } else {
-                let total = prims::write_weights(row, s.bmax, s.m, scale as f32, o);
+                let total =
+                    prims::write_weights(row, s.bmax, s.m, pipeline::scale_of(temperature), o);
                 prims::scale_in_place(o, (1.0 / total) as f32);
             }
         });
@@ -468,8 +468,9 @@ pub fn logprobs<T: Elem>(
         let res = pipeline::scan(row, &mut bmax).map(|s| {
             scr.bsum.resize(s.bmax.len(), 0.0);
             let total = prims::weight_sums(row, s.bmax, s.m, 1.0, f32::NEG_INFINITY, &mut scr.bsum);
-            let lse = f64::from(s.m) + total.ln();
-            let lp = |v: f32| (f64::from(v) - lse) as f32;
+            // (v - m) is exact in f64; subtracting ln(total) afterwards keeps large logits precise.
+            let (m, log_total) = (f64::from(s.m), total.ln());
+            let lp = |v: f32| ((f64::from(v) - m) - log_total) as f32;
             let res = &mut o[0];
             res.token_logprobs.clear();
             res.ranks.clear();

@@ -169,11 +169,12 @@ pub fn scan<'a, T: Elem>(
     }
 }
 
-/// `1 / t` as an `f32` scale, or `None` when it is not finite (a temperature so small that the
-/// distribution is a point mass on the best token).
-fn scale_of(t: f64) -> Option<f32> {
-    let s = (1.0 / t) as f32;
-    (s.is_finite() && s > 0.0).then_some(s)
+/// `1 / t` as an `f32` scale (`t > 0`), clamped to `f32::MAX`. A tiny temperature thus puts all
+/// the mass on the maximum (shared among ties) and a huge one gives a scale of 0: the uniform
+/// distribution over the finite tokens, the two limits of `softmax(z / t)`.
+#[must_use]
+pub fn scale_of(t: f64) -> f32 {
+    ((1.0 / t) as f32).min(f32::MAX)
 }
 
 /// Weights `e^((v - vmax) * scale)` of `list` into `wts`.
@@ -242,17 +243,13 @@ fn apply_top_p<T: Elem>(
     s: &Scanned<'_, T>,
     kept: Kept,
     top_p: f64,
-    scale: Option<f32>,
+    scale: f32,
     min_keep: usize,
     scr: &mut Scratch,
 ) -> Kept {
     if top_p >= 1.0 {
         return kept;
     }
-    let Some(scale) = scale else {
-        // A point mass: the nucleus is the best token (and min_keep more).
-        return keep_top(s, kept, min_keep.max(1), scr);
-    };
     match kept {
         Kept::List(mut l) => {
             let n = nucleus_len(&l, scale, top_p, &mut scr.wts).unwrap_or(l.len());
@@ -461,12 +458,7 @@ pub fn kept_set<T: Elem>(s: &Scanned<'_, T>, f: &Filters, scr: &mut Scratch) -> 
 /// Draws from `kept` with temperature `t > 0` and uniform `u` in `[0, 1)`: the first kept id, in
 /// increasing id order, whose cumulative probability exceeds `u`.
 pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut Scratch) -> usize {
-    let Some(scale) = scale_of(t) else {
-        return match kept {
-            Kept::List(l) => l[0].id as usize,
-            Kept::Threshold(_) => select::argmax(s.x, s.bmax, s.m),
-        };
-    };
+    let scale = scale_of(t);
     match kept {
         Kept::List(l) => {
             let vmax = l[0].v;

@@ -277,7 +277,7 @@ pub fn weight_sums<T: Elem>(
 multiversion! {
     /// [`weight_sums`] in portable code.
     pub fn weight_sums_portable<T: Elem>(x: &[T], bmax: &[f32], m: f32, scale: f32, thr: f32, bsum: &mut [f32]) -> f64 {
-        let a = scale * LOG2_E;
+        let a = (scale * LOG2_E).min(f32::MAX);
         let mut total = 0.0f64;
         for ((blk, &bm), bs) in x.chunks(BLOCK).zip(bmax).zip(bsum.iter_mut()) {
             *bs = if block_is_zero(bm, m, a, thr) {
@@ -315,7 +315,7 @@ pub fn find_in_block<T: Elem>(blk: &[T], m: f32, scale: f32, thr: f32, target: f
 multiversion! {
     /// `out[i] = e^((x[i] - m) * scale)` (`x[i] <= m`): weights of a short list.
     pub fn weights<T: Elem>(x: &[T], m: f32, scale: f32, out: &mut [f32]) -> () {
-        let a = scale * LOG2_E;
+        let a = (scale * LOG2_E).min(f32::MAX);
         for (o, e) in out.iter_mut().zip(x) {
             *o = exp2_neg((e.to_f32() - m) * a);
         }
@@ -343,7 +343,7 @@ pub fn write_weights<T: Elem>(x: &[T], bmax: &[f32], m: f32, scale: f32, out: &m
 multiversion! {
     /// [`write_weights`] in portable code.
     pub fn write_weights_portable<T: Elem>(x: &[T], bmax: &[f32], m: f32, scale: f32, out: &mut [f32]) -> f64 {
-        let a = scale * LOG2_E;
+        let a = (scale * LOG2_E).min(f32::MAX);
         let mut total = 0.0f64;
         for ((blk, &bm), o) in x.chunks(BLOCK).zip(bmax).zip(out.chunks_mut(BLOCK)) {
             if block_is_zero(bm, m, a, f32::NEG_INFINITY) {
@@ -387,10 +387,27 @@ multiversion! {
     }
 }
 
+/// `out[i] = (x[i] - m) * scale - lse`: the log-softmax write pass.
+///
+/// In `f32` (separate multiply and subtract, so every level rounds alike) unless the row maximum
+/// is so large (`>= 2^100`) that `x - m` could overflow `f32` for a finite `x`; then in `f64`.
+pub fn write_log_softmax<T: Elem>(x: &[T], m: f32, scale: f32, lse: f64, out: &mut [f32]) {
+    if m < WIDE_LOG_SOFTMAX {
+        write_log_softmax_f32(x, m, scale, lse as f32, out);
+    } else {
+        let (m, scale) = (f64::from(m), f64::from(scale));
+        for (o, e) in out.iter_mut().zip(x) {
+            *o = ((f64::from(e.to_f32()) - m) * scale - lse) as f32;
+        }
+    }
+}
+
+/// Row maxima from here on take the `f64` log-softmax write.
+const WIDE_LOG_SOFTMAX: f32 = 1.267_650_6e30; // 2^100
+
 multiversion! {
-    /// `out[i] = (x[i] - m) * scale - lse` in `f32` (separate multiply and subtract, so every
-    /// level rounds alike): the log-softmax write pass.
-    pub fn write_log_softmax<T: Elem>(x: &[T], m: f32, scale: f32, lse: f32, out: &mut [f32]) -> () {
+    /// [`write_log_softmax`] in `f32`.
+    pub fn write_log_softmax_f32<T: Elem>(x: &[T], m: f32, scale: f32, lse: f32, out: &mut [f32]) -> () {
         for (o, e) in out.iter_mut().zip(x) {
             *o = (e.to_f32() - m) * scale - lse;
         }

@@ -647,35 +647,36 @@ fn every_kernel<T: Elem>(x: &[T], vocab: usize) -> Vec<(&'static str, Result<(),
     });
     let bias: PerRow<Bias> = PerRow::All((vec![0, 1], vec![1.0, f64::NEG_INFINITY]));
     let u = vec![0.5; rows];
-    let mut out = Vec::new();
-    out.push(("softmax", kernels::softmax(x, vocab, 1.0, false, &mut f)));
-    out.push(("log_softmax", kernels::softmax(x, vocab, 0.5, true, &mut f)));
-    out.push(("argmax", kernels::argmax(x, vocab, &mut ids)));
-    out.push((
-        "top_k",
-        kernels::top_k(x, vocab, 2, &mut top_vals, &mut top_ids),
-    ));
-    out.push(("mask_top_k", kernels::mask(x, vocab, Mask::TopK(2), &mut f)));
-    let m = Mask::TopP {
+    let top_p = Mask::TopP {
         top_p: 0.5,
         temperature: 1.0,
         min_keep: 1,
     };
-    out.push(("mask_top_p", kernels::mask(x, vocab, m, &mut f)));
-    let m = Mask::MinP {
+    let min_p = Mask::MinP {
         min_p: 0.5,
         temperature: 1.0,
         min_keep: 1,
     };
-    out.push(("mask_min_p", kernels::mask(x, vocab, m, &mut f)));
-    out.push((
-        "bias",
-        kernels::bias_and_penalties(Some(x), vocab, Some(&bias), None, &mut f),
-    ));
-    out.push((
-        "penalties",
-        kernels::bias_and_penalties(Some(x), vocab, None, Some((&toks, &toks, &pen)), &mut f),
-    ));
+    let mut out = vec![
+        ("softmax", kernels::softmax(x, vocab, 1.0, false, &mut f)),
+        ("log_softmax", kernels::softmax(x, vocab, 0.5, true, &mut f)),
+        ("argmax", kernels::argmax(x, vocab, &mut ids)),
+        (
+            "top_k",
+            kernels::top_k(x, vocab, 2, &mut top_vals, &mut top_ids),
+        ),
+        ("mask_top_k", kernels::mask(x, vocab, Mask::TopK(2), &mut f)),
+        ("mask_top_p", kernels::mask(x, vocab, top_p, &mut f)),
+        ("mask_min_p", kernels::mask(x, vocab, min_p, &mut f)),
+        (
+            "bias",
+            kernels::bias_and_penalties(Some(x), vocab, Some(&bias), None, &mut f),
+        ),
+        (
+            "penalties",
+            kernels::bias_and_penalties(Some(x), vocab, None, Some((&toks, &toks, &pen)), &mut f),
+        ),
+    ];
     for order in [Order::Default, Order::Vllm, Order::LlamaCpp] {
         for temperature in [0.0, 1.0] {
             let filt = PerRow::All(Filters {
@@ -1636,13 +1637,11 @@ fn signed_zeros_are_ties() {
 // ---------------------------------------------------------------------------------------------
 // Extreme but legal temperatures
 
+/// A kept set and the tokens drawn from it.
+type KeptAndDraws = (Vec<usize>, Vec<i64>);
+
 /// The kept set of the top-p mask at temperature `t`, and the draws for `us`, at every level.
-fn top_p_and_draws(
-    src: &[f32],
-    top_p: f64,
-    t: f64,
-    us: &[f64],
-) -> Vec<(Level, (Vec<usize>, Vec<i64>))> {
+fn top_p_and_draws(src: &[f32], top_p: f64, t: f64, us: &[f64]) -> Vec<(Level, KeptAndDraws)> {
     each_level(|_| {
         let v = src.len();
         let mut out = vec![0.0f32; v];
@@ -1736,4 +1735,45 @@ fn huge_temperature_flattens_the_distribution() {
             assert_eq!(toks, vec![0, 1], "{level:?} sample t = {t}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Large but finite logits
+
+/// SPEC §8: `log_softmax` of finite logits is finite, also when `x - max` leaves the `f32`
+/// range before the division by the temperature brings it back.
+#[test]
+fn log_softmax_of_finite_logits_is_finite() {
+    let src = [3e38f32, -3e38, 1.0, -2.5e38];
+    for ty in [Ty::F32, Ty::Bf16] {
+        let b = Batch::new(ty, 4, &src);
+        let want = re::log_softmax(&b.vals, 2.0);
+        assert!(want.iter().all(|w| (*w as f32).is_finite()));
+        each_level(|level| {
+            let mut lp = [0.0f32; 4];
+            with_elems!(b, x => kernels::softmax(x, 4, 2.0, true, &mut lp).unwrap());
+            for (i, (&g, &w)) in lp.iter().zip(&want).enumerate() {
+                assert!(close(g, w), "{level:?} {ty:?} token {i}: got {g}, want {w}");
+            }
+        });
+    }
+}
+
+/// Log-probabilities of two tied large logits are `ln(1/2)` each, whatever their magnitude.
+#[test]
+fn logprobs_of_large_logits_keep_their_precision() {
+    let src = [1e17f32, 1e17, 0.0, -1e17];
+    let lists = TokenLists::new("tokens", vec![vec![0, 2]], 4).unwrap();
+    let want = re::logprobs(&src, &[0, 2], 2);
+    assert!((want.top_logprobs[0] + std::f64::consts::LN_2).abs() < 1e-12);
+    each_level(|level| {
+        let mut out = vec![RowLogprobs::default()];
+        kernels::logprobs(&src[..], 4, &lists, 2, &mut out).unwrap();
+        for (&g, &w) in out[0].token_logprobs.iter().zip(&want.token_logprobs) {
+            assert!(close(g, w), "{level:?} token logprob: got {g}, want {w}");
+        }
+        for (&g, &w) in out[0].top_logprobs.iter().zip(&want.top_logprobs) {
+            assert!(close(g, w), "{level:?} top logprob: got {g}, want {w}");
+        }
+    });
 }

@@ -357,7 +357,7 @@ unsafe fn weight_sums_k<V: V16, T: Elem>(
     thr: f32,
     bsum: &mut [f32],
 ) -> f64 {
-    let a = scale * LOG2_E;
+    let a = (scale * LOG2_E).min(f32::MAX);
     let (mv, sv, tv) = (V::splat(m), V::splat(a), V::splat(thr));
     let mut total = 0.0f64;
     for ((blk, &bm), bs) in x.chunks(BLOCK).zip(bmax).zip(bsum.iter_mut()) {
@@ -388,7 +388,7 @@ unsafe fn write_weights_k<V: V16, T: Elem>(
     scale: f32,
     out: &mut [f32],
 ) -> f64 {
-    let a = scale * LOG2_E;
+    let a = (scale * LOG2_E).min(f32::MAX);
     let (mv, av) = (V::splat(m), V::splat(a));
     let mut total = 0.0f64;
     for ((blk, &bm), o) in x.chunks(BLOCK).zip(bmax).zip(out.chunks_mut(BLOCK)) {
