@@ -453,6 +453,64 @@ fn sample(
     )))
 }
 
+/// `sample` for the common call: a C-contiguous float32 array of one or two dimensions, scalar
+/// parameters, an integer seed and step. Returns the token of a 1-D row, or fills `out`.
+#[pyfunction]
+#[pyo3(signature = (x, temperature, top_k, top_p, min_p, min_keep, order, seed, step, out=None))]
+#[allow(clippy::too_many_arguments)]
+fn sample_fast(
+    py: Python<'_>,
+    x: numpy::PyReadonlyArrayDyn<'_, f32>,
+    temperature: f64,
+    top_k: i64,
+    top_p: f64,
+    min_p: f64,
+    min_keep: i64,
+    order: &str,
+    seed: u64,
+    step: u64,
+    out: Option<PyReadwriteArray1<'_, i64>>,
+) -> PyResult<i64> {
+    let order = Order::parse(order).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "order: must be 'default', 'vllm' or 'llama.cpp', got {order:?}"
+        ))
+    })?;
+    if min_keep < 1 {
+        return Err(value_error(KernelError::param(
+            "min_keep",
+            None,
+            format!("must be >= 1, got {min_keep}"),
+        )));
+    }
+    let filters = PerRow::All(Filters {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        min_keep: usize::try_from(min_keep).unwrap_or(usize::MAX),
+        order,
+    });
+    let vocab = *x.shape().last().unwrap_or(&0);
+    let s = x.as_slice()?;
+    let rows = if vocab == 0 { 0 } else { s.len() / vocab };
+    let u = vec![philox::uniform(seed, step); rows];
+    match out {
+        Some(mut o) => {
+            let o = o.as_slice_mut()?;
+            run(py, s.len(), || kernels::sample(s, vocab, &filters, &u, o))?;
+            Ok(0)
+        }
+        None => {
+            let mut o = [0i64];
+            run(py, s.len(), || {
+                kernels::sample(s, vocab, &filters, &u, &mut o)
+            })?;
+            Ok(o[0])
+        }
+    }
+}
+
 /// One uniform per row from per-row (or shared) seeds and steps.
 #[pyfunction]
 fn uniforms<'py>(
@@ -752,6 +810,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bias_and_penalties, m)?)?;
     m.add_function(wrap_pyfunction!(sample, m)?)?;
     m.add_function(wrap_pyfunction!(uniforms, m)?)?;
+    m.add_function(wrap_pyfunction!(sample_fast, m)?)?;
     m.add_class::<RowParams>()?;
     m.add_function(wrap_pyfunction!(sample_batch, m)?)?;
     m.add_function(wrap_pyfunction!(uniform, m)?)?;

@@ -620,6 +620,31 @@ def sample(
     >>> int(logitkit.sample(x, top_k=1, seed=7))
     2
     """
+    # Fast path: a contiguous float32 row or batch with plain scalar parameters and a seed.
+    if (
+        type(logits) is np.ndarray
+        and logits.dtype is _F32_DTYPE
+        and 1 <= logits.ndim <= 2
+        and logits.shape[-1] > 0
+        and uniforms is None
+        and dtype is None
+        and type(seed) is int
+        and type(step) is int
+        and type(temperature) is float
+        and type(top_k) is int
+        and type(top_p) is float
+        and type(min_p) is float
+        and type(min_keep) is int
+        and 0 <= seed <= _U64_MAX
+        and 0 <= step <= _U64_MAX
+        and logits.flags.c_contiguous
+    ):
+        if logits.ndim == 1:
+            tok = _core.sample_fast(logits, temperature, top_k, top_p, min_p, min_keep, order, seed, step)
+            return np.int64(tok)
+        out = np.empty(logits.shape[0], dtype=np.int64)
+        _core.sample_fast(logits, temperature, top_k, top_p, min_p, min_keep, order, seed, step, out)
+        return out
     x = _logits(logits, dtype)
     if order not in _ORDERS:
         raise ValueError(f"order: must be one of {', '.join(map(repr, _ORDERS))}, got {order!r}")
