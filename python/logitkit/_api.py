@@ -217,7 +217,9 @@ def _per_row(value: Any, name: str, integer: bool) -> Any:
         return _check_int(value, name) if integer else float(value)
     a = np.asarray(value)
     if a.ndim == 0:
-        return _per_row(a.item(), name, integer)
+        if a.dtype.kind not in ("iu" if integer else "fiu"):
+            raise TypeError(f"{name}: must be a number or a 1-D array, got {type(value).__name__}")
+        return int(a) if integer else float(a)
     if a.ndim != 1:
         raise ValueError(f"{name}: must be a scalar or a 1-D array, got ndim {a.ndim}")
     if integer:
@@ -242,7 +244,9 @@ def _u64(value: Any, name: str) -> Any:
         raise TypeError(f"{name}: must be an integer in [0, 2**64), got {type(value).__name__}")
     a = np.asarray(value)
     if a.ndim == 0:
-        return _u64(a.item(), name)
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"{name}: must be an integer in [0, 2**64), got {type(value).__name__}")
+        return _u64(int(a), name)
     if a.dtype.kind not in "iu" or a.ndim != 1:
         raise TypeError(f"{name}: must be an integer or a 1-D integer array, got {a.dtype}")
     if a.dtype.kind == "i" and a.size and a.min() < 0:
