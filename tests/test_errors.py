@@ -1,0 +1,322 @@
+"""Every bad input named by the contract raises ValueError or TypeError with a useful message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import logitkit as lk
+
+V = 4
+X1 = np.asarray([0.5, 1.0, -1.0, 2.0], dtype=np.float32)
+X2 = np.asarray([[0.5, 1.0, -1.0, 2.0], [3.0, -2.0, 0.0, 1.5]], dtype=np.float32)
+T1 = np.asarray([0, 1], dtype=np.int64)
+T2 = [T1, T1]
+U2 = np.asarray([0.1, 0.2])
+
+
+def with_value(x, index, value):
+    y = x.copy()
+    y[index] = value
+    return y
+
+
+def tokens_for(x):
+    return T1 if np.ndim(x) == 1 else [T1] * np.shape(x)[0]
+
+
+# Every function that reads logits, as a call on one logits argument.
+READERS = {
+    "softmax": lambda x: lk.softmax(x),
+    "log_softmax": lambda x: lk.log_softmax(x),
+    "argmax": lambda x: lk.argmax(x),
+    "top_k": lambda x: lk.top_k(x, 1),
+    "mask_top_k": lambda x: lk.mask_top_k(x, 1),
+    "mask_top_p": lambda x: lk.mask_top_p(x, 0.9),
+    "mask_min_p": lambda x: lk.mask_min_p(x, 0.1),
+    "apply_logit_bias": lambda x: lk.apply_logit_bias(x, {}),
+    "apply_penalties": lambda x: lk.apply_penalties(x, repetition_penalty=1.2),
+    "sample": lambda x: lk.sample(x, seed=0),
+    "sample-uniforms": lambda x: lk.sample(
+        x, uniforms=np.full(np.shape(x)[0], 0.5) if np.ndim(x) == 2 else 0.5
+    ),
+    "logprobs": lambda x: lk.logprobs(x, tokens_for(x), top_n=1),
+}
+
+BAD_LOGITS = [
+    ("nan-1d", with_value(X1, 2, np.nan), ValueError, ("logits", "index 2")),
+    ("posinf-1d", with_value(X1, 3, np.inf), ValueError, ("logits", "index 3")),
+    ("nan-2d", with_value(X2, (1, 3), np.nan), ValueError, ("logits", "row 1", "index 3")),
+    ("posinf-2d", with_value(X2, (1, 0), np.inf), ValueError, ("logits", "row 1", "index 0")),
+    ("nan-row-0", with_value(X2, (0, 1), np.nan), ValueError, ("logits", "row 0", "index 1")),
+    ("all-masked-1d", np.full(V, -np.inf, dtype=np.float32), ValueError, ("logits", "row 0")),
+    ("all-masked-2d", with_value(X2, 1, -np.inf), ValueError, ("logits", "row 1")),
+    ("nan-float16", with_value(X2, (1, 2), np.nan).astype(np.float16), ValueError, ("row 1", "index 2")),
+    ("int32", X2.astype(np.int32), TypeError, "logits"),
+    ("int64", X1.astype(np.int64), TypeError, "logits"),
+    ("uint8", X1.astype(np.uint8), TypeError, "logits"),
+    ("uint16-without-dtype", X1.astype(np.uint16), TypeError, "logits"),
+    ("bool", X1 > 0, TypeError, "logits"),
+    ("complex64", X1.astype(np.complex64), TypeError, "logits"),
+    ("complex128", X2.astype(np.complex128), TypeError, "logits"),
+    ("object", X1.astype(object), TypeError, "logits"),
+    ("ndim-0", np.float32(1.0), ValueError, "logits"),
+    ("ndim-3", np.zeros((2, 2, V), dtype=np.float32), ValueError, "logits"),
+    ("empty-1d", np.zeros(0, dtype=np.float32), ValueError, "logits"),
+    ("empty-2d", np.zeros((2, 0), dtype=np.float32), ValueError, "logits"),
+]
+
+LOGITS_CASES = [
+    pytest.param(
+        (lambda fn=fn, x=x: fn(x)), exc, msg, id=f"{name}-{case}"
+    )
+    for case, x, exc, msg in BAD_LOGITS
+    for name, fn in READERS.items()
+    if not (name == "logprobs" and case.startswith(("ndim", "empty")))
+]
+
+RO = X2.copy()
+RO.flags.writeable = False
+BUF = np.zeros(2 * V + 2, dtype=np.float32)
+OVERLAP_IN = BUF[: 2 * V].reshape(2, V)
+OVERLAP_OUT = BUF[2:].reshape(2, V)
+BIG = np.zeros((3, V), dtype=np.float32)
+
+OUT_WRITERS = {
+    "softmax": lambda x, out: lk.softmax(x, out=out),
+    "log_softmax": lambda x, out: lk.log_softmax(x, out=out),
+    "mask_top_k": lambda x, out: lk.mask_top_k(x, 2, out=out),
+    "mask_top_p": lambda x, out: lk.mask_top_p(x, 0.9, out=out),
+    "mask_min_p": lambda x, out: lk.mask_min_p(x, 0.1, out=out),
+    "apply_logit_bias": lambda x, out: lk.apply_logit_bias(x, {0: 1.0}, out=out),
+    "apply_penalties": lambda x, out: lk.apply_penalties(x, presence_penalty=1.0, out=out),
+}
+
+BAD_OUT = [
+    ("float64", lambda: (X2, np.zeros((2, V))), (TypeError, ValueError)),
+    ("float16", lambda: (X2, np.zeros((2, V), dtype=np.float16)), (TypeError, ValueError)),
+    ("int32", lambda: (X2, np.zeros((2, V), dtype=np.int32)), (TypeError, ValueError)),
+    ("wrong-shape", lambda: (X2, np.zeros((2, V + 1), dtype=np.float32)), ValueError),
+    ("wrong-batch", lambda: (X2, np.zeros((3, V), dtype=np.float32)), ValueError),
+    ("one-row-for-batch", lambda: (X2, np.zeros(V, dtype=np.float32)), ValueError),
+    ("batch-for-one-row", lambda: (X1, np.zeros((1, V), dtype=np.float32)), ValueError),
+    ("read-only", lambda: (X2, RO), ValueError),
+    ("read-only-in-place", lambda: (RO, RO), ValueError),
+    ("partial-overlap", lambda: (OVERLAP_IN, OVERLAP_OUT), ValueError),
+    ("list", lambda: (X1, [0.0] * V), (TypeError, ValueError)),
+]
+
+OUT_CASES = [
+    pytest.param(
+        (lambda fn=fn, make=make: fn(*make())), exc, "out", id=f"{name}-out-{case}"
+    )
+    for case, make, exc in BAD_OUT
+    for name, fn in OUT_WRITERS.items()
+]
+
+ANY = (TypeError, ValueError)
+MASKED_ROW_1 = with_value(X2, (1, 0), -np.inf)
+
+
+def P(call, exc, msg, id):
+    return pytest.param(call, exc, msg, id=id)
+
+
+PARAM_CASES = [
+    # temperature
+    *[
+        P(lambda t=t: lk.sample(X1, temperature=t, uniforms=0.5), ValueError, "temperature",
+          f"sample-temperature-{t}")
+        for t in (-1.0, -1e-9, np.nan, np.inf, -np.inf)
+    ],
+    *[
+        P(lambda f=f, t=t: f(X2, temperature=t), ValueError, "temperature",
+          f"{f.__name__}-temperature-{t}")
+        for f in (lk.softmax, lk.log_softmax)
+        for t in (0.0, -1.0, np.nan, np.inf)
+    ],
+    *[
+        P(lambda f=f, t=t: f(X2, 0.5, temperature=t), ValueError, "temperature",
+          f"{f.__name__}-temperature-{t}")
+        for f in (lk.mask_top_p, lk.mask_min_p)
+        for t in (0.0, -1.0, np.nan, np.inf)
+    ],
+    # top_p / min_p
+    *[
+        P(lambda v=v: lk.sample(X1, top_p=v, uniforms=0.5), ValueError, "top_p", f"sample-top_p-{v}")
+        for v in (-0.1, 1.1, np.nan, np.inf)
+    ],
+    *[
+        P(lambda v=v: lk.mask_top_p(X1, v), ValueError, "top_p", f"mask_top_p-top_p-{v}")
+        for v in (-0.1, 1.1, np.nan)
+    ],
+    *[
+        P(lambda v=v: lk.sample(X1, min_p=v, uniforms=0.5), ValueError, "min_p", f"sample-min_p-{v}")
+        for v in (-0.1, 1.1, np.nan, np.inf)
+    ],
+    *[
+        P(lambda v=v: lk.mask_min_p(X1, v), ValueError, "min_p", f"mask_min_p-min_p-{v}")
+        for v in (-0.1, 1.1, np.nan)
+    ],
+    # min_keep
+    *[
+        P(lambda v=v: lk.sample(X1, min_keep=v, uniforms=0.5), ValueError, "min_keep",
+          f"sample-min_keep-{v}")
+        for v in (0, -1)
+    ],
+    *[
+        P(lambda f=f, v=v: f(X1, 0.5, min_keep=v), ValueError, "min_keep",
+          f"{f.__name__}-min_keep-{v}")
+        for f in (lk.mask_top_p, lk.mask_min_p)
+        for v in (0, -3)
+    ],
+    P(lambda: lk.sample(X1, top_k=1.5, uniforms=0.5), ANY, "top_k", "sample-top_k-float"),
+    # penalties
+    *[
+        P(lambda v=v: lk.apply_penalties(X1, repetition_penalty=v), ValueError,
+          "repetition_penalty", f"repetition_penalty-{v}")
+        for v in (0.0, -1.0, np.inf, np.nan)
+    ],
+    *[
+        P(lambda n=n, v=v: lk.apply_penalties(X1, **{n: v}), ValueError, n, f"{n}-{v}")
+        for n in ("presence_penalty", "frequency_penalty")
+        for v in (np.nan, np.inf, -np.inf)
+    ],
+    # logit bias
+    *[
+        P(lambda b=b: lk.apply_logit_bias(X1, b), ValueError, "bias", f"bias-{label}")
+        for label, b in (
+            ("nan", {0: np.nan}),
+            ("posinf", {1: np.inf}),
+            ("id-V", {V: 1.0}),
+            ("id-negative", {-1: 1.0}),
+            ("id-huge", {2**40: 1.0}),
+        )
+    ],
+    P(lambda: lk.apply_logit_bias(X2, [{0: 1.0}]), ValueError, "bias", "bias-list-too-short"),
+    P(lambda: lk.apply_logit_bias(X2, [{}, {}, {}]), ValueError, "bias", "bias-list-too-long"),
+    P(lambda: lk.apply_logit_bias(X2, [{0: 1.0}, {V: 1.0}]), ValueError, "bias", "bias-row-1-id-V"),
+    # seed / step
+    *[
+        P(lambda s=s: lk.sample(X1, seed=s), ValueError, "seed", f"sample-seed-{s}")
+        for s in (-1, 2**64, 2**70)
+    ],
+    *[
+        P(lambda s=s: lk.sample(X1, seed=0, step=s), ValueError, "step", f"sample-step-{s}")
+        for s in (-1, 2**64)
+    ],
+    *[P(lambda s=s: lk.uniform(s, 0), ValueError, "seed", f"uniform-seed-{s}") for s in (-1, 2**64)],
+    *[P(lambda s=s: lk.uniform(0, s), ValueError, "step", f"uniform-step-{s}") for s in (-1, 2**64)],
+    P(lambda: lk.uniform(1.5, 0), TypeError, "seed", "uniform-seed-float"),
+    P(lambda: lk.uniform(0, 2.0), TypeError, "step", "uniform-step-float"),
+    P(lambda: lk.uniform("1", 0), TypeError, "seed", "uniform-seed-str"),
+    # uniforms
+    *[
+        P(lambda u=u: lk.sample(X1, uniforms=u), ValueError, "uniforms", f"uniforms-{u}")
+        for u in (1.0, -0.1, 1.5, np.nan, np.inf)
+    ],
+    P(lambda: lk.sample(X2, uniforms=np.asarray([0.1, 1.0])), ValueError, "uniforms",
+      "uniforms-row-1-is-1"),
+    P(lambda: lk.sample(X2, uniforms=np.asarray([0.1])), ValueError, "uniforms",
+      "uniforms-too-short"),
+    P(lambda: lk.sample(X2, uniforms=np.asarray([0.1, 0.2, 0.3])), ValueError, "uniforms",
+      "uniforms-too-long"),
+    # order
+    *[
+        P(lambda o=o: lk.sample(X1, order=o, uniforms=0.5), ValueError, "order", f"order-{o!r}")
+        for o in ("hf", "", "llama", "VLLM")
+    ],
+    # k / top_n
+    *[P(lambda k=k: lk.top_k(X1, k), ValueError, "k", f"top_k-k-{k}") for k in (0, -1, V + 1)],
+    P(lambda: lk.top_k(X1, 1.5), TypeError, "k", "top_k-k-float"),
+    *[P(lambda k=k: lk.mask_top_k(X1, k), ValueError, "k", f"mask_top_k-k-{k}") for k in (0, -2)],
+    *[
+        P(lambda n=n: lk.logprobs(X1, T1, top_n=n), ValueError, "top_n", f"logprobs-top_n-{n}")
+        for n in (-1, V + 1)
+    ],
+    # token ids
+    *[
+        P(lambda n=n, t=t: lk.apply_penalties(X1, **{n: np.asarray(t)}), ValueError, n,
+          f"{n}-{t}")
+        for n in ("prompt_tokens", "output_tokens")
+        for t in ([V], [-1], [0, 2**40])
+    ],
+    *[
+        P(lambda n=n: lk.apply_penalties(X2, **{n: [T1, np.asarray([V])]}), ValueError, n,
+          f"{n}-row-1-out-of-range")
+        for n in ("prompt_tokens", "output_tokens")
+    ],
+    *[
+        P(lambda n=n: lk.apply_penalties(X2, **{n: [T1]}), ValueError, n, f"{n}-too-few-rows")
+        for n in ("prompt_tokens", "output_tokens")
+    ],
+    *[
+        P(lambda n=n: lk.apply_penalties(X1, **{n: np.asarray([0.0, 1.0])}), TypeError, n,
+          f"{n}-float-array")
+        for n in ("prompt_tokens", "output_tokens")
+    ],
+    *[
+        P(lambda t=t: lk.logprobs(X1, np.asarray(t)), ValueError, "tokens", f"logprobs-tokens-{t}")
+        for t in ([V], [-1])
+    ],
+    P(lambda: lk.logprobs(X2, [T1, np.asarray([V])]), ValueError, "tokens",
+      "logprobs-tokens-row-1"),
+    P(lambda: lk.logprobs(X2, [T1]), ValueError, "tokens", "logprobs-tokens-too-few-rows"),
+    # per-row parameter arrays of the wrong length
+    *[
+        P(lambda n=n, a=a: lk.sample(X2, **{n: a}, uniforms=U2), ValueError, n,
+          f"sample-{n}-length-{len(a)}")
+        for n, a in (
+            ("temperature", np.ones(3)),
+            ("temperature", np.ones(1)),
+            ("top_k", np.ones(3, dtype=np.int64)),
+            ("top_p", np.full(1, 0.5)),
+            ("min_p", np.full(3, 0.1)),
+            ("min_keep", np.ones(3, dtype=np.int64)),
+        )
+    ],
+    *[
+        P(lambda n=n, a=a: lk.sample(X2, **{n: a}), ValueError, n, f"sample-{n}-length-{len(a)}")
+        for n, a in (("seed", np.zeros(3, dtype=np.uint64)), ("step", np.zeros(1, dtype=np.uint64)))
+    ],
+    *[
+        P(lambda n=n: lk.apply_penalties(X2, **{n: np.full(3, 1.5)}), ValueError, n,
+          f"apply_penalties-{n}-length-3")
+        for n in ("repetition_penalty", "presence_penalty", "frequency_penalty")
+    ],
+    # per-row parameter arrays with a bad entry
+    P(lambda: lk.sample(X2, temperature=np.asarray([1.0, -1.0]), uniforms=U2), ValueError,
+      "temperature", "sample-temperature-row-1-negative"),
+    P(lambda: lk.sample(X2, top_p=np.asarray([0.5, 1.5]), uniforms=U2), ValueError, "top_p",
+      "sample-top_p-row-1-above-1"),
+    P(lambda: lk.apply_penalties(X2, repetition_penalty=np.asarray([1.0, 0.0])), ValueError,
+      "repetition_penalty", "apply_penalties-repetition_penalty-row-1-zero"),
+    # dtype
+    P(lambda: lk.softmax(X1, dtype="float8"), ANY, "dtype", "softmax-dtype-unknown"),
+    P(lambda: lk.sample(X1.astype(np.uint16), dtype="float8", seed=0), ANY, "dtype",
+      "sample-dtype-unknown"),
+    # masks that empty a row before the draw
+    P(lambda: lk.sample_batch(MASKED_ROW_1, lk.SamplingParams(allowed_token_ids=[0])), ValueError,
+      "row 1", "sample_batch-allowed-ids-empty-row-1"),
+    P(lambda: lk.sample_batch(X2, lk.SamplingParams(logit_bias={t: -np.inf for t in range(V)})),
+      ValueError, "row 0", "sample_batch-bias-bans-everything"),
+]
+
+TABLE = LOGITS_CASES + OUT_CASES + PARAM_CASES
+
+
+@pytest.mark.parametrize(("call", "exc", "msg"), TABLE)
+def test_bad_input_raises(call, exc, msg):
+    with pytest.raises(exc) as info:
+        call()
+    text = str(info.value)
+    for part in (msg,) if isinstance(msg, str) else msg:
+        assert part in text, f"{part!r} not in {text!r}"
+
+
+def test_failed_out_is_left_unchanged_and_input_too():
+    x = with_value(X2, (1, 2), np.nan)
+    out = np.full((2, V), 5.0, dtype=np.float32)
+    with pytest.raises(ValueError):
+        lk.softmax(x, out=out)
+    assert np.isnan(x[1, 2]) and x[0, 0] == 0.5

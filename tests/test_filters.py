@@ -1,0 +1,181 @@
+"""mask_top_p and mask_min_p: kept sets between the oracle's must-keep and may-keep sets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import logitkit as lk
+import oracle
+import strategies as S
+from checks import assert_float32_like, assert_kept_between, check_out_forms, same_bits
+
+
+def rows_of(a):
+    a = np.asarray(a)
+    return a.reshape(-1, a.shape[-1])
+
+
+def check_mask(got, ref, sets) -> None:
+    """got is float32 with ref's shape; per row, the kept tokens lie between must and may and
+    keep their original (untempered) float32 value; every other token is -inf."""
+    assert_float32_like(got, ref.shape)
+    for g, r in zip(rows_of(got), rows_of(ref)):
+        kept = np.isfinite(g)
+        must, may = sets(r)
+        assert_kept_between(kept, must, may)
+        assert same_bits(g[kept], r[kept])
+        assert np.all(np.isneginf(g[~kept]))
+
+
+@given(inp=S.inputs(), top_p=S.top_ps, temperature=S.temperatures, min_keep=S.min_keeps)
+def test_mask_top_p_matches_oracle(inp, top_p, temperature, min_keep):
+    got = lk.mask_top_p(inp.array, top_p, temperature=temperature, min_keep=min_keep, **inp.kw)
+    check_mask(
+        got,
+        inp.ref,
+        lambda r: oracle.mask_top_p_sets(
+            r, top_p, temperature, min_keep, oracle.tolerance(r, temperature)
+        ),
+    )
+
+
+@given(inp=S.inputs(), min_p=S.min_ps, temperature=S.temperatures, min_keep=S.min_keeps)
+def test_mask_min_p_matches_oracle(inp, min_p, temperature, min_keep):
+    got = lk.mask_min_p(inp.array, min_p, temperature=temperature, min_keep=min_keep, **inp.kw)
+    check_mask(
+        got,
+        inp.ref,
+        lambda r: oracle.mask_min_p_sets(
+            r, min_p, temperature, min_keep, oracle.tolerance(r, temperature)
+        ),
+    )
+
+
+@given(x=S.logits(), temperature=S.temperatures)
+def test_top_p_one_and_min_p_zero_keep_everything(x, temperature):
+    assert same_bits(lk.mask_top_p(x, 1.0, temperature=temperature), x)
+    assert same_bits(lk.mask_min_p(x, 0.0, temperature=temperature), x)
+
+
+@given(x=S.logits(), temperature=S.temperatures, min_keep=S.min_keeps)
+def test_top_p_zero_keeps_the_min_keep_most_probable(x, temperature, min_keep):
+    got = lk.mask_top_p(x, 0.0, temperature=temperature, min_keep=min_keep)
+    for g, r in zip(rows_of(got), rows_of(x)):
+        n = min(min_keep, int(np.isfinite(r).sum()))
+        assert same_bits(g, oracle.mask_top_k(r, n))
+
+
+@given(x=S.logits(), temperature=S.temperatures, min_keep=S.min_keeps)
+def test_min_p_one_keeps_the_maxima_and_min_keep(x, temperature, min_keep):
+    got = lk.mask_min_p(x, 1.0, temperature=temperature, min_keep=min_keep)
+    for g, r in zip(rows_of(got), rows_of(x)):
+        kept = np.isfinite(g)
+        n_max = int((r == r.max()).sum())
+        n = min(max(min_keep, n_max), int(np.isfinite(r).sum()))
+        assert kept.sum() == n
+        assert np.all(kept[r == r.max()])
+        assert same_bits(g, oracle.mask_top_k(r, n))
+
+
+@given(x=S.logits(), top_p=S.top_ps, min_p=S.min_ps, temperature=S.temperatures)
+def test_min_keep_at_least_vocab_keeps_every_finite_token(x, top_p, min_p, temperature):
+    v = x.shape[-1]
+    assert same_bits(lk.mask_top_p(x, top_p, temperature=temperature, min_keep=v), x)
+    assert same_bits(lk.mask_min_p(x, min_p, temperature=temperature, min_keep=v + 5), x)
+
+
+@given(x=S.logits(), top_p=S.top_ps, min_p=S.min_ps, min_keep=S.min_keeps)
+def test_masks_only_add_neg_inf_and_keep_the_maximum(x, top_p, min_p, min_keep):
+    for got in (
+        lk.mask_top_p(x, top_p, min_keep=min_keep),
+        lk.mask_min_p(x, min_p, min_keep=min_keep),
+    ):
+        changed = got.view(np.uint32) != x.view(np.uint32)
+        assert np.all(np.isneginf(got[changed]))
+        np.testing.assert_array_equal(lk.argmax(got), lk.argmax(x))
+        n_finite = np.isfinite(x).sum(axis=-1)
+        assert np.all(np.isfinite(got).sum(axis=-1) >= np.minimum(min_keep, n_finite))
+
+
+@given(x=S.logits(), top_p=S.top_ps, min_p=S.min_ps, temperature=S.temperatures)
+def test_mask_out_forms(x, top_p, min_p, temperature):
+    check_out_forms(lk.mask_top_p, x, top_p=top_p, temperature=temperature)
+    check_out_forms(lk.mask_min_p, x, min_p=min_p, temperature=temperature, min_keep=2)
+
+
+@given(x=S.batches(), top_p=S.top_ps, min_p=S.min_ps, temperature=S.temperatures)
+def test_rows_are_independent(x, top_p, min_p, temperature):
+    tp = lk.mask_top_p(x, top_p, temperature=temperature)
+    mp = lk.mask_min_p(x, min_p, temperature=temperature)
+    for r in range(x.shape[0]):
+        assert same_bits(tp[r], lk.mask_top_p(x[r], top_p, temperature=temperature))
+        assert same_bits(mp[r], lk.mask_min_p(x[r], min_p, temperature=temperature))
+
+
+@given(inp=S.inputs(), top_p=S.top_ps, min_p=S.min_ps)
+def test_inputs_are_not_modified(inp, top_p, min_p):
+    before = np.array(inp.array, copy=True)
+    lk.mask_top_p(inp.array, top_p, temperature=0.5, **inp.kw)
+    lk.mask_min_p(inp.array, min_p, temperature=2.0, **inp.kw)
+    np.testing.assert_array_equal(np.asarray(inp.array), before)
+
+
+LOG4 = np.log(np.asarray([0.4, 0.3, 0.2, 0.1])).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("row", "top_p", "temperature", "min_keep", "kept"),
+    [
+        pytest.param(LOG4, 0.5, 1.0, 1, [0, 1], id="crossing-token-kept"),
+        pytest.param(LOG4, 0.35, 1.0, 1, [0], id="first-token-crosses"),
+        pytest.param(LOG4, 0.75, 1.0, 1, [0, 1, 2], id="three-tokens"),
+        pytest.param(LOG4, 0.0, 1.0, 1, [0], id="top-p-zero"),
+        pytest.param(LOG4, 0.0, 1.0, 3, [0, 1, 2], id="top-p-zero-min-keep-3"),
+        pytest.param(LOG4, 0.5, 0.01, 1, [0], id="cold-temperature"),
+        pytest.param(LOG4, 0.9, 100.0, 1, [0, 1, 2, 3], id="hot-temperature"),
+        pytest.param([1.0, 2.0, 2.0, 0.0], 0.1, 1.0, 1, [1], id="tie-lower-id-first"),
+        pytest.param([1.0, 2.0, 2.0, -np.inf], 0.0, 1.0, 4, [0, 1, 2], id="min-keep-never-revives"),
+    ],
+)
+def test_mask_top_p_known_values(row, top_p, temperature, min_keep, kept):
+    x = np.asarray(row, dtype=np.float32)
+    got = lk.mask_top_p(x, top_p, temperature=temperature, min_keep=min_keep)
+    np.testing.assert_array_equal(np.flatnonzero(np.isfinite(got)), kept)
+    np.testing.assert_array_equal(got[kept], x[kept])
+
+
+@pytest.mark.parametrize(
+    ("row", "min_p", "temperature", "min_keep", "kept"),
+    [
+        pytest.param(LOG4, 0.45, 1.0, 1, [0, 1, 2], id="below-half-of-max"),
+        pytest.param(LOG4, 0.8, 1.0, 1, [0], id="above-second"),
+        pytest.param(LOG4, 0.8, 1.0, 2, [0, 1], id="min-keep-2"),
+        pytest.param([0.0, -math.log(2.0), -math.log(4.0)], 0.3, 1.0, 1, [0, 1], id="ratios"),
+        pytest.param([0.0, -math.log(2.0), -math.log(4.0)], 0.3, 0.5, 1, [0], id="tempered"),
+        pytest.param([2.0, 2.0, 1.0, 3.0], 1.0, 1.0, 1, [3], id="min-p-one"),
+        pytest.param([3.0, 1.0, 3.0, -np.inf], 1.0, 1.0, 1, [0, 2], id="min-p-one-tie"),
+        pytest.param([3.0, -np.inf, 1.0], 0.9, 1.0, 3, [0, 2], id="min-keep-never-revives"),
+    ],
+)
+def test_mask_min_p_known_values(row, min_p, temperature, min_keep, kept):
+    x = np.asarray(row, dtype=np.float32)
+    got = lk.mask_min_p(x, min_p, temperature=temperature, min_keep=min_keep)
+    np.testing.assert_array_equal(np.flatnonzero(np.isfinite(got)), kept)
+    np.testing.assert_array_equal(got[kept], x[kept])
+
+
+def test_min_p_equality_is_kept():
+    x = np.asarray([0.0, -math.log(4.0)], dtype=np.float64)
+    p = oracle.softmax(x.astype(np.float32))
+    ratio = float(p[1] / p[0])
+    got = lk.mask_min_p(np.asarray([0.0, 0.0], dtype=np.float32), 1.0)
+    np.testing.assert_array_equal(np.isfinite(got), [True, True])
+    got = lk.mask_min_p(x.astype(np.float32), ratio * (1 - 1e-6))
+    np.testing.assert_array_equal(np.isfinite(got), [True, True])
+    got = lk.mask_min_p(x.astype(np.float32), min(1.0, ratio * (1 + 1e-4)))
+    np.testing.assert_array_equal(np.isfinite(got), [True, False])

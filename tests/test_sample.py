@@ -1,0 +1,293 @@
+"""sample: the pipeline of SPEC §4 steps 4-9 against the oracle, with explicit uniforms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import logitkit as lk
+import oracle
+import strategies as S
+
+PARAM_NAMES = ("temperature", "top_k", "top_p", "min_p", "min_keep")
+
+
+def tol_for(ref, params) -> float:
+    t = params.get("temperature", 1.0)
+    return oracle.tolerance(ref, t if t > 0 else 1.0)
+
+
+def acceptable(ref, params, u) -> set[int]:
+    return oracle.acceptable_tokens(ref, params, u, tol_for(ref, params))
+
+
+def assert_token_scalar(got) -> None:
+    assert np.ndim(got) == 0
+    assert np.asarray(got).dtype == np.int64
+
+
+def assert_token_array(got, b) -> None:
+    assert isinstance(got, np.ndarray)
+    assert got.dtype == np.int64
+    assert got.shape == (b,)
+
+
+@st.composite
+def row_case(draw, greedy=True):
+    inp = draw(S.row_inputs())
+    params = draw(S.sample_params(inp.ref.shape[-1], greedy=greedy))
+    return inp, params
+
+
+@st.composite
+def batch_case(draw):
+    inp = draw(S.batch_inputs())
+    b, v = inp.ref.shape
+    rows = [draw(S.sample_params(v)) for _ in range(b)]
+    preset = draw(S.orders)
+    per_row = {}
+    for name in PARAM_NAMES:
+        if draw(st.booleans()):
+            default = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "min_keep": 1}
+            values = [r.get(name, default[name]) for r in rows]
+            dtype = np.int64 if name in ("top_k", "min_keep") else np.float64
+            per_row[name] = np.asarray(values, dtype=dtype)
+        elif name in rows[0]:
+            per_row[name] = rows[0][name]
+    return inp, per_row, preset
+
+
+def row_params(per_row, preset, r) -> dict:
+    p = {k: (v[r].item() if isinstance(v, np.ndarray) else v) for k, v in per_row.items()}
+    p["order"] = preset
+    return p
+
+
+@given(case=row_case(), u=S.uniforms)
+def test_row_with_explicit_uniform_matches_oracle(case, u):
+    inp, params = case
+    got = lk.sample(inp.array, uniforms=u, **params, **inp.kw)
+    assert_token_scalar(got)
+    ok = acceptable(inp.ref, params, u)
+    assert int(got) in ok, (int(got), ok, oracle.sample(inp.ref, u, **params))
+
+
+@given(case=batch_case(), data=st.data())
+def test_batch_with_per_row_parameters_matches_oracle(case, data):
+    inp, per_row, preset = case
+    b = inp.ref.shape[0]
+    us = np.asarray([data.draw(S.uniforms, label=f"u[{r}]") for r in range(b)])
+    got = lk.sample(inp.array, uniforms=us, order=preset, **per_row, **inp.kw)
+    assert_token_array(got, b)
+    for r in range(b):
+        p = row_params(per_row, preset, r)
+        assert int(got[r]) in acceptable(inp.ref[r], p, us[r])
+        alone = lk.sample(inp.ref[r], uniforms=float(us[r]), **p)
+        assert got[r] == alone
+
+
+@given(x=S.batches(), case=row_case(), seed=S.u64, step=S.u64, data=st.data())
+def test_scalar_seed_gives_every_row_uniform_seed_step(x, case, seed, step, data):
+    _, params = case
+    v = x.shape[-1]
+    params = {k: (min(val, v + 1) if k == "top_k" else val) for k, val in params.items()}
+    u = oracle.uniform(seed, step)
+    got = lk.sample(x, seed=seed, step=step, **params)
+    assert_token_array(got, x.shape[0])
+    for r in range(x.shape[0]):
+        assert int(got[r]) in acceptable(x[r], params, u)
+        assert got[r] == lk.sample(x[r], uniforms=u, **params)
+        assert got[r] == lk.sample(x[r], seed=seed, step=step, **params)
+    perm = np.asarray(data.draw(st.permutations(range(x.shape[0])), label="perm"))
+    np.testing.assert_array_equal(lk.sample(x[perm], seed=seed, step=step, **params), got[perm])
+    same = np.repeat(x[:1], 3, axis=0)
+    np.testing.assert_array_equal(lk.sample(same, seed=seed, step=step, **params), [got[0]] * 3)
+
+
+@given(case=row_case(), seed=S.u64, step=S.u64)
+def test_same_seed_and_step_give_the_same_token(case, seed, step):
+    inp, params = case
+    first = lk.sample(inp.array, seed=seed, step=step, **params, **inp.kw)
+    for _ in range(3):
+        assert lk.sample(inp.array, seed=seed, step=step, **params, **inp.kw) == first
+    assert int(first) in acceptable(inp.ref, params, oracle.uniform(seed, step))
+
+
+@given(x=S.batches(), case=row_case(), data=st.data())
+def test_per_row_seed_and_step_arrays(x, case, data):
+    _, params = case
+    b = x.shape[0]
+    seeds = [data.draw(S.u64, label=f"seed[{r}]") for r in range(b)]
+    steps = [data.draw(S.u64, label=f"step[{r}]") for r in range(b)]
+    got = lk.sample(
+        x, seed=np.asarray(seeds, dtype=np.uint64), step=np.asarray(steps, dtype=np.uint64),
+        **params,
+    )
+    assert_token_array(got, b)
+    for r in range(b):
+        u = oracle.uniform(seeds[r], steps[r])
+        assert int(got[r]) in acceptable(x[r], params, u)
+        assert got[r] == lk.sample(x[r], seed=seeds[r], step=steps[r], **params)
+
+
+@given(inp=S.inputs(), case=row_case(), u=S.uniforms, seed=S.u64)
+def test_temperature_zero_is_argmax(inp, case, u, seed):
+    _, params = case
+    params = {**params, "temperature": 0.0}
+    params.pop("top_k", None)
+    want = lk.argmax(inp.ref)
+    np.testing.assert_array_equal(oracle.argmax(inp.ref), want)
+    us = u if inp.ref.ndim == 1 else np.full(inp.ref.shape[0], u)
+    np.testing.assert_array_equal(lk.sample(inp.array, uniforms=us, **params, **inp.kw), want)
+    np.testing.assert_array_equal(lk.sample(inp.array, seed=seed, **params, **inp.kw), want)
+    np.testing.assert_array_equal(
+        lk.sample(inp.array, seed=seed, top_k=1 + seed % 3, **params, **inp.kw), want
+    )
+
+
+@given(case=row_case(greedy=False), seed=st.one_of(st.none(), S.u64), step=S.u64)
+def test_sampled_token_is_always_kept(case, seed, step):
+    inp, params = case
+    _, may = oracle.kept_sets(inp.ref, params, tol_for(inp.ref, params))
+    for _ in range(3 if seed is None else 1):
+        got = int(lk.sample(inp.array, seed=seed, step=step, **params, **inp.kw))
+        assert may[got], (got, np.flatnonzero(may))
+        assert np.isfinite(inp.ref[got])
+
+
+@given(case=row_case(greedy=False), u=S.uniforms)
+def test_disabled_filters_equal_no_filters(case, u):
+    inp, params = case
+    v = inp.ref.shape[-1]
+    base = {k: val for k, val in params.items() if k in ("temperature", "order")}
+    want = lk.sample(inp.ref, uniforms=u, **base)
+    for extra in ({"top_k": 0}, {"top_k": -1}, {"top_k": v}, {"top_k": v + 7}, {"top_p": 1.0},
+                  {"min_p": 0.0}, {"min_keep": 1}):
+        assert lk.sample(inp.ref, uniforms=u, **base, **extra) == want
+
+
+@given(x=S.logits(), u=S.uniforms)
+def test_default_parameters(x, u):
+    us = u if x.ndim == 1 else np.full(x.shape[0], u)
+    got = np.atleast_1d(lk.sample(x, uniforms=us))
+    for r, row in enumerate(np.atleast_2d(x)):
+        assert got[r] == oracle.sample(row, u) or int(got[r]) in acceptable(row, {}, u)
+
+
+def test_thread_count_does_not_change_results():
+    rng = np.random.default_rng(1234)
+    x = (rng.standard_normal((96, 3000)) * 3).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = -np.inf
+    seeds = np.arange(96, dtype=np.uint64) * 977
+    saved = lk.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            lk.set_num_threads(n)
+            assert lk.get_num_threads() == n
+            results.append(
+                (
+                    lk.sample(x, temperature=0.8, top_k=40, top_p=0.9, min_p=0.02, seed=seeds,
+                              step=5),
+                    lk.softmax(x, temperature=0.7),
+                    lk.mask_top_p(x, 0.8),
+                )
+            )
+    finally:
+        lk.set_num_threads(saved)
+    for tokens, probs, masked in results[1:]:
+        np.testing.assert_array_equal(tokens, results[0][0])
+        np.testing.assert_array_equal(probs.view(np.uint32), results[0][1].view(np.uint32))
+        np.testing.assert_array_equal(masked.view(np.uint32), results[0][2].view(np.uint32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-checked cases
+
+LOG4 = np.log(np.asarray([0.4, 0.3, 0.2, 0.1])).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("u", "token"),
+    [
+        pytest.param(0.0, 0, id="u-zero"),
+        pytest.param(0.2499, 0, id="inside-first"),
+        pytest.param(0.25, 1, id="exact-boundary-exceeds"),
+        pytest.param(0.2501, 1, id="inside-second"),
+        pytest.param(0.5, 2, id="middle-boundary"),
+        pytest.param(0.9999999, 3, id="near-one"),
+        pytest.param(float(np.nextafter(1.0, 0.0)), 3, id="largest-u"),
+    ],
+)
+def test_draw_scans_ids_in_increasing_order(u, token):
+    x = np.zeros(4, dtype=np.float32)
+    assert lk.sample(x, uniforms=u) == token
+    masked = np.asarray([-np.inf, 0, -np.inf, 0, 0, 0, -np.inf], dtype=np.float32)
+    assert lk.sample(masked, uniforms=u) == [1, 3, 4, 5][token]
+
+
+@pytest.mark.parametrize(
+    ("params", "u", "token"),
+    [
+        pytest.param(dict(min_p=0.3, temperature=0.5, order="default"), 0.99, 0, id="default"),
+        pytest.param(dict(min_p=0.3, temperature=0.5, order="vllm"), 0.99, 0, id="vllm"),
+        pytest.param(dict(min_p=0.3, temperature=0.5, order="llama.cpp"), 0.99, 1, id="llama.cpp"),
+    ],
+)
+def test_llama_cpp_filters_before_temperature(params, u, token):
+    x = np.asarray([2.0, 1.0, 0.0], dtype=np.float32)
+    assert lk.sample(x, uniforms=u, **params) == token
+    assert oracle.sample(x, u, **params) == token
+
+
+@pytest.mark.parametrize(
+    ("preset", "kept"),
+    [
+        pytest.param("default", [0, 1, 2], id="default"),
+        pytest.param("vllm", [0, 1], id="vllm"),
+        pytest.param("llama.cpp", [0, 1, 2], id="llama.cpp"),
+    ],
+)
+def test_vllm_applies_min_p_before_top_p(preset, kept):
+    params = dict(top_p=0.75, min_p=0.3, order=preset)
+    np.testing.assert_array_equal(np.flatnonzero(oracle.pipeline_kept(LOG4, **params)), kept)
+    q = np.zeros(4)
+    q[kept] = np.asarray([0.4, 0.3, 0.2, 0.1])[kept]
+    cum = np.cumsum(q / q.sum())
+    for k in kept:
+        u = (cum[k] - q[k] / q.sum() / 2)
+        assert lk.sample(LOG4, uniforms=u, **params) == k
+    assert lk.sample(LOG4, uniforms=0.999, **params) == kept[-1]
+
+
+@pytest.mark.parametrize("preset", oracle.ORDERS)
+def test_min_keep_never_revives_a_top_k_removal(preset):
+    x = np.asarray([0.0, 3.0, 1.0, 2.0], dtype=np.float32)
+    for u in (0.0, 0.5, 0.999):
+        assert lk.sample(x, top_k=1, min_keep=3, uniforms=u, order=preset) == 1
+        assert lk.sample(x, top_k=1, min_p=1.0, min_keep=3, uniforms=u, order=preset) == 1
+    # top-k keeps {1, 3}; p(1) = e^3 / (e^3 + e^2) = 0.731 over that set
+    for u, token in ((0.0, 1), (0.7, 1), (0.76, 3), (0.999, 3)):
+        assert lk.sample(x, top_k=2, top_p=0.0, min_keep=4, uniforms=u, order=preset) == token
+        assert lk.sample(x, top_k=2, min_p=1.0, min_keep=4, uniforms=u, order=preset) == token
+
+
+@pytest.mark.parametrize("preset", oracle.ORDERS)
+def test_top_p_zero_with_min_keep(preset):
+    x = np.asarray([0.0, 3.0, 1.0, 2.0], dtype=np.float32)
+    kept = [1, 3]
+    for u in (0.0, 0.3, 0.6, 0.999):
+        got = lk.sample(x, top_p=0.0, min_keep=2, uniforms=u, order=preset)
+        assert got in kept
+        assert got == oracle.sample(x, u, top_p=0.0, min_keep=2, order=preset)
+
+
+def test_masked_tokens_are_never_sampled():
+    x = np.full(64, -np.inf, dtype=np.float32)
+    x[[5, 40]] = [30.0, 29.0]
+    # p(5) = 1 / (1 + e^-1) = 0.731
+    for u, token in ((0.0, 5), (0.7, 5), (0.75, 40), (float(np.nextafter(1.0, 0.0)), 40)):
+        assert lk.sample(x, uniforms=u) == token
+        assert lk.sample(x, uniforms=u, top_k=5, top_p=0.99, min_p=0.01) == token

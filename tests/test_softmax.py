@@ -1,0 +1,133 @@
+"""softmax and log_softmax against the float64 oracle."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import logitkit as lk
+import oracle
+import strategies as S
+from checks import F32_EPS, assert_close, assert_float32_like, check_out_forms, same_bits
+
+TINY = 2e-38  # below this a float32 probability may lose all precision (subnormal range)
+
+
+def softmax_rtol(ref, temperature) -> float:
+    """Relative error of a float32 softmax: argument rounding grows with |x| / T."""
+    return oracle.tolerance(ref, temperature)
+
+
+def log_softmax_atol(ref, temperature) -> float:
+    """Absolute error of a float32 log_softmax: a few ulps of the largest |x / T|."""
+    return oracle.logprob_tolerance(oracle.f64(ref) / temperature)
+
+
+@given(inp=S.inputs(), temperature=S.temperatures)
+def test_softmax_matches_oracle(inp, temperature):
+    got = lk.softmax(inp.array, temperature=temperature, **inp.kw)
+    assert_float32_like(got, inp.ref.shape)
+    want = oracle.softmax(inp.ref, temperature)
+    assert_close(got, want, rtol=softmax_rtol(inp.ref, temperature), atol=TINY)
+    assert np.all(got[np.isneginf(inp.ref)] == 0.0)
+    assert np.all(got >= 0.0)
+
+
+@given(inp=S.inputs(), temperature=S.temperatures)
+def test_softmax_rows_sum_to_one(inp, temperature):
+    got = lk.softmax(inp.array, temperature=temperature, **inp.kw)
+    sums = got.astype(np.float64).sum(axis=-1)
+    v = inp.ref.shape[-1]
+    np.testing.assert_allclose(sums, 1.0, rtol=0, atol=1e-6 + 2 * v * F32_EPS)
+
+
+@given(inp=S.inputs(), temperature=S.temperatures)
+def test_log_softmax_matches_oracle(inp, temperature):
+    got = lk.log_softmax(inp.array, temperature=temperature, **inp.kw)
+    assert_float32_like(got, inp.ref.shape)
+    want = oracle.log_softmax(inp.ref, temperature)
+    assert_close(got, want, rtol=0, atol=log_softmax_atol(inp.ref, temperature))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(inp.ref))
+    assert np.all(got[np.isfinite(inp.ref)] <= 0.0)
+
+
+@given(
+    x=S.logits(masks=False, elements=st.floats(-1e4, 1e4, width=32)),
+    temperature=S.temperatures,
+)
+def test_log_softmax_finite_for_finite_input(x, temperature):
+    got = lk.log_softmax(x, temperature=temperature)
+    assert np.all(np.isfinite(got))
+    want = oracle.log_softmax(x, temperature)
+    assert_close(got, want, rtol=0, atol=log_softmax_atol(x, temperature))
+
+
+@given(x=S.batches(), temperature=S.temperatures)
+def test_rows_are_independent(x, temperature):
+    for fn in (lk.softmax, lk.log_softmax):
+        whole = fn(x, temperature=temperature)
+        for r in range(x.shape[0]):
+            assert same_bits(whole[r], fn(x[r], temperature=temperature))
+        assert same_bits(whole[::-1], fn(x[::-1].copy(), temperature=temperature))
+
+
+@given(x=S.logits(), temperature=S.temperatures)
+def test_out_forms(x, temperature):
+    check_out_forms(lk.softmax, x, temperature=temperature)
+    check_out_forms(lk.log_softmax, x, temperature=temperature)
+
+
+@given(inp=S.inputs(kinds=("float16", "bfloat16", "bfloat16-bits", "float64", "strided")))
+def test_out_with_other_input_dtypes(inp):
+    out = np.empty(inp.ref.shape, dtype=np.float32)
+    assert lk.softmax(inp.array, out=out, **inp.kw) is out
+    assert same_bits(out, lk.softmax(inp.ref))
+    assert lk.log_softmax(inp.array, out=out, **inp.kw) is out
+    assert same_bits(out, lk.log_softmax(inp.ref))
+
+
+@given(inp=S.inputs())
+def test_inputs_are_not_modified(inp):
+    before = np.array(inp.array, copy=True)
+    lk.softmax(inp.array, temperature=0.7, **inp.kw)
+    lk.log_softmax(inp.array, temperature=1.3, **inp.kw)
+    np.testing.assert_array_equal(np.asarray(inp.array), before)
+
+
+@given(x=S.logits())
+def test_default_temperature_is_one(x):
+    assert same_bits(lk.softmax(x), lk.softmax(x, temperature=1.0))
+    assert same_bits(lk.log_softmax(x), lk.log_softmax(x, temperature=1.0))
+
+
+@pytest.mark.parametrize(
+    ("row", "temperature", "probs"),
+    [
+        pytest.param([0.0, 0.0], 1.0, [0.5, 0.5], id="uniform"),
+        pytest.param([0.0, -np.inf], 1.0, [1.0, 0.0], id="masked"),
+        pytest.param([-np.inf, 5.0, -np.inf], 0.3, [0.0, 1.0, 0.0], id="single-finite"),
+        pytest.param([math.log(3.0), 0.0], 1.0, [0.75, 0.25], id="three-to-one"),
+        pytest.param([math.log(9.0), 0.0], 2.0, [0.75, 0.25], id="tempered"),
+        pytest.param([1e4, -1e4], 1.0, [1.0, 0.0], id="wide-range"),
+    ],
+)
+def test_known_values(row, temperature, probs):
+    x = np.asarray(row, dtype=np.float32)
+    np.testing.assert_allclose(lk.softmax(x, temperature=temperature), probs, rtol=1e-6, atol=0)
+    with np.errstate(divide="ignore"):
+        want = np.log(np.asarray(probs))
+    if row == [1e4, -1e4]:
+        want = [0.0, -2e4]
+    got = lk.log_softmax(x, temperature=temperature)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_one_row_returns_one_row_and_batch_returns_batch():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert lk.softmax(x).shape == (3, 4)
+    assert lk.softmax(x[1]).shape == (4,)
+    assert lk.log_softmax(x[1]).shape == (4,)
