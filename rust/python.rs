@@ -65,67 +65,44 @@ fn run<T: Send>(
     .map_err(value_error)
 }
 
-fn per_row_f64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<f64>> {
-    if let Ok(f) = obj.cast::<PyFloat>() {
-        return Ok(PerRow::All(f.value()));
-    }
-    if obj.is_instance_of::<PyInt>() {
-        return obj.extract::<f64>().map(PerRow::All);
-    }
-    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, f64>>() {
-        if a.len() != rows {
-            return Err(PyValueError::new_err(format!(
-                "{name}: has {} values for {rows} rows",
-                a.len()
-            )));
-        }
-        return Ok(PerRow::Each(a.as_slice()?.to_vec()));
-    }
-    obj.extract::<f64>()
-        .map(PerRow::All)
-        .map_err(|_| PyTypeError::new_err(format!("{name}: must be a number or a 1-D array")))
+fn is_number(obj: &Bound<'_, PyAny>) -> bool {
+    obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyInt>()
 }
 
-fn per_row_i64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<i64>> {
-    if obj.is_instance_of::<PyInt>() {
-        return obj
-            .extract::<i64>()
-            .map(PerRow::All)
-            .map_err(|_| PyValueError::new_err(format!("{name}: {obj} does not fit in int64")));
-    }
-    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
-        if a.len() != rows {
-            return Err(PyValueError::new_err(format!(
-                "{name}: has {} values for {rows} rows",
-                a.len()
-            )));
-        }
-        return Ok(PerRow::Each(a.as_slice()?.to_vec()));
-    }
-    obj.extract::<i64>().map(PerRow::All).map_err(|_| {
-        PyTypeError::new_err(format!("{name}: must be an integer or a 1-D integer array"))
-    })
+fn is_int(obj: &Bound<'_, PyAny>) -> bool {
+    obj.is_instance_of::<PyInt>()
 }
 
-fn per_row_u64(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<u64>> {
-    if obj.is_instance_of::<PyInt>() {
-        return obj.extract::<u64>().map(PerRow::All).map_err(|_| {
-            PyValueError::new_err(format!("{name}: must be an integer in [0, 2**64)"))
-        });
-    }
-    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, u64>>() {
-        if a.len() != rows {
-            return Err(PyValueError::new_err(format!(
-                "{name}: has {} values for {rows} rows",
-                a.len()
-            )));
+/// Defines `$name(obj, name, rows)`: a parameter given as one Python scalar (`$scalar` tells) or
+/// as a 1-D array of `rows` values.
+macro_rules! per_row_fn {
+    ($name:ident, $t:ty, $scalar:ident, $what:literal) => {
+        fn $name(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<$t>> {
+            if $scalar(obj) {
+                return obj.extract::<$t>().map(PerRow::All).map_err(|_| {
+                    PyValueError::new_err(format!("{name}: must be {}, got {obj}", $what))
+                });
+            }
+            if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, $t>>() {
+                if a.len() != rows {
+                    return Err(PyValueError::new_err(format!(
+                        "{name}: has {} values for {rows} rows",
+                        a.len()
+                    )));
+                }
+                return Ok(PerRow::Each(a.as_slice()?.to_vec()));
+            }
+            Err(PyTypeError::new_err(format!(
+                "{name}: must be {} or a 1-D array of them",
+                $what
+            )))
         }
-        return Ok(PerRow::Each(a.as_slice()?.to_vec()));
-    }
-    obj.extract::<u64>()
-        .map(PerRow::All)
-        .map_err(|_| PyValueError::new_err(format!("{name}: must be an integer in [0, 2**64)")))
+    };
 }
+
+per_row_fn!(per_row_f64, f64, is_number, "a number");
+per_row_fn!(per_row_i64, i64, is_int, "an integer");
+per_row_fn!(per_row_u64, u64, is_int, "an integer in [0, 2**64)");
 
 /// Zips per-row values into one `PerRow` (shared when every input is shared).
 fn zip_rows<V: Clone>(rows: usize, parts: &[bool], make: impl Fn(usize) -> V) -> PerRow<V> {

@@ -76,7 +76,8 @@ def _torch_bf16_bits(x: Any) -> np.ndarray | None:
     import torch
 
     if isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16:
-        return x.detach().cpu().view(torch.int16).numpy().view(np.uint16)
+        bits: np.ndarray = x.detach().cpu().view(torch.int16).numpy().view(np.uint16)
+        return bits
     return None
 
 
@@ -410,13 +411,7 @@ def mask_top_p(
     >>> np.isfinite(logitkit.mask_top_p(x, 0.7)).tolist()
     [True, True, False]
     """
-    x = _logits(logits, dtype)
-    p = _check_float(top_p, "top_p")
-    t = _check_float(temperature, "temperature")
-    mk = _min_keep(min_keep)
-    o = _out(out, x)
-    _core.mask(_input_for(x, o), x.kind, "top_p", p, t, mk, o.target)
-    return _finish(o)
+    return _probability_mask(logits, "top_p", top_p, temperature, min_keep, dtype, out)
 
 
 def mask_min_p(
@@ -438,12 +433,25 @@ def mask_min_p(
     >>> np.isfinite(logitkit.mask_min_p(x, 0.5)).tolist()
     [True, True, False]
     """
+    return _probability_mask(logits, "min_p", min_p, temperature, min_keep, dtype, out)
+
+
+def _probability_mask(
+    logits: ArrayLike,
+    which: str,
+    value: float,
+    temperature: float,
+    min_keep: int,
+    dtype: str | None,
+    out: np.ndarray | None,
+) -> npt.NDArray[np.float32]:
+    """The top-p or min-p mask: `which` names the parameter `value`."""
     x = _logits(logits, dtype)
-    p = _check_float(min_p, "min_p")
+    p = _check_float(value, which)
     t = _check_float(temperature, "temperature")
     mk = _min_keep(min_keep)
     o = _out(out, x)
-    _core.mask(_input_for(x, o), x.kind, "min_p", p, t, mk, o.target)
+    _core.mask(_input_for(x, o), x.kind, which, p, t, mk, o.target)
     return _finish(o)
 
 

@@ -29,6 +29,26 @@ pub const EXP2_POLY: [f32; 6] = [
 /// `log2(e)`: converts a natural-log scale into the base-2 scale the kernels use.
 pub const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
+/// Calls the AVX-512 or AVX2 kernel `$name` of [`crate::simd::x86`] when that level is in use and
+/// the element type has a SIMD load (`T: Elem` in scope), else evaluates `$fallback`.
+macro_rules! simd_kernel {
+    ($name:ident($($arg:expr),*), $fallback:expr) => {
+        match (T::STORAGE, crate::simd::level()) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
+            (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx512) => unsafe {
+                crate::simd::x86::avx512::$name($($arg),*)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
+            (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx2) => unsafe {
+                crate::simd::x86::avx2::$name($($arg),*)
+            },
+            _ => $fallback,
+        }
+    };
+}
+
 /// Number of blocks of a row of `len` elements.
 #[inline]
 #[must_use]
@@ -119,19 +139,7 @@ fn reduce_sum(acc: &[f32; LANES]) -> f32 {
 #[must_use]
 pub fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> Scan {
     debug_assert_eq!(bmax.len(), n_blocks(x.len()));
-    let (row_max, bad) = match (T::STORAGE, crate::simd::level()) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
-        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx512) => unsafe {
-            crate::simd::x86::avx512::scan(x, bmax)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
-        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx2) => unsafe {
-            crate::simd::x86::avx2::scan(x, bmax)
-        },
-        _ => scan_portable(x, bmax),
-    };
+    let (row_max, bad) = simd_kernel!(scan(x, bmax), scan_portable(x, bmax));
     if bad {
         let i = x.iter().position(|e| is_bad(e.to_f32())).unwrap_or(0);
         return Scan::Bad(i, x[i].to_f32());
@@ -142,22 +150,10 @@ pub fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> Scan {
 /// The row maximum, or the first NaN / `+inf`: one read, no block maxima.
 #[must_use]
 pub fn max<T: Elem>(x: &[T]) -> Scan {
-    let (m, bad) = match (T::STORAGE, crate::simd::level()) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
-        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx512) => unsafe {
-            crate::simd::x86::avx512::max(x)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
-        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx2) => unsafe {
-            crate::simd::x86::avx2::max(x)
-        },
-        _ => {
-            let mut bmax = vec![0.0; n_blocks(x.len())];
-            scan_portable(x, &mut bmax)
-        }
-    };
+    let (m, bad) = simd_kernel!(max(x), {
+        let mut bmax = vec![0.0; n_blocks(x.len())];
+        scan_portable(x, &mut bmax)
+    });
     if bad {
         let i = x.iter().position(|e| is_bad(e.to_f32())).unwrap_or(0);
         return Scan::Bad(i, x[i].to_f32());
@@ -168,19 +164,7 @@ pub fn max<T: Elem>(x: &[T]) -> Scan {
 /// Index of the first element equal to `m` (0 if none).
 #[must_use]
 pub fn find_eq<T: Elem>(x: &[T], m: f32) -> usize {
-    let found = match (T::STORAGE, crate::simd::level()) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
-        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx512) => unsafe {
-            crate::simd::x86::avx512::find_eq(x, m)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
-        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx2) => unsafe {
-            crate::simd::x86::avx2::find_eq(x, m)
-        },
-        _ => x.iter().position(|e| e.to_f32() == m),
-    };
+    let found = simd_kernel!(find_eq(x, m), x.iter().position(|e| e.to_f32() == m));
     found.unwrap_or(0)
 }
 
@@ -259,19 +243,10 @@ pub fn weight_sums<T: Elem>(
     thr: f32,
     bsum: &mut [f32],
 ) -> f64 {
-    match (T::STORAGE, crate::simd::level()) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
-        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx512) => unsafe {
-            crate::simd::x86::avx512::weight_sums(x, bmax, m, scale, thr, bsum)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
-        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx2) => unsafe {
-            crate::simd::x86::avx2::weight_sums(x, bmax, m, scale, thr, bsum)
-        },
-        _ => weight_sums_portable(x, bmax, m, scale, thr, bsum),
-    }
+    simd_kernel!(
+        weight_sums(x, bmax, m, scale, thr, bsum),
+        weight_sums_portable(x, bmax, m, scale, thr, bsum)
+    )
 }
 
 multiversion! {
@@ -325,19 +300,10 @@ multiversion! {
 /// The softmax numerator pass: writes `out[i] = e^((x[i] - m) * scale)` and returns their
 /// sum, with the block and lane structure of [`weight_sums`] (so the total is the same bits).
 pub fn write_weights<T: Elem>(x: &[T], bmax: &[f32], m: f32, scale: f32, out: &mut [f32]) -> f64 {
-    match (T::STORAGE, crate::simd::level()) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
-        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx512) => unsafe {
-            crate::simd::x86::avx512::write_weights(x, bmax, m, scale, out)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
-        (Storage::F32 | Storage::F16 | Storage::Bf16, Level::Avx2) => unsafe {
-            crate::simd::x86::avx2::write_weights(x, bmax, m, scale, out)
-        },
-        _ => write_weights_portable(x, bmax, m, scale, out),
-    }
+    simd_kernel!(
+        write_weights(x, bmax, m, scale, out),
+        write_weights_portable(x, bmax, m, scale, out)
+    )
 }
 
 multiversion! {
