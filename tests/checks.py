@@ -43,8 +43,10 @@ def assert_kept_between(kept, must, may) -> None:
 def same_bits(a, b) -> bool:
     """Equal float32 arrays bit for bit (so -0.0 differs from 0.0)."""
     a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype == np.float32 and a.shape == b.shape and np.array_equal(
-        a.view(np.uint32), b.view(np.uint32)
+    return (
+        a.dtype == b.dtype == np.float32
+        and a.shape == b.shape
+        and np.array_equal(a.view(np.uint32), b.view(np.uint32))
     )
 
 
@@ -67,7 +69,7 @@ def check_out_forms(fn, x: np.ndarray, **kw) -> None:
     assert got is y
     assert same_bits(y, want)
 
-    big = np.full(x.shape[:-1] + (2 * x.shape[-1],), 7.0, dtype=np.float32)
+    big = np.full((*x.shape[:-1], 2 * x.shape[-1]), 7.0, dtype=np.float32)
     strided = big[..., ::2]
     try:
         got = fn(x, out=strided, **kw)

@@ -170,7 +170,11 @@ def apply_penalties(
 
 
 def penalty_magnitude(
-    x, prompt_tokens=(), output_tokens=(), repetition_penalty=1.0, presence_penalty=0.0,
+    x,
+    prompt_tokens=(),
+    output_tokens=(),
+    repetition_penalty=1.0,
+    presence_penalty=0.0,
     frequency_penalty=0.0,
 ) -> np.ndarray:
     """Sum of the absolute values of every term that enters a penalised logit (error scale)."""
@@ -226,8 +230,9 @@ def draw(x, kept: np.ndarray, temperature: float, u: float) -> int:
     return int(above[0]) if above.size else int(np.flatnonzero(kept)[-1])
 
 
-def sample(x, u: float, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, min_keep=1,
-           order="default") -> int:
+def sample(
+    x, u: float, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, min_keep=1, order="default"
+) -> int:
     """One row: argmax when T == 0, else the draw with u from the kept set of the preset."""
     if temperature == 0:
         return int(argmax(x))
@@ -352,13 +357,14 @@ def mask_min_p_sets(x, min_p, temperature=1.0, min_keep=1, tol=0.0):
     return kept_sets(x, dict(temperature=temperature, min_p=min_p, min_keep=min_keep), tol)
 
 
-TINY_MASS = 1e-37  # probabilities this small may underflow in a float32 computation
+FLUSHED_MASS = 2.0**-125  # per token: a float32 probability this small may underflow to 0
 
 
 def acceptable_tokens(x, params: dict, u: float, tol: float) -> set[int]:
     """Tokens that sample(x, **params, uniforms=u) may return for one row: the exact token,
     plus neighbours only where u is within a relative tol of a cumulative boundary (a float32
-    partial sum of positive terms is accurate relative to itself) or the kept set is
+    partial sum of positive terms is accurate relative to itself, up to probabilities that
+    underflow) or the kept set is
     ambiguous (a token of may \\ must)."""
     x = f64(x)
     temperature = params.get("temperature", 1.0)
@@ -367,15 +373,16 @@ def acceptable_tokens(x, params: dict, u: float, tol: float) -> set[int]:
     must, may = kept_sets(x, params, tol)
     z = np.where(may, x / temperature, -np.inf)
     w = np.exp(z - z.max())
+    tiny = FLUSHED_MASS * x.shape[-1]
     ok = set()
     for t in np.flatnonzero(may):
         lo_before = w[:t][must[:t]].sum()
         hi_before = w[:t][may[:t]].sum()
-        lo_after = w[t + 1:][must[t + 1:]].sum()
-        hi_after = w[t + 1:][may[t + 1:]].sum()
+        lo_after = w[t + 1 :][must[t + 1 :]].sum()
+        hi_after = w[t + 1 :][may[t + 1 :]].sum()
         cum_before_min = lo_before / (lo_before + w[t] + hi_after)
         cum_through_max = (hi_before + w[t]) / (hi_before + w[t] + lo_after)
-        if cum_before_min * (1 - tol) - TINY_MASS <= u < cum_through_max * (1 + tol) + TINY_MASS:
+        if cum_before_min * (1 - tol) - tiny <= u < cum_through_max * (1 + tol) + tiny:
             ok.add(int(t))
     return ok
 
@@ -437,9 +444,7 @@ def philox4x32_10(counter, key) -> tuple[int, int, int, int]:
 def uniform(seed: int, step: int, draw: int = 0) -> float:
     """Philox4x32-10 with key (seed lo, seed hi) and counter (step lo, step hi, draw, 0);
     u = ((o0 >> 5) * 2**26 + (o1 >> 6)) / 2**53, a double in [0, 1)."""
-    o0, o1, _, _ = philox4x32_10(
-        (step & MASK32, step >> 32, draw, 0), (seed & MASK32, seed >> 32)
-    )
+    o0, o1, _, _ = philox4x32_10((step & MASK32, step >> 32, draw, 0), (seed & MASK32, seed >> 32))
     return ((o0 >> 5) * 2**26 + (o1 >> 6)) / 2**53
 
 

@@ -35,11 +35,12 @@ def logits(
     ties: bool = True,
     elements: st.SearchStrategy[float] = finite_logits,
     min_v: int = 1,
+    vocab: st.SearchStrategy[int] | None = None,
 ) -> np.ndarray:
     """A float32 (V,) or (B, V) array: finite values, sometimes -inf masks (every row keeps at
     least one finite entry), sometimes duplicated values (exact ties)."""
     ndim = draw(st.sampled_from([1, 2])) if ndim is None else ndim
-    v = draw(vocab_sizes(max_v).filter(lambda n: n >= min_v))
+    v = draw(vocab_sizes(max_v).filter(lambda n: n >= min_v) if vocab is None else vocab)
     shape = (v,) if ndim == 1 else (draw(st.integers(1, max_b)), v)
     x = draw(hnp.arrays(np.float32, shape, elements=elements))
     rows = x.reshape(-1, v)
@@ -78,8 +79,15 @@ class Input(NamedTuple):
 
 
 VARIANTS = (
-    "float32", "float16", "bfloat16", "bfloat16-bits", "float64", "strided", "reversed",
-    "fortran", "list",
+    "float32",
+    "float16",
+    "bfloat16",
+    "bfloat16-bits",
+    "float64",
+    "strided",
+    "reversed",
+    "fortran",
+    "list",
 )
 
 
@@ -100,7 +108,7 @@ def make_input(x: np.ndarray, kind: str) -> Input:
         a = x.astype(np.float64) * (1.0 + 2.0**-30)
         return Input(a, {}, a.astype(np.float32), kind)
     if kind == "strided":
-        big = np.full(x.shape[:-1] + (2 * x.shape[-1],), 99.0, dtype=np.float32)
+        big = np.full((*x.shape[:-1], 2 * x.shape[-1]), 99.0, dtype=np.float32)
         big[..., ::2] = x
         return Input(big[..., ::2], {}, x, kind)
     if kind == "reversed":

@@ -6,7 +6,7 @@ import copy
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import logitkit as lk
@@ -42,8 +42,6 @@ def test_bias_one_row_matches_oracle(data, inp):
 
 
 def assume_not_all_banned(ref, bias):
-    from hypothesis import assume
-
     rows = np.atleast_2d(ref)
     banned = [t for t, b in bias.items() if b == -np.inf]
     for r in rows:
@@ -159,7 +157,9 @@ def test_penalties_batch_match_oracle(case):
     for r in range(inp.ref.shape[0]):
         p = row_params(params, r)
         check_penalised_row(got[r], inp.ref[r], prompt[r], output[r], p)
-        alone = lk.apply_penalties(inp.ref[r], prompt_tokens=prompt[r], output_tokens=output[r], **p)
+        alone = lk.apply_penalties(
+            inp.ref[r], prompt_tokens=prompt[r], output_tokens=output[r], **p
+        )
         assert same_bits(got[r], alone)
 
 

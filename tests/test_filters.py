@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 import logitkit as lk
 import oracle
@@ -24,7 +23,7 @@ def check_mask(got, ref, sets) -> None:
     """got is float32 with ref's shape; per row, the kept tokens lie between must and may and
     keep their original (untempered) float32 value; every other token is -inf."""
     assert_float32_like(got, ref.shape)
-    for g, r in zip(rows_of(got), rows_of(ref)):
+    for g, r in zip(rows_of(got), rows_of(ref), strict=True):
         kept = np.isfinite(g)
         must, may = sets(r)
         assert_kept_between(kept, must, may)
@@ -65,7 +64,7 @@ def test_top_p_one_and_min_p_zero_keep_everything(x, temperature):
 @given(x=S.logits(), temperature=S.temperatures, min_keep=S.min_keeps)
 def test_top_p_zero_keeps_the_min_keep_most_probable(x, temperature, min_keep):
     got = lk.mask_top_p(x, 0.0, temperature=temperature, min_keep=min_keep)
-    for g, r in zip(rows_of(got), rows_of(x)):
+    for g, r in zip(rows_of(got), rows_of(x), strict=True):
         n = min(min_keep, int(np.isfinite(r).sum()))
         assert same_bits(g, oracle.mask_top_k(r, n))
 
@@ -73,7 +72,7 @@ def test_top_p_zero_keeps_the_min_keep_most_probable(x, temperature, min_keep):
 @given(x=S.logits(), temperature=S.temperatures, min_keep=S.min_keeps)
 def test_min_p_one_keeps_the_maxima_and_min_keep(x, temperature, min_keep):
     got = lk.mask_min_p(x, 1.0, temperature=temperature, min_keep=min_keep)
-    for g, r in zip(rows_of(got), rows_of(x)):
+    for g, r in zip(rows_of(got), rows_of(x), strict=True):
         kept = np.isfinite(g)
         n_max = int((r == r.max()).sum())
         n = min(max(min_keep, n_max), int(np.isfinite(r).sum()))

@@ -69,9 +69,12 @@ def _calls(draw, x, dtype):
         lambda: lk.mask_top_k(x, k, dtype=dtype),
         lambda: lk.mask_top_p(x, p, temperature=q, dtype=dtype),
         lambda: lk.mask_min_p(x, p, min_keep=k, dtype=dtype),
-        lambda: lk.apply_logit_bias(x, {k: p} if x.ndim < 2 else [{k: p}] * x.shape[0], dtype=dtype),
-        lambda: lk.apply_penalties(x, output_tokens=tk, repetition_penalty=p,
-                                   frequency_penalty=q, dtype=dtype),  # fmt: skip
+        lambda: lk.apply_logit_bias(
+            x, {k: p} if x.ndim < 2 else [{k: p}] * x.shape[0], dtype=dtype
+        ),
+        lambda: lk.apply_penalties(
+            x, output_tokens=tk, repetition_penalty=p, frequency_penalty=q, dtype=dtype
+        ),
         lambda: lk.sample(x, temperature=p, top_k=k, top_p=q, seed=seed, dtype=dtype),
         lambda: lk.sample(x, min_p=p, min_keep=k, uniforms=q, dtype=dtype),
         lambda: lk.logprobs(x, tk, top_n=k, dtype=dtype),

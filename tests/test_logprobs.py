@@ -23,7 +23,7 @@ def check_row(ref, tokens, top_n, token_lp, ranks, top_ids, top_lp) -> None:
 
     assert top_ids.shape == (top_n,) and top_lp.shape == (top_n,)
     assert len(set(top_ids.tolist())) == top_n
-    assert np.all((0 <= top_ids) & (top_ids < ref.shape[-1]))
+    assert np.all((top_ids >= 0) & (top_ids < ref.shape[-1]))
     assert_close(top_lp, want_top, rtol=0, atol=tol)
     x = oracle.f64(ref)
     # position by position, the ids hold the same logit as the oracle's, up to rounding
@@ -62,17 +62,28 @@ def test_batch_with_equal_lengths_matches_oracle(data, inp):
     b, v = inp.ref.shape
     n = data.draw(st.integers(0, 5), label="n")
     top_n = data.draw(st.integers(0, min(v, 5)), label="top_n")
-    tokens = [np.asarray(data.draw(st.lists(st.integers(0, v - 1), min_size=n, max_size=n)),
-                         dtype=np.int64) for _ in range(b)]
+    tokens = [
+        np.asarray(
+            data.draw(st.lists(st.integers(0, v - 1), min_size=n, max_size=n)), dtype=np.int64
+        )
+        for _ in range(b)
+    ]
     got = lk.logprobs(inp.array, tokens, top_n=top_n, **inp.kw)
     assert got.token_logprobs.shape == (b, n) and got.token_logprobs.dtype == np.float32
     assert got.ranks.shape == (b, n) and got.ranks.dtype == np.int64
     assert got.top_ids.shape == (b, top_n) and got.top_logprobs.shape == (b, top_n)
     for r in range(b):
-        check_row(inp.ref[r], tokens[r], top_n, got.token_logprobs[r], got.ranks[r],
-                  got.top_ids[r], got.top_logprobs[r])
+        check_row(
+            inp.ref[r],
+            tokens[r],
+            top_n,
+            got.token_logprobs[r],
+            got.ranks[r],
+            got.top_ids[r],
+            got.top_logprobs[r],
+        )
         alone = lk.logprobs(inp.ref[r], tokens[r], top_n=top_n)
-        for a, w in zip(alone, got):
+        for a, w in zip(alone, got, strict=True):
             np.testing.assert_array_equal(a, w[r])
 
 
@@ -86,8 +97,15 @@ def test_batch_with_ragged_lengths(data, x):
     for r in range(b):
         assert len(got.token_logprobs[r]) == len(tokens[r])
         assert len(got.ranks[r]) == len(tokens[r])
-        check_row(x[r], tokens[r], top_n, np.asarray(got.token_logprobs[r]),
-                  np.asarray(got.ranks[r]), got.top_ids[r], got.top_logprobs[r])
+        check_row(
+            x[r],
+            tokens[r],
+            top_n,
+            np.asarray(got.token_logprobs[r]),
+            np.asarray(got.ranks[r]),
+            got.top_ids[r],
+            got.top_logprobs[r],
+        )
 
 
 @given(x=S.logits())
@@ -95,8 +113,8 @@ def test_top_n_zero_gives_empty_top(x):
     tokens = np.asarray([0], dtype=np.int64)
     lists = tokens if x.ndim == 1 else [tokens] * x.shape[0]
     got = lk.logprobs(x, lists)
-    assert got.top_ids.shape == x.shape[:-1] + (0,)
-    assert got.top_logprobs.shape == x.shape[:-1] + (0,)
+    assert got.top_ids.shape == (*x.shape[:-1], 0)
+    assert got.top_logprobs.shape == (*x.shape[:-1], 0)
 
 
 @given(x=S.rows())

@@ -74,6 +74,53 @@ def test_row_with_explicit_uniform_matches_oracle(case, u):
     assert int(got) in ok, (int(got), ok, oracle.sample(inp.ref, u, **params))
 
 
+@given(
+    inp=S.inputs(S.rows(vocab=st.integers(2, 12), elements=st.floats(-5.0, 5.0, width=32))),
+    temperature=st.floats(0.2, 3.0),
+    top_p=st.floats(0.2, 0.98),
+    min_p=st.floats(0.01, 0.6),
+    min_keep=S.min_keeps,
+    data=st.data(),
+    u=S.uniforms,
+)
+def test_every_preset_matches_oracle(inp, temperature, top_p, min_p, min_keep, data, u):
+    v = inp.ref.shape[-1]
+    params = dict(temperature=temperature, top_p=top_p, min_p=min_p, min_keep=min_keep)
+    if data.draw(st.booleans(), label="with top_k"):
+        params["top_k"] = data.draw(S.top_ks(v), label="top_k")
+    for preset in oracle.ORDERS:
+        p = {**params, "order": preset}
+        for w in (u, 0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 0.999):
+            got = lk.sample(inp.array, uniforms=w, **p, **inp.kw)
+            assert int(got) in acceptable(inp.ref, p, w), (preset, w, int(got))
+
+
+def test_presets_on_random_rows():
+    rng = np.random.default_rng(2024)
+    differ = {"vllm": 0, "llama.cpp": 0}
+    grid = (0.02, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.97)
+    for _ in range(300):
+        v = int(rng.integers(3, 13))
+        x = (rng.standard_normal(v) * rng.uniform(0.5, 2.5)).astype(np.float32)
+        params = dict(
+            temperature=float(rng.uniform(0.3, 2.0)),
+            top_p=float(rng.uniform(0.3, 0.98)),
+            min_p=float(rng.uniform(0.02, 0.5)),
+            top_k=int(rng.integers(0, v + 1)),
+        )
+        kept = {o: oracle.pipeline_kept(x, **params, order=o) for o in oracle.ORDERS}
+        for o in differ:
+            differ[o] += not np.array_equal(kept[o], kept["default"])
+        for preset in oracle.ORDERS:
+            p = {**params, "order": preset}
+            got = [int(lk.sample(x, uniforms=u, **p)) for u in grid]
+            batch = lk.sample(np.tile(x, (len(grid), 1)), uniforms=np.asarray(grid), **p)
+            np.testing.assert_array_equal(batch, got)
+            for u, g in zip(grid, got, strict=True):
+                assert g in acceptable(x, p, u), (x, p, u, g)
+    assert min(differ.values()) >= 20, differ
+
+
 @given(case=batch_case(), data=st.data())
 def test_batch_with_per_row_parameters_matches_oracle(case, data):
     inp, per_row, preset = case
@@ -122,7 +169,9 @@ def test_per_row_seed_and_step_arrays(x, case, data):
     seeds = [data.draw(S.u64, label=f"seed[{r}]") for r in range(b)]
     steps = [data.draw(S.u64, label=f"step[{r}]") for r in range(b)]
     got = lk.sample(
-        x, seed=np.asarray(seeds, dtype=np.uint64), step=np.asarray(steps, dtype=np.uint64),
+        x,
+        seed=np.asarray(seeds, dtype=np.uint64),
+        step=np.asarray(steps, dtype=np.uint64),
         **params,
     )
     assert_token_array(got, b)
@@ -163,8 +212,15 @@ def test_disabled_filters_equal_no_filters(case, u):
     v = inp.ref.shape[-1]
     base = {k: val for k, val in params.items() if k in ("temperature", "order")}
     want = lk.sample(inp.ref, uniforms=u, **base)
-    for extra in ({"top_k": 0}, {"top_k": -1}, {"top_k": v}, {"top_k": v + 7}, {"top_p": 1.0},
-                  {"min_p": 0.0}, {"min_keep": 1}):
+    for extra in (
+        {"top_k": 0},
+        {"top_k": -1},
+        {"top_k": v},
+        {"top_k": v + 7},
+        {"top_p": 1.0},
+        {"min_p": 0.0},
+        {"min_keep": 1},
+    ):
         assert lk.sample(inp.ref, uniforms=u, **base, **extra) == want
 
 
@@ -189,8 +245,9 @@ def test_thread_count_does_not_change_results():
             assert lk.get_num_threads() == n
             results.append(
                 (
-                    lk.sample(x, temperature=0.8, top_k=40, top_p=0.9, min_p=0.02, seed=seeds,
-                              step=5),
+                    lk.sample(
+                        x, temperature=0.8, top_k=40, top_p=0.9, min_p=0.02, seed=seeds, step=5
+                    ),
                     lk.softmax(x, temperature=0.7),
                     lk.mask_top_p(x, 0.8),
                 )
@@ -257,7 +314,7 @@ def test_vllm_applies_min_p_before_top_p(preset, kept):
     q[kept] = np.asarray([0.4, 0.3, 0.2, 0.1])[kept]
     cum = np.cumsum(q / q.sum())
     for k in kept:
-        u = (cum[k] - q[k] / q.sum() / 2)
+        u = cum[k] - q[k] / q.sum() / 2
         assert lk.sample(LOG4, uniforms=u, **params) == k
     assert lk.sample(LOG4, uniforms=0.999, **params) == kept[-1]
 

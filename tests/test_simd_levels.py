@@ -47,7 +47,9 @@ def _results(x, dtype):
     ):
         for seed in range(8):
             out.append(lk.sample(x, seed=seed, dtype=dtype, **kwargs).tobytes())
-    lp = lk.logprobs(x, [np.arange(min(3, x.shape[-1]))] * 3, top_n=min(2, x.shape[-1]), dtype=dtype)
+    lp = lk.logprobs(
+        x, [np.arange(min(3, x.shape[-1]))] * 3, top_n=min(2, x.shape[-1]), dtype=dtype
+    )
     out.append(lp.token_logprobs.tobytes())
     return out
 

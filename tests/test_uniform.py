@@ -14,7 +14,9 @@ M = 0xFFFFFFFF
 
 # Known-answer vectors of Random123 (kat_vectors: philox4x32 10).
 PHILOX_KAT = [
-    pytest.param((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8), id="zeros"),
+    pytest.param(
+        (0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8), id="zeros"
+    ),
     pytest.param((M, M, M, M), (M, M), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD), id="ones"),
     pytest.param(
         (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
@@ -68,8 +70,17 @@ def test_uniform_matches_reference(seed, step):
 @pytest.mark.parametrize(
     ("seed", "step"),
     [
-        (0, 0), (1, 0), (0, 1), (2**32 - 1, 2**32 - 1), (2**32, 2**32), (2**32 + 1, 7),
-        (7, 2**32 + 1), (2**63, 2**63), (2**64 - 1, 0), (0, 2**64 - 1), (2**64 - 1, 2**64 - 1),
+        (0, 0),
+        (1, 0),
+        (0, 1),
+        (2**32 - 1, 2**32 - 1),
+        (2**32, 2**32),
+        (2**32 + 1, 7),
+        (7, 2**32 + 1),
+        (2**63, 2**63),
+        (2**64 - 1, 0),
+        (0, 2**64 - 1),
+        (2**64 - 1, 2**64 - 1),
         (123456789012345678, 987654321098765432),
     ],
 )
@@ -79,7 +90,10 @@ def test_uniform_boundaries(seed, step):
 
 def test_seed_and_step_words_are_not_interchangeable():
     values = {
-        lk.uniform(1, 0), lk.uniform(0, 1), lk.uniform(2**32, 0), lk.uniform(0, 2**32),
+        lk.uniform(1, 0),
+        lk.uniform(0, 1),
+        lk.uniform(2**32, 0),
+        lk.uniform(0, 2**32),
         lk.uniform(0, 0),
     }
     assert len(values) == 5

@@ -45,13 +45,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 import logitkit as lk
 
+_T = TypeVar("_T")
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -250,7 +251,8 @@ class KeptSet:
 
 def _softmax64(z: F64) -> F64:
     e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    p: F64 = e / e.sum(axis=-1, keepdims=True)
+    return p
 
 
 def reference_filter(row: F32, steps: Sequence[tuple[str, float]]) -> KeptSet:
@@ -307,10 +309,11 @@ class Reference:
         self._cache: dict[str, Any] = {}
         self.uniforms = np.random.default_rng(w.seed + 17).random(w.B)
 
-    def _get(self, key: str, fn: Callable[[], Any]) -> Any:
+    def _get(self, key: str, fn: Callable[[], _T]) -> _T:
         if key not in self._cache:
             self._cache[key] = fn()
-        return self._cache[key]
+        value: _T = self._cache[key]
+        return value
 
     def softmax(self) -> F64:
         return self._get("softmax", lambda: _softmax64(self.w.logits.astype(np.float64)))
@@ -319,7 +322,8 @@ class Reference:
         def f() -> F64:
             z = self.w.logits.astype(np.float64)
             z -= z.max(axis=-1, keepdims=True)
-            return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+            lp: F64 = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+            return lp
 
         return self._get("log_softmax", f)
 
@@ -578,13 +582,13 @@ class LogitkitPeer(Peer):
 
     def op_penalties(self, st: Any) -> Any:
         p = st.p
-        lk.apply_logit_bias(st.work, st.bias, out=st.work)
         return lk.apply_penalties(
             st.work,
             output_tokens=st.history,
             repetition_penalty=p.repetition_penalty,
             presence_penalty=p.presence_penalty,
             frequency_penalty=p.frequency_penalty,
+            logit_bias=st.bias,
             out=st.work,
         )
 
@@ -596,7 +600,8 @@ def _draw_rows(weights: F32, counts: Any, rng: np.random.Generator) -> I64:
     """Inverse-CDF draw of one position per row from the first ``counts[b]`` (unnormalised)
     weights of row b."""
     cum = np.cumsum(weights, axis=-1)
-    u = rng.random(weights.shape[0])
+    rows: int = weights.shape[0]
+    u = rng.random(rows)
     out = np.empty(weights.shape[0], dtype=np.int64)
     for b in range(weights.shape[0]):
         n = int(counts[b])
@@ -616,12 +621,14 @@ def _top_k_sorted(x: F32, k: int) -> tuple[I64, F32]:
 def _nucleus_len(prob: F32, top_p: float) -> I64:
     """Per row: the length of the shortest prefix of sorted probabilities with mass >= top_p."""
     excl = np.cumsum(prob, axis=-1) - prob
-    return np.maximum(np.count_nonzero(excl < top_p, axis=-1), 1)
+    n: I64 = np.maximum(np.count_nonzero(excl < top_p, axis=-1), 1)
+    return n
 
 
 def _softmax_sorted(v: F32) -> F32:
     e = np.exp(v - v[:, :1])
-    return e / e.sum(axis=-1, keepdims=True)
+    p: F32 = e / e.sum(axis=-1, keepdims=True)
+    return p
 
 
 class NumpyPeer(Peer):
@@ -1179,7 +1186,7 @@ def markdown(report: dict[str, Any]) -> str:
                     continue
                 us = r.get("per_row_us")
                 c = fmt_us(us) if "error" not in r else "error"
-                chk = r.get("check")
+                chk: Any = r.get("check")
                 if chk and not chk["ok"]:
                     c += " ✗"
                 if (chk and (not chk["ok"] or chk.get("warn"))) or "error" in r:

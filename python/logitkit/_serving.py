@@ -21,6 +21,7 @@ _MODES = ("raw", "processed")
 _ID_LIMIT = 2**31
 
 # Request keys that are not sampling parameters: read by a server, ignored here.
+# fmt: off
 _NOT_SAMPLING = frozenset(
     {
         "model", "messages", "prompt", "max_tokens", "max_completion_tokens", "stop", "n",
@@ -46,6 +47,7 @@ _UNSUPPORTED = frozenset(
         "dynatemp_exponent", "repeat_last_n", "penalty_last_n", "no_repeat_ngram_size",
     }
 )
+# fmt: on
 
 
 def _fail(name: str, message: str) -> ValueError:
@@ -130,7 +132,9 @@ class SamplingParams:
         if not math.isfinite(freq):
             raise _fail("frequency_penalty", f"must be finite, got {freq}")
         if not isinstance(self.logit_bias, Mapping):
-            raise _fail("logit_bias", f"must be a mapping {{token_id: value}}, got {self.logit_bias!r}")
+            raise _fail(
+                "logit_bias", f"must be a mapping {{token_id: value}}, got {self.logit_bias!r}"
+            )
         bias_ids: list[int] = []
         bias_values: list[float] = []
         for k, v in self.logit_bias.items():
@@ -163,9 +167,13 @@ class SamplingParams:
             if logprobs < 0:
                 raise _fail("logprobs", f"must be >= 0, got {logprobs}")
         if self.logprobs_mode not in _MODES:
-            raise _fail("logprobs_mode", f"must be 'raw' or 'processed', got {self.logprobs_mode!r}")
+            raise _fail(
+                "logprobs_mode", f"must be 'raw' or 'processed', got {self.logprobs_mode!r}"
+            )
         if self.order not in _ORDERS:
-            raise _fail("order", f"must be one of {', '.join(map(repr, _ORDERS))}, got {self.order!r}")
+            raise _fail(
+                "order", f"must be one of {', '.join(map(repr, _ORDERS))}, got {self.order!r}"
+            )
         native = _core.RowParams(
             t, top_k, top_p, min_p, min_keep, self.order, rep, pres, freq, bias_ids,
             bias_values, allowed, stop, min_tokens, seed, logprobs,

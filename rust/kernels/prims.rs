@@ -21,7 +21,7 @@ pub const EXP2_POLY: [f32; 6] = [
     1.540_353_e-4,
     1.333_355_8e-3,
     9.618_129e-3,
-    5.550_410_8e-2,
+    5.550_411e-2,
     2.402_265e-1,
     6.931_472e-1,
 ];
@@ -98,8 +98,10 @@ pub enum Scan {
 
 #[inline(always)]
 fn is_bad(v: f32) -> bool {
-    // NaN and +inf are the only values that are not below +inf.
-    !(v < f32::INFINITY)
+    // NaN and +inf are the only values that are not below +inf (one compare, NaN included).
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    let bad = !(v < f32::INFINITY);
+    bad
 }
 
 /// Maximum of 16 lanes, pairwise (the shape LLVM turns into vector shuffles).
@@ -227,7 +229,10 @@ fn block_weight_sum<T: Elem>(blk: &[T], m: f32, a: f32, thr: f32) -> f32 {
 /// Whether every weight of a block with maximum `bm` is exactly 0 (so the block can be skipped).
 #[inline(always)]
 pub(crate) fn block_is_zero(bm: f32, m: f32, a: f32, thr: f32) -> bool {
-    bm < thr || !((bm - m) * a >= T_CUTOFF)
+    // A NaN product (e.g. `inf * 0`) counts as zero weight, as in the SIMD kernels.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    let zero = bm < thr || !((bm - m) * a >= T_CUTOFF);
+    zero
 }
 
 /// Fills `bsum[b]` with the sum over block `b` of `e^((x - m) * scale)` for the elements

@@ -434,7 +434,10 @@ pub unsafe fn collect_ge_avx512<T: Elem>(
     let tv = _mm512_set1_ps(thr);
     let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (b, (blk, &bm)) in x.chunks(BLOCK).zip(bmax).enumerate() {
-        if !(bm >= thr) {
+        // Also skips a NaN block maximum (never a candidate).
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        let skip = !(bm >= thr);
+        if skip {
             continue;
         }
         vals.reserve(BLOCK + LANES);

@@ -1,0 +1,201 @@
+"""Type stubs of ``logitkit._core``, the native extension module (``rust/python.rs``).
+
+These functions are the low-level layer under :mod:`logitkit`: they take 2-D C-contiguous
+arrays with a ``kind`` code and write into caller-allocated outputs. Use the public API in
+:mod:`logitkit` instead; it validates arguments and allocates results.
+
+Logits arrays are ``(B, V)`` and C-contiguous, with ``kind`` 0 = float32, 1 = float16 bits,
+2 = bfloat16 bits (both as ``uint16``, read in place).
+"""
+
+from collections.abc import Sequence
+from typing import Final, TypeAlias, final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "RowParams",
+    "__version__",
+    "_after_fork_in_child",
+    "argmax",
+    "available_simd_levels",
+    "bias_and_penalties",
+    "build_profile",
+    "get_num_threads",
+    "logprobs",
+    "mask",
+    "philox4x32_10",
+    "sample",
+    "sample_batch",
+    "sample_fast",
+    "set_num_threads",
+    "set_simd_level",
+    "simd_level",
+    "softmax",
+    "top_k",
+    "uniform",
+    "uniforms",
+]
+
+_LogitsArray: TypeAlias = npt.NDArray[np.float32] | npt.NDArray[np.uint16]
+"""``(B, V)`` C-contiguous logits: float32 (kind 0) or uint16 bits of float16 / bfloat16."""
+_F32: TypeAlias = npt.NDArray[np.float32]
+_F64: TypeAlias = npt.NDArray[np.float64]
+_I32: TypeAlias = npt.NDArray[np.int32]
+_I64: TypeAlias = npt.NDArray[np.int64]
+_U64: TypeAlias = npt.NDArray[np.uint64]
+_TokenList: TypeAlias = npt.ArrayLike
+"""One 1-D list of token ids: an integer array or a sequence of ints (checked at run time)."""
+_TokenLists: TypeAlias = _TokenList | Sequence[_TokenList]
+"""One token list (for a single row) or a sequence of B of them."""
+_PerRowFloat: TypeAlias = float | _F64
+_PerRowInt: TypeAlias = int | _I64
+_PerRowU64: TypeAlias = int | _U64
+_Bias: TypeAlias = dict[int, float] | Sequence[dict[int, float]]
+
+__version__: Final[str]
+build_profile: Final[str]
+"""``"release"`` or ``"debug"``: how the extension was compiled."""
+
+def softmax(x: _LogitsArray, kind: int, temperature: float, log: bool, out: _F32) -> None:
+    """Writes ``softmax(x / temperature)`` (``log_softmax`` when ``log``) into ``out``."""
+
+def argmax(x: _LogitsArray, kind: int, out: _I64) -> None:
+    """Writes each row's argmax (ties: lowest index) into ``out`` (shape ``(B,)``)."""
+
+def top_k(x: _LogitsArray, kind: int, k: int, values: _F32, indices: _I64) -> None:
+    """Writes each row's ``k`` largest logits and their indices into ``(B, k)`` arrays."""
+
+def mask(
+    x: _LogitsArray,
+    kind: int,
+    which: str,
+    value: float,
+    temperature: float,
+    min_keep: int,
+    out: _F32,
+) -> None:
+    """Writes ``x`` with the tokens that the ``which`` filter removes set to ``-inf``.
+
+    ``which`` is ``"top_k"`` (``value`` = k), ``"top_p"`` or ``"min_p"``.
+    """
+
+def bias_and_penalties(
+    x: _LogitsArray | None,
+    kind: int,
+    out: _F32,
+    one_row: bool,
+    bias: _Bias | None = None,
+    prompt_tokens: _TokenLists | None = None,
+    output_tokens: _TokenLists | None = None,
+    repetition_penalty: _PerRowFloat | None = None,
+    presence_penalty: _PerRowFloat | None = None,
+    frequency_penalty: _PerRowFloat | None = None,
+) -> None:
+    """Writes biased and penalised logits into ``out`` (``x=None``: ``out`` in place).
+
+    The three penalties are given together or not at all.
+    """
+
+def sample(
+    x: _LogitsArray,
+    kind: int,
+    temperature: _PerRowFloat,
+    top_k: _PerRowInt,
+    top_p: _PerRowFloat,
+    min_p: _PerRowFloat,
+    min_keep: _PerRowInt,
+    order: str,
+    seed: _PerRowU64,
+    step: _PerRowU64,
+    uniforms: _F64 | None,
+    out: _I64,
+) -> None:
+    """Writes one sampled token per row into ``out``; ``uniforms`` overrides seed and step."""
+
+def sample_fast(
+    x: _F32,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    min_p: float,
+    min_keep: int,
+    order: str,
+    seed: int,
+    step: int,
+    out: _I64 | None = None,
+) -> int:
+    """:func:`sample` for a C-contiguous float32 row or batch with scalar parameters.
+
+    Returns the token of a 1-D row; for a batch, fills ``out`` and returns 0.
+    """
+
+def uniforms(seed: _PerRowU64, step: _PerRowU64, rows: int) -> _F64:
+    """One Philox uniform per row from per-row (or shared) seeds and steps."""
+
+def uniform(seed: int, step: int) -> float:
+    """The Philox4x32-10 uniform in ``[0, 1)`` for ``(seed, step)``."""
+
+def philox4x32_10(ctr: Sequence[int], key: Sequence[int]) -> list[int]:
+    """One Philox4x32-10 block: 4 counter words and 2 key words in, 4 words out."""
+
+def logprobs(
+    x: _LogitsArray, kind: int, tokens: _TokenLists, one_row: bool, top_n: int
+) -> tuple[_F32, _I64, _I64, _I64, _F32]:
+    """Flat results: token log-probs, ranks, row offsets into them, top ids, top log-probs."""
+
+@final
+class RowParams:
+    """The parsed, validated sampling parameters of one request (built per SamplingParams)."""
+
+    def __new__(
+        cls,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        min_keep: int,
+        order: str,
+        repetition_penalty: float,
+        presence_penalty: float,
+        frequency_penalty: float,
+        bias_ids: Sequence[int],
+        bias_values: Sequence[float],
+        allowed_token_ids: Sequence[int] | None,
+        stop_token_ids: Sequence[int],
+        min_tokens: int,
+        seed: int | None,
+        logprobs: int | None,
+        processed: bool,
+    ) -> RowParams: ...
+
+def sample_batch(
+    x: _LogitsArray,
+    kind: int,
+    params: Sequence[RowParams],
+    prompt_tokens: Sequence[_TokenList] | None,
+    output_tokens: Sequence[_TokenList] | None,
+    steps: _PerRowU64 | None,
+    bitmask: _I32 | None,
+    entropy: _U64,
+) -> tuple[_I64, _F32, _I64, _I64, _F32, int]:
+    """One continuous-batching step: tokens, log-probs, ranks, top ids, top log-probs, ``n``."""
+
+def simd_level() -> str:
+    """The SIMD level in use: ``"avx512"``, ``"avx2"``, ``"neon"`` or ``"scalar"``."""
+
+def available_simd_levels() -> list[str]:
+    """The SIMD levels this CPU supports, best first."""
+
+def set_simd_level(name: str) -> None:
+    """Forces a SIMD level; ``ValueError`` for an unknown name or one the CPU lacks."""
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of threads used for batches."""
+
+def get_num_threads() -> int:
+    """The number of threads used for batches."""
+
+def _after_fork_in_child() -> None:
+    """Forgets the inherited thread pool in a forked child (registered by ``logitkit``)."""
