@@ -51,7 +51,12 @@ BAD_LOGITS = [
     ("nan-row-0", with_value(X2, (0, 1), np.nan), ValueError, ("logits", "row 0", "index 1")),
     ("all-masked-1d", np.full(V, -np.inf, dtype=np.float32), ValueError, ("logits", "row 0")),
     ("all-masked-2d", with_value(X2, 1, -np.inf), ValueError, ("logits", "row 1")),
-    ("nan-float16", with_value(X2, (1, 2), np.nan).astype(np.float16), ValueError, ("row 1", "index 2")),
+    (
+        "nan-float16",
+        with_value(X2, (1, 2), np.nan).astype(np.float16),
+        ValueError,
+        ("row 1", "index 2"),
+    ),
     ("int32", X2.astype(np.int32), TypeError, "logits"),
     ("int64", X1.astype(np.int64), TypeError, "logits"),
     ("uint8", X1.astype(np.uint8), TypeError, "logits"),
@@ -67,9 +72,7 @@ BAD_LOGITS = [
 ]
 
 LOGITS_CASES = [
-    pytest.param(
-        (lambda fn=fn, x=x: fn(x)), exc, msg, id=f"{name}-{case}"
-    )
+    pytest.param((lambda fn=fn, x=x: fn(x)), exc, msg, id=f"{name}-{case}")
     for case, x, exc, msg in BAD_LOGITS
     for name, fn in READERS.items()
     if not (name == "logprobs" and case.startswith(("ndim", "empty")))
@@ -107,9 +110,7 @@ BAD_OUT = [
 ]
 
 OUT_CASES = [
-    pytest.param(
-        (lambda fn=fn, make=make: fn(*make())), exc, "out", id=f"{name}-out-{case}"
-    )
+    pytest.param((lambda fn=fn, make=make: fn(*make())), exc, "out", id=f"{name}-out-{case}")
     for case, make, exc in BAD_OUT
     for name, fn in OUT_WRITERS.items()
 ]
@@ -125,25 +126,42 @@ def P(call, exc, msg, id):
 PARAM_CASES = [
     # temperature
     *[
-        P(lambda t=t: lk.sample(X1, temperature=t, uniforms=0.5), ValueError, "temperature",
-          f"sample-temperature-{t}")
+        P(
+            lambda t=t: lk.sample(X1, temperature=t, uniforms=0.5),
+            ValueError,
+            "temperature",
+            f"sample-temperature-{t}",
+        )
         for t in (-1.0, -1e-9, np.nan, np.inf, -np.inf)
     ],
     *[
-        P(lambda f=f, t=t: f(X2, temperature=t), ValueError, "temperature",
-          f"{f.__name__}-temperature-{t}")
+        P(
+            lambda f=f, t=t: f(X2, temperature=t),
+            ValueError,
+            "temperature",
+            f"{f.__name__}-temperature-{t}",
+        )
         for f in (lk.softmax, lk.log_softmax)
         for t in (0.0, -1.0, np.nan, np.inf)
     ],
     *[
-        P(lambda f=f, t=t: f(X2, 0.5, temperature=t), ValueError, "temperature",
-          f"{f.__name__}-temperature-{t}")
+        P(
+            lambda f=f, t=t: f(X2, 0.5, temperature=t),
+            ValueError,
+            "temperature",
+            f"{f.__name__}-temperature-{t}",
+        )
         for f in (lk.mask_top_p, lk.mask_min_p)
         for t in (0.0, -1.0, np.nan, np.inf)
     ],
     # top_p / min_p
     *[
-        P(lambda v=v: lk.sample(X1, top_p=v, uniforms=0.5), ValueError, "top_p", f"sample-top_p-{v}")
+        P(
+            lambda v=v: lk.sample(X1, top_p=v, uniforms=0.5),
+            ValueError,
+            "top_p",
+            f"sample-top_p-{v}",
+        )
         for v in (-0.1, 1.1, np.nan, np.inf)
     ],
     *[
@@ -151,7 +169,12 @@ PARAM_CASES = [
         for v in (-0.1, 1.1, np.nan)
     ],
     *[
-        P(lambda v=v: lk.sample(X1, min_p=v, uniforms=0.5), ValueError, "min_p", f"sample-min_p-{v}")
+        P(
+            lambda v=v: lk.sample(X1, min_p=v, uniforms=0.5),
+            ValueError,
+            "min_p",
+            f"sample-min_p-{v}",
+        )
         for v in (-0.1, 1.1, np.nan, np.inf)
     ],
     *[
@@ -160,21 +183,33 @@ PARAM_CASES = [
     ],
     # min_keep
     *[
-        P(lambda v=v: lk.sample(X1, min_keep=v, uniforms=0.5), ValueError, "min_keep",
-          f"sample-min_keep-{v}")
+        P(
+            lambda v=v: lk.sample(X1, min_keep=v, uniforms=0.5),
+            ValueError,
+            "min_keep",
+            f"sample-min_keep-{v}",
+        )
         for v in (0, -1)
     ],
     *[
-        P(lambda f=f, v=v: f(X1, 0.5, min_keep=v), ValueError, "min_keep",
-          f"{f.__name__}-min_keep-{v}")
+        P(
+            lambda f=f, v=v: f(X1, 0.5, min_keep=v),
+            ValueError,
+            "min_keep",
+            f"{f.__name__}-min_keep-{v}",
+        )
         for f in (lk.mask_top_p, lk.mask_min_p)
         for v in (0, -3)
     ],
     P(lambda: lk.sample(X1, top_k=1.5, uniforms=0.5), ANY, "top_k", "sample-top_k-float"),
     # penalties
     *[
-        P(lambda v=v: lk.apply_penalties(X1, repetition_penalty=v), ValueError,
-          "repetition_penalty", f"repetition_penalty-{v}")
+        P(
+            lambda v=v: lk.apply_penalties(X1, repetition_penalty=v),
+            ValueError,
+            "repetition_penalty",
+            f"repetition_penalty-{v}",
+        )
         for v in (0.0, -1.0, np.inf, np.nan)
     ],
     *[
@@ -205,8 +240,14 @@ PARAM_CASES = [
         P(lambda s=s: lk.sample(X1, seed=0, step=s), ValueError, "step", f"sample-step-{s}")
         for s in (-1, 2**64)
     ],
-    *[P(lambda s=s: lk.uniform(s, 0), ValueError, "seed", f"uniform-seed-{s}") for s in (-1, 2**64)],
-    *[P(lambda s=s: lk.uniform(0, s), ValueError, "step", f"uniform-step-{s}") for s in (-1, 2**64)],
+    *[
+        P(lambda s=s: lk.uniform(s, 0), ValueError, "seed", f"uniform-seed-{s}")
+        for s in (-1, 2**64)
+    ],
+    *[
+        P(lambda s=s: lk.uniform(0, s), ValueError, "step", f"uniform-step-{s}")
+        for s in (-1, 2**64)
+    ],
     P(lambda: lk.uniform(1.5, 0), TypeError, "seed", "uniform-seed-float"),
     P(lambda: lk.uniform(0, 2.0), TypeError, "step", "uniform-step-float"),
     P(lambda: lk.uniform("1", 0), TypeError, "seed", "uniform-seed-str"),
@@ -215,12 +256,24 @@ PARAM_CASES = [
         P(lambda u=u: lk.sample(X1, uniforms=u), ValueError, "uniforms", f"uniforms-{u}")
         for u in (1.0, -0.1, 1.5, np.nan, np.inf)
     ],
-    P(lambda: lk.sample(X2, uniforms=np.asarray([0.1, 1.0])), ValueError, "uniforms",
-      "uniforms-row-1-is-1"),
-    P(lambda: lk.sample(X2, uniforms=np.asarray([0.1])), ValueError, "uniforms",
-      "uniforms-too-short"),
-    P(lambda: lk.sample(X2, uniforms=np.asarray([0.1, 0.2, 0.3])), ValueError, "uniforms",
-      "uniforms-too-long"),
+    P(
+        lambda: lk.sample(X2, uniforms=np.asarray([0.1, 1.0])),
+        ValueError,
+        "uniforms",
+        "uniforms-row-1-is-1",
+    ),
+    P(
+        lambda: lk.sample(X2, uniforms=np.asarray([0.1])),
+        ValueError,
+        "uniforms",
+        "uniforms-too-short",
+    ),
+    P(
+        lambda: lk.sample(X2, uniforms=np.asarray([0.1, 0.2, 0.3])),
+        ValueError,
+        "uniforms",
+        "uniforms-too-long",
+    ),
     # order
     *[
         P(lambda o=o: lk.sample(X1, order=o, uniforms=0.5), ValueError, "order", f"order-{o!r}")
@@ -236,14 +289,17 @@ PARAM_CASES = [
     ],
     # token ids
     *[
-        P(lambda n=n, t=t: lk.apply_penalties(X1, **{n: np.asarray(t)}), ValueError, n,
-          f"{n}-{t}")
+        P(lambda n=n, t=t: lk.apply_penalties(X1, **{n: np.asarray(t)}), ValueError, n, f"{n}-{t}")
         for n in ("prompt_tokens", "output_tokens")
         for t in ([V], [-1], [0, 2**40])
     ],
     *[
-        P(lambda n=n: lk.apply_penalties(X2, **{n: [T1, np.asarray([V])]}), ValueError, n,
-          f"{n}-row-1-out-of-range")
+        P(
+            lambda n=n: lk.apply_penalties(X2, **{n: [T1, np.asarray([V])]}),
+            ValueError,
+            n,
+            f"{n}-row-1-out-of-range",
+        )
         for n in ("prompt_tokens", "output_tokens")
     ],
     *[
@@ -251,21 +307,33 @@ PARAM_CASES = [
         for n in ("prompt_tokens", "output_tokens")
     ],
     *[
-        P(lambda n=n: lk.apply_penalties(X1, **{n: np.asarray([0.0, 1.0])}), TypeError, n,
-          f"{n}-float-array")
+        P(
+            lambda n=n: lk.apply_penalties(X1, **{n: np.asarray([0.0, 1.0])}),
+            TypeError,
+            n,
+            f"{n}-float-array",
+        )
         for n in ("prompt_tokens", "output_tokens")
     ],
     *[
         P(lambda t=t: lk.logprobs(X1, np.asarray(t)), ValueError, "tokens", f"logprobs-tokens-{t}")
         for t in ([V], [-1])
     ],
-    P(lambda: lk.logprobs(X2, [T1, np.asarray([V])]), ValueError, "tokens",
-      "logprobs-tokens-row-1"),
+    P(
+        lambda: lk.logprobs(X2, [T1, np.asarray([V])]),
+        ValueError,
+        "tokens",
+        "logprobs-tokens-row-1",
+    ),
     P(lambda: lk.logprobs(X2, [T1]), ValueError, "tokens", "logprobs-tokens-too-few-rows"),
     # per-row parameter arrays of the wrong length
     *[
-        P(lambda n=n, a=a: lk.sample(X2, **{n: a}, uniforms=U2), ValueError, n,
-          f"sample-{n}-length-{len(a)}")
+        P(
+            lambda n=n, a=a: lk.sample(X2, **{n: a}, uniforms=U2),
+            ValueError,
+            n,
+            f"sample-{n}-length-{len(a)}",
+        )
         for n, a in (
             ("temperature", np.ones(3)),
             ("temperature", np.ones(1)),
@@ -280,26 +348,54 @@ PARAM_CASES = [
         for n, a in (("seed", np.zeros(3, dtype=np.uint64)), ("step", np.zeros(1, dtype=np.uint64)))
     ],
     *[
-        P(lambda n=n: lk.apply_penalties(X2, **{n: np.full(3, 1.5)}), ValueError, n,
-          f"apply_penalties-{n}-length-3")
+        P(
+            lambda n=n: lk.apply_penalties(X2, **{n: np.full(3, 1.5)}),
+            ValueError,
+            n,
+            f"apply_penalties-{n}-length-3",
+        )
         for n in ("repetition_penalty", "presence_penalty", "frequency_penalty")
     ],
     # per-row parameter arrays with a bad entry
-    P(lambda: lk.sample(X2, temperature=np.asarray([1.0, -1.0]), uniforms=U2), ValueError,
-      "temperature", "sample-temperature-row-1-negative"),
-    P(lambda: lk.sample(X2, top_p=np.asarray([0.5, 1.5]), uniforms=U2), ValueError, "top_p",
-      "sample-top_p-row-1-above-1"),
-    P(lambda: lk.apply_penalties(X2, repetition_penalty=np.asarray([1.0, 0.0])), ValueError,
-      "repetition_penalty", "apply_penalties-repetition_penalty-row-1-zero"),
+    P(
+        lambda: lk.sample(X2, temperature=np.asarray([1.0, -1.0]), uniforms=U2),
+        ValueError,
+        "temperature",
+        "sample-temperature-row-1-negative",
+    ),
+    P(
+        lambda: lk.sample(X2, top_p=np.asarray([0.5, 1.5]), uniforms=U2),
+        ValueError,
+        "top_p",
+        "sample-top_p-row-1-above-1",
+    ),
+    P(
+        lambda: lk.apply_penalties(X2, repetition_penalty=np.asarray([1.0, 0.0])),
+        ValueError,
+        "repetition_penalty",
+        "apply_penalties-repetition_penalty-row-1-zero",
+    ),
     # dtype
     P(lambda: lk.softmax(X1, dtype="float8"), ANY, "dtype", "softmax-dtype-unknown"),
-    P(lambda: lk.sample(X1.astype(np.uint16), dtype="float8", seed=0), ANY, "dtype",
-      "sample-dtype-unknown"),
+    P(
+        lambda: lk.sample(X1.astype(np.uint16), dtype="float8", seed=0),
+        ANY,
+        "dtype",
+        "sample-dtype-unknown",
+    ),
     # masks that empty a row before the draw
-    P(lambda: lk.sample_batch(MASKED_ROW_1, lk.SamplingParams(allowed_token_ids=[0])), ValueError,
-      "row 1", "sample_batch-allowed-ids-empty-row-1"),
-    P(lambda: lk.sample_batch(X2, lk.SamplingParams(logit_bias={t: -np.inf for t in range(V)})),
-      ValueError, "row 0", "sample_batch-bias-bans-everything"),
+    P(
+        lambda: lk.sample_batch(MASKED_ROW_1, lk.SamplingParams(allowed_token_ids=[0])),
+        ValueError,
+        "row 1",
+        "sample_batch-allowed-ids-empty-row-1",
+    ),
+    P(
+        lambda: lk.sample_batch(X2, lk.SamplingParams(logit_bias={t: -np.inf for t in range(V)})),
+        ValueError,
+        "row 0",
+        "sample_batch-bias-bans-everything",
+    ),
 ]
 
 TABLE = LOGITS_CASES + OUT_CASES + PARAM_CASES

@@ -118,11 +118,7 @@ impl<V: Clone> PerRow<V> {
 }
 
 fn rows_of<T>(x: &[T], vocab: usize) -> usize {
-    if vocab == 0 {
-        0
-    } else {
-        x.len() / vocab
-    }
+    x.len().checked_div(vocab).unwrap_or(0)
 }
 
 fn check_temperature(t: f64) -> Result<(), KernelError> {
@@ -176,6 +172,19 @@ pub fn softmax<T: Elem>(
     })
 }
 
+/// Checks one row (no NaN or `+inf`, at least one finite token) and returns its maximum.
+fn check_row<T: Elem>(row: &[T]) -> Result<f32, KernelError> {
+    match prims::max(row) {
+        prims::Scan::Bad(index, value) => Err(KernelError::NonFinite {
+            row: 0,
+            index,
+            value,
+        }),
+        prims::Scan::Max(m) if m == f32::NEG_INFINITY => Err(KernelError::AllMasked { row: 0 }),
+        prims::Scan::Max(m) => Ok(m),
+    }
+}
+
 /// Index of the largest logit of every row (ties: lowest index).
 ///
 /// # Errors
@@ -183,18 +192,8 @@ pub fn softmax<T: Elem>(
 pub fn argmax<T: Elem>(x: &[T], vocab: usize, out: &mut [i64]) -> Result<(), KernelError> {
     for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, _| {
         let row = &x[r * vocab..(r + 1) * vocab];
-        match prims::max(row) {
-            prims::Scan::Bad(index, value) => Err(KernelError::NonFinite {
-                row: 0,
-                index,
-                value,
-            }),
-            prims::Scan::Max(m) if m == f32::NEG_INFINITY => Err(KernelError::AllMasked { row: 0 }),
-            prims::Scan::Max(m) => {
-                o[0] = prims::find_eq(row, m) as i64;
-                Ok(())
-            }
-        }
+        o[0] = prims::find_eq(row, check_row(row)?) as i64;
+        Ok(())
     })
 }
 
@@ -364,20 +363,16 @@ pub fn bias_and_penalties<T: Elem>(
     }
     let rows = rows_of(out, vocab);
     for_rows(rows, vocab, out, vocab, |r, o, scr| {
-        let mut bmax = std::mem::take(&mut scr.bmax);
-        let checked = match x {
+        match x {
             Some(x) => {
                 let row = &x[r * vocab..(r + 1) * vocab];
-                let res = pipeline::scan(row, &mut bmax).map(|_| ());
-                if res.is_ok() {
-                    prims::widen(row, o);
-                }
-                res
+                check_row(row)?;
+                prims::widen(row, o);
             }
-            None => pipeline::scan(&*o, &mut bmax).map(|_| ()),
-        };
-        scr.bmax = bmax;
-        checked?;
+            None => {
+                check_row(&*o)?;
+            }
+        }
         if let Some(b) = bias {
             let (ids, vals) = b.get(r);
             penalties::apply_bias(o, ids, vals);
