@@ -8,7 +8,7 @@ from __future__ import annotations
 import operator
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -37,9 +37,9 @@ __all__ = [
 
 ArrayLike = Any
 """Anything `numpy.asarray` accepts, a CPU `torch.Tensor`, or an `ml_dtypes.bfloat16` array."""
-FloatParam = Union[float, npt.ArrayLike]
-IntParam = Union[int, npt.ArrayLike]
-TokenIds = Union[npt.ArrayLike, Sequence[npt.ArrayLike], None]
+FloatParam = float | npt.ArrayLike
+IntParam = int | npt.ArrayLike
+TokenIds = npt.ArrayLike | Sequence[npt.ArrayLike] | None
 
 _F32, _F16, _BF16 = 0, 1, 2
 _U64_MAX = 2**64 - 1
@@ -69,16 +69,37 @@ class _Logits(NamedTuple):
     source: np.ndarray | None  # the caller's float32 array when it was used in place
 
 
-def _torch_bf16_bits(x: Any) -> np.ndarray | None:
-    """A CPU torch bfloat16 tensor as a uint16 array of its bits (no copy), else None."""
+def _torch_array(x: Any) -> tuple[np.ndarray, str | None] | None:
+    """A torch tensor as a NumPy array and the ``dtype`` to read it with; None for non-tensors.
+
+    A CPU tensor is read in place (``detach`` shares its memory, gradients or not); a bfloat16
+    tensor becomes a uint16 view of its bits, read with ``dtype="bfloat16"``. A tensor on
+    another device is copied to the CPU once.
+    """
     if type(x).__module__.split(".")[0] != "torch":
         return None
     import torch
 
-    if isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16:
-        bits: np.ndarray = x.detach().cpu().view(torch.int16).numpy().view(np.uint16)
-        return bits
-    return None
+    if not isinstance(x, torch.Tensor):
+        return None
+    t = x.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        bits: np.ndarray = t.view(torch.int16).numpy().view(np.uint16)
+        return bits, "bfloat16"
+    a: np.ndarray = t.numpy()
+    return a, None
+
+
+def _from_dlpack(x: Any) -> np.ndarray | None:
+    """An object that offers only ``__dlpack__`` (no ``__array__``) as a NumPy array, else None."""
+    if not hasattr(x, "__dlpack__") or any(
+        hasattr(x, name) for name in ("__array__", "__array_interface__", "__array_struct__")
+    ):
+        return None
+    try:
+        return np.from_dlpack(x)
+    except (BufferError, RuntimeError, TypeError, ValueError) as e:
+        raise TypeError(f"logits: cannot read this __dlpack__ object on the CPU ({e})") from e
 
 
 _F32_DTYPE = np.dtype(np.float32)
@@ -102,9 +123,13 @@ def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
     if isinstance(logits, np.ndarray):
         a = logits
     else:
-        bits = _torch_bf16_bits(logits)
-        if bits is not None:
-            a, dtype = bits, "bfloat16"
+        from_torch = _torch_array(logits)
+        from_dlpack = None if from_torch is not None else _from_dlpack(logits)
+        if from_torch is not None:
+            a, hint = from_torch
+            dtype = hint or dtype
+        elif from_dlpack is not None:
+            a = from_dlpack
         else:
             a = np.asarray(logits)
             if a.dtype.kind in "iu" and isinstance(logits, (list, tuple)):
@@ -188,7 +213,11 @@ def _out(out: np.ndarray | None, x: _Logits) -> _Out:
 
 
 def _finish(o: _Out) -> np.ndarray:
-    if o.target.base is not o.result and o.target is not o.result and not o.result.flags.c_contiguous:
+    if (
+        o.target.base is not o.result
+        and o.target is not o.result
+        and not o.result.flags.c_contiguous
+    ):
         o.result[...] = o.target.reshape(o.result.shape)
     return o.result
 
@@ -495,10 +524,11 @@ def apply_penalties(
     repetition_penalty: FloatParam = 1.0,
     presence_penalty: FloatParam = 0.0,
     frequency_penalty: FloatParam = 0.0,
+    logit_bias: Mapping[int, float] | Sequence[Mapping[int, float]] | None = None,
     dtype: str | None = None,
     out: np.ndarray | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Repetition, then frequency and presence penalties.
+    """Repetition, then frequency and presence penalties (after an optional logit bias).
 
     Repetition (CTRL style) applies once to every distinct token of ``prompt_tokens`` and
     ``output_tokens``: ``z / r`` if ``z > 0`` else ``z * r``. Frequency and presence (OpenAI)
@@ -506,7 +536,8 @@ def apply_penalties(
     Neutral values leave logits bit-for-bit unchanged.
 
     Token lists are one 1-D int array for ``(V,)`` logits, a sequence of B arrays for
-    ``(B, V)``. Penalties may be scalars or ``(B,)`` arrays.
+    ``(B, V)``. Penalties may be scalars or ``(B,)`` arrays. ``logit_bias`` (as in
+    :func:`apply_logit_bias`) is added first, in the same pass: the order of the pipeline.
 
     >>> import numpy as np, logitkit
     >>> x = np.array([2.0, -2.0, 1.0], dtype=np.float32)
@@ -529,6 +560,7 @@ def apply_penalties(
         repetition_penalty=rep,
         presence_penalty=pres,
         frequency_penalty=freq,
+        bias=None if logit_bias is None else _bias(logit_bias, x),
     )
     return _finish(o)
 
@@ -652,10 +684,14 @@ def sample(
         and logits.flags.c_contiguous
     ):
         if logits.ndim == 1:
-            tok = _core.sample_fast(logits, temperature, top_k, top_p, min_p, min_keep, order, seed, step)
+            tok = _core.sample_fast(
+                logits, temperature, top_k, top_p, min_p, min_keep, order, seed, step
+            )
             return np.int64(tok)
         out = np.empty(logits.shape[0], dtype=np.int64)
-        _core.sample_fast(logits, temperature, top_k, top_p, min_p, min_keep, order, seed, step, out)
+        _core.sample_fast(
+            logits, temperature, top_k, top_p, min_p, min_keep, order, seed, step, out
+        )
         return out
     x = _logits(logits, dtype)
     if order not in _ORDERS:
@@ -676,7 +712,9 @@ def sample(
     return _scalar_or_rows(x, res)
 
 
-def logprobs(logits: ArrayLike, tokens: Any, *, top_n: int = 0, dtype: str | None = None) -> LogProbs:
+def logprobs(
+    logits: ArrayLike, tokens: Any, *, top_n: int = 0, dtype: str | None = None
+) -> LogProbs:
     """Log-probabilities of ``tokens`` under ``log_softmax(logits)``, ranks, and the top ``n``.
 
     A token's rank is ``1 +`` the number of tokens with a strictly larger log-probability.

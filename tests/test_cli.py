@@ -1,0 +1,38 @@
+"""``python -m logitkit info``: what this installation is."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import logitkit as lk
+from logitkit import _core
+
+
+def _info(**env: str) -> dict[str, str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "logitkit", "info"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    ).stdout
+    rows = [line.split("  ", 1) for line in out.splitlines()]
+    return {k.strip(): v.strip() for k, v in rows}
+
+
+def test_info_reports_version_simd_threads_and_profile() -> None:
+    info = _info(LOGITKIT_NUM_THREADS="3", LOGITKIT_SIMD="scalar")
+    assert info["logitkit"] == lk.__version__
+    assert info["build profile"] == _core.build_profile
+    assert info["SIMD level"] == "scalar"
+    assert info["SIMD levels available"].split(", ") == _core.available_simd_levels()
+    assert info["threads"] == "3"
+
+
+def test_info_takes_no_options() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "logitkit", "info", "--verbose"], capture_output=True, text=True
+    )
+    assert run.returncode == 2 and "takes no options" in run.stderr
