@@ -274,6 +274,7 @@ fn top_k(
 
 #[pyfunction]
 #[pyo3(signature = (x, kind, which, value, temperature, min_keep, out))]
+#[allow(clippy::too_many_arguments)]
 fn mask(
     py: Python<'_>,
     x: &Bound<'_, PyAny>,
@@ -470,7 +471,7 @@ fn sample_fast(
     });
     let vocab = *x.shape().last().unwrap_or(&0);
     let s = x.as_slice()?;
-    let rows = if vocab == 0 { 0 } else { s.len() / vocab };
+    let rows = s.len().checked_div(vocab).unwrap_or(0);
     let u = vec![philox::uniform(seed, step); rows];
     match out {
         Some(mut o) => {

@@ -141,12 +141,26 @@ def mask_min_p(x, min_p: float, temperature: float = 1.0, min_keep: int = 1) -> 
     return _rows(row, np.asarray(x, dtype=np.float32))
 
 
+def settle(x, z) -> np.ndarray:
+    """float32 of the updated logits z of row x: masked tokens of x stay -inf, finite results
+    beyond the float32 range saturate to +-float32 max."""
+    big = float(np.finfo(np.float32).max)
+    with np.errstate(invalid="ignore"):
+        out = np.clip(z, -big, big).astype(np.float32)
+    out[np.isneginf(f64(x))] = -np.inf
+    return out
+
+
 def apply_logit_bias(x, bias: dict[int, float]) -> np.ndarray:
-    """One row: float32(x + bias[t]) for every biased token t; a -inf bias bans the token."""
+    """One row: float32(x + bias[t]) for every biased token t (saturated, see settle); a -inf
+    bias bans the token."""
     z = f64(x).copy()
+    banned = [t for t, b in bias.items() if b == -np.inf]
     for t, b in bias.items():
         z[t] += b
-    return z.astype(np.float32)
+    out = settle(x, z)
+    out[banned] = -np.inf
+    return out
 
 
 def apply_penalties(
@@ -166,7 +180,7 @@ def apply_penalties(
     counts = np.bincount(np.asarray(output_tokens, dtype=np.int64), minlength=z.shape[-1])
     for t in np.flatnonzero(counts):
         z[t] = z[t] - counts[t] * frequency_penalty - presence_penalty
-    return z.astype(np.float32)
+    return settle(x, z)
 
 
 def penalty_magnitude(

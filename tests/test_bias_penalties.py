@@ -268,6 +268,55 @@ def test_masked_tokens_stay_masked():
     np.testing.assert_array_equal(got, [-np.inf, 1.0])
 
 
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize(
+    ("fn", "x", "kw", "want"),
+    [
+        (lk.apply_logit_bias, [3e38, 1.0], {"bias": {0: 3e38}}, [F32_MAX, 1.0]),
+        (lk.apply_logit_bias, [-3e38, 1.0], {"bias": {0: -1e300}}, [-F32_MAX, 1.0]),
+        (lk.apply_logit_bias, [-np.inf, 1.0], {"bias": {0: 1e300}}, [-np.inf, 1.0]),
+        (lk.apply_logit_bias, [2.0, 1.0], {"bias": {0: -np.inf}}, [-np.inf, 1.0]),
+        (
+            lk.apply_penalties,
+            [-np.inf, 1.0],
+            {"output_tokens": [0, 0], "frequency_penalty": -1.7e308},
+            [-np.inf, 1.0],
+        ),
+        (
+            lk.apply_penalties,
+            [5.0, 1.0],
+            {"output_tokens": [0, 0], "frequency_penalty": 1.7e308, "presence_penalty": 1e308},
+            [-F32_MAX, 1.0],
+        ),
+        (
+            lk.apply_penalties,
+            [-3e38, 1.0],
+            {"output_tokens": [0], "repetition_penalty": 1e10},
+            [-F32_MAX, 1.0],
+        ),
+        (
+            lk.apply_penalties,
+            [2.0, 1.0],
+            {"output_tokens": [0], "presence_penalty": -1e300},
+            [F32_MAX, 1.0],
+        ),
+    ],
+)
+def test_results_beyond_float32_saturate(fn, x, kw, want):
+    """Valid (finite) but huge parameters never turn a logit into NaN or +inf, and never unmask."""
+    a = np.asarray(x, dtype=np.float32)
+    got = fn(a, **kw) if fn is lk.apply_penalties else fn(a, kw["bias"])
+    np.testing.assert_array_equal(got, np.asarray(want, dtype=np.float32))
+    ref = (
+        oracle.apply_penalties(a, **kw)
+        if fn is lk.apply_penalties
+        else oracle.apply_logit_bias(a, kw["bias"])
+    )
+    np.testing.assert_array_equal(got, ref)
+
+
 @given(case=penalty_case(batch=False))
 def test_penalties_out_forms(case):
     inp, prompt, output, params = case

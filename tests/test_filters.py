@@ -178,3 +178,16 @@ def test_min_p_equality_is_kept():
     np.testing.assert_array_equal(np.isfinite(got), [True, True])
     got = lk.mask_min_p(x.astype(np.float32), min(1.0, ratio * (1 + 1e-4)))
     np.testing.assert_array_equal(np.isfinite(got), [True, False])
+
+
+@pytest.mark.parametrize("temperature", [1e280, 1e300, 1.7e308])
+def test_min_p_one_at_huge_temperature(temperature):
+    """min_p = 1 keeps the tokens whose tempered logit equals the maximum's; at a huge T every
+    finite token within ~T * 1e-308 of the maximum ties with it (found by bisection, at once)."""
+    x = np.asarray([0.0, -1e-30, -3.0, -np.inf, 1e-40], dtype=np.float32)
+    got = lk.mask_min_p(x, 1.0, temperature=temperature)
+    np.testing.assert_array_equal(
+        np.isfinite(got), np.isfinite(oracle.mask_min_p(x, 1.0, temperature))
+    )
+    tok = lk.sample(x, temperature=temperature, min_p=1.0, seed=3)
+    assert np.isfinite(got[tok])

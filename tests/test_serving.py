@@ -309,3 +309,19 @@ def test_logprob_fields_are_none_unless_requested_and_padded_per_row():
     assert res.top_ids.shape == (2, 3)
     assert res.top_ids[1, 1:].tolist() == [-1, -1]
     assert res.tokens.dtype == np.int64 and res.logprobs.dtype == np.float32
+
+
+@pytest.mark.parametrize("temperature", [1e-310, 1e-45, 1e-30])
+def test_processed_logprobs_at_tiny_temperature_are_a_point_mass(temperature):
+    """T -> 0 is greedy in the limit: the maximum has log-probability 0, every other token -inf
+    (never NaN, also where 1 / T overflows)."""
+    x = np.asarray([[0.0, 1.0, -np.inf, 0.5]], dtype=np.float32)
+    p = lk.SamplingParams(temperature=temperature, logprobs=3, logprobs_mode="processed", seed=1)
+    got = lk.sample_batch(x, p)
+    assert got.tokens[0] == 1 and got.logprobs[0] == 0.0 and got.ranks[0] == 1
+    assert got.top_ids[0, 0] == 1 and got.top_logprobs[0, 0] == 0.0
+    assert got.top_ids[0].tolist() == [1, 3, 0]
+    # log_softmax(z / T) is (z - z_max) / T minus log(1) here, -inf once it leaves float32
+    with np.errstate(over="ignore"):
+        want = ((x[0, [1, 3, 0]].astype(np.float64) - 1.0) / temperature).astype(np.float32)
+    np.testing.assert_array_equal(got.top_logprobs[0], want)

@@ -131,3 +131,17 @@ def test_one_row_returns_one_row_and_batch_returns_batch():
     assert lk.softmax(x).shape == (3, 4)
     assert lk.softmax(x[1]).shape == (4,)
     assert lk.log_softmax(x[1]).shape == (4,)
+
+
+@pytest.mark.parametrize("temperature", [1e40, 1e46, 1e300])
+def test_huge_temperature_is_uniform_over_finite_tokens(temperature):
+    """The limit of softmax(z / T) as T grows: uniform over the finite tokens, masked ones stay
+    masked (also where 1 / T is 0 in float32)."""
+    x = np.asarray([[0.0, 1.0, -np.inf, -5.0], [-np.inf, 3.0, -np.inf, 2.0]], dtype=np.float32)
+    want_p = np.asarray([[1 / 3, 1 / 3, 0, 1 / 3], [0, 0.5, 0, 0.5]], dtype=np.float32)
+    np.testing.assert_allclose(lk.softmax(x, temperature=temperature), want_p, rtol=1e-6)
+    got = lk.log_softmax(x, temperature=temperature)
+    assert not np.isnan(got).any()
+    with np.errstate(divide="ignore"):
+        want_log = np.log(want_p.astype(np.float64))
+    np.testing.assert_allclose(got, want_log, rtol=1e-6)

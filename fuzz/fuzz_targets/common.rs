@@ -630,6 +630,20 @@ pub fn check_draw(x: &[f32], kept: &[bool], scale: f64, u: f64, tok: usize, tol:
 }
 
 /// SPEC §5 and the bias, one f64 operation rounded to f32 per step.
+/// SPEC §5 as logitkit settles it: a masked logit stays masked, a finite result outside the
+/// `f32` range saturates to `±f32::MAX`.
+fn settle(was: f32, v: f64) -> f32 {
+    if was == f32::NEG_INFINITY {
+        was
+    } else if v >= f64::from(f32::MAX) {
+        f32::MAX
+    } else if v <= -f64::from(f32::MAX) {
+        -f32::MAX
+    } else {
+        v as f32
+    }
+}
+
 pub fn spec_bias_penalties(
     x: &[f32],
     bias: Option<&logitkit::kernels::Bias>,
@@ -638,7 +652,12 @@ pub fn spec_bias_penalties(
     let mut z = x.to_vec();
     if let Some((ids, vals)) = bias {
         for (&i, &bv) in ids.iter().zip(vals) {
-            z[i as usize] = (f64::from(z[i as usize]) + bv) as f32;
+            let w = z[i as usize];
+            z[i as usize] = if bv == f64::NEG_INFINITY {
+                f32::NEG_INFINITY
+            } else {
+                settle(w, f64::from(w) + bv)
+            };
         }
     }
     if let Some((prompt, output, p)) = pen {
@@ -647,12 +666,16 @@ pub fn spec_bias_penalties(
             seen.sort_unstable();
             seen.dedup();
             for t in seen {
-                let v = f64::from(z[t as usize]);
-                z[t as usize] = if v > 0.0 {
-                    v / p.repetition
-                } else {
-                    v * p.repetition
-                } as f32;
+                let w = z[t as usize];
+                let v = f64::from(w);
+                z[t as usize] = settle(
+                    w,
+                    if v > 0.0 {
+                        v / p.repetition
+                    } else {
+                        v * p.repetition
+                    },
+                );
             }
         }
         if p.frequency != 0.0 || p.presence != 0.0 {
@@ -661,8 +684,8 @@ pub fn spec_bias_penalties(
             out.dedup();
             for t in out {
                 let c = output.iter().filter(|&&o| o == t).count() as f64;
-                let v = f64::from(z[t as usize]);
-                z[t as usize] = (v - c * p.frequency - p.presence) as f32;
+                let w = z[t as usize];
+                z[t as usize] = settle(w, f64::from(w) - c * p.frequency - p.presence);
             }
         }
     }
@@ -757,8 +780,6 @@ pub fn known(id: &str) -> bool {
     .any(|s| s == id || s == "all")
 }
 
-/// Known issue `minp-walk`: min-p = 1 with a filter temperature above ~1e278 makes the threshold
-/// search walk the f32 values one ulp at a time (seconds per row). Skip such inputs if tolerated.
 /// Known issue `wide-range`: a finite logit more than `f32::MAX` below the row maximum (their f32
 /// difference overflows to -inf) gets weight 0 in softmax / the draw / top-p, whatever the
 /// temperature (at T = 1e39, [-3e38, 3e38] gives [0, 1] instead of [0.35, 0.65]). When tolerated,
@@ -770,14 +791,4 @@ pub fn skip_wide_range(x: &[f32]) -> bool {
     let m = max_of(x);
     x.iter()
         .any(|&v| v.is_finite() && v - m == f32::NEG_INFINITY)
-}
-
-/// Known issue `logsoftmax-nan`: log_softmax with a temperature so large that `1 / T` rounds
-/// to 0 in f32 (T > ~7e45) gives NaN, not -inf, for masked tokens.
-pub fn skip_logsoftmax_nan(log: bool, t: f64) -> bool {
-    known("logsoftmax-nan") && log && t > 0.0 && (1.0 / t) as f32 == 0.0
-}
-
-pub fn skip_minp_walk(min_p: f64, fs: f64) -> bool {
-    known("minp-walk") && min_p == 1.0 && fs > 1e270
 }

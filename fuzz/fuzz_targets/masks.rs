@@ -28,9 +28,6 @@ fuzz_target!(|data: &[u8]| {
     let p = f64_param(&mut b, PROBS);
     let t = f64_param(&mut b, TEMPERATURES);
     let min_keep = read_min_keep(&mut b, v);
-    if !top_p_mask && skip_minp_walk(p, t) {
-        return;
-    }
     let rows = shape.fill(&b);
     let mask = if top_p_mask {
         Mask::TopP {

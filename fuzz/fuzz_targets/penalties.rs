@@ -189,9 +189,6 @@ fuzz_target!(|data: &[u8]| {
         );
         let got = &out[r * v..(r + 1) * v];
         for i in 0..v {
-            if got[i].is_nan() && want[i].is_nan() && known("overflow") {
-                continue;
-            }
             assert_eq!(
                 got[i].to_bits(),
                 want[i].to_bits(),
@@ -200,11 +197,8 @@ fuzz_target!(|data: &[u8]| {
                 want[i],
                 x[i]
             );
-            if known("overflow") {
-                continue;
-            }
             assert!(
-                got[i] < f32::INFINITY,
+                !got[i].is_nan() && got[i] < f32::INFINITY,
                 "row {r} index {i}: valid logit {} and valid parameters gave {}",
                 x[i],
                 got[i]

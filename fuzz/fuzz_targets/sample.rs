@@ -23,16 +23,6 @@ fuzz_target!(|data: &[u8]| {
     };
     let u: Vec<f64> = (0..n).map(|_| read_u(&mut b)).collect();
     let frac = f64::from(b.u16()) / 65536.0;
-    for (_, f) in filters.iter() {
-        let fs = if f.order == Order::LlamaCpp {
-            1.0
-        } else {
-            f.temperature
-        };
-        if skip_minp_walk(f.min_p, fs) {
-            return;
-        }
-    }
     let rows = shape.fill(&b);
     // A second, larger uniform per row (for monotonicity).
     let u2: Vec<f64> = u

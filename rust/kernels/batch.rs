@@ -126,32 +126,35 @@ fn edit_row(row: &mut [f32], inp: &RowInput<'_>, scr: &mut Scratch) {
     penalties::apply_penalties(row, inp.prompt, inp.output, &req.penalties, &mut scr.ids);
 }
 
-/// Log-probabilities of the token `tok` and the top `n`, under `log_softmax(z * scale)`
-/// restricted to `kept` (every finite token for raw log-probabilities).
+/// Log-probabilities of the token `tok` and the top `n`, under `log_softmax(z / t)` restricted
+/// to `kept` (every finite token for raw log-probabilities, with `t = 1`). The weights use the
+/// clamped scale of [`pipeline::scale_of`]; the log-probabilities divide by `t` in `f64`, so a
+/// subnormal `t` gives `0` for the maximum and `-inf` below it, its exact limit.
 fn logprobs_of<T: Elem>(
     s: &pipeline::Scanned<'_, T>,
     kept: &Kept,
-    scale: f64,
+    t: f64,
     tok: usize,
     n: usize,
     scr: &mut Scratch,
     res: &mut RowResult,
 ) {
     let v_tok = s.x[tok].to_f32();
+    let scale = pipeline::scale_of(t);
     let (vmax, log_total) = match kept {
         Kept::Threshold(thr) => {
             scr.bsum.resize(s.bmax.len(), 0.0);
-            let total = prims::weight_sums(s.x, s.bmax, s.m, scale as f32, *thr, &mut scr.bsum);
+            let total = prims::weight_sums(s.x, s.bmax, s.m, scale, *thr, &mut scr.bsum);
             (s.m, total.ln())
         }
         Kept::List(l) => {
             scr.wts.resize(l.len(), 0.0);
-            prims::weights(l, l[0].v, scale as f32, &mut scr.wts);
+            prims::weights(l, l[0].v, scale, &mut scr.wts);
             let total: f64 = scr.wts.iter().map(|&w| f64::from(w)).sum();
             (l[0].v, total.ln())
         }
     };
-    let lp = |v: f32| ((f64::from(v) - f64::from(vmax)) * scale - log_total) as f32;
+    let lp = |v: f32| ((f64::from(v) - f64::from(vmax)) / t - log_total) as f32;
     res.logprob = lp(v_tok);
     res.rank = 1 + match kept {
         Kept::Threshold(_) => prims::count_ge(s.x, s.bmax, v_tok.next_up()),
@@ -241,7 +244,7 @@ fn step<T: Elem>(
     res: &mut RowResult,
 ) {
     let f = &inp.req.filters;
-    let (kept, tok, scale) = if f.temperature == 0.0 {
+    let (kept, tok, t_lp) = if f.temperature == 0.0 {
         let t = select::argmax(s.x, s.bmax, s.m);
         (
             Kept::List(vec![Cand {
@@ -254,10 +257,10 @@ fn step<T: Elem>(
     } else {
         let kept = pipeline::kept_set(s, f, scr);
         let t = pipeline::draw(s, &kept, f.temperature, inp.u, scr);
-        (kept, t, 1.0 / f.temperature)
+        (kept, t, f.temperature)
     };
     res.token = tok as i64;
     if let (Some(n), true) = (inp.req.logprobs, inp.req.processed) {
-        logprobs_of(s, &kept, scale, tok, n, scr, res);
+        logprobs_of(s, &kept, t_lp, tok, n, scr, res);
     }
 }

@@ -160,7 +160,17 @@ pub fn softmax<T: Elem>(
                     f32::NEG_INFINITY,
                     &mut scr.bsum,
                 );
-                prims::write_log_softmax(row, s.m, pipeline::scale_of(temperature), total.ln(), o);
+                let scale = pipeline::scale_of(temperature);
+                prims::write_log_softmax(row, s.m, scale, total.ln(), o);
+                if scale == 0.0 {
+                    // T so large that 1/T is 0 in f32: the uniform distribution over the finite
+                    // tokens, whose masked tokens (`-inf * 0` above) are -inf.
+                    for (o, v) in o.iter_mut().zip(row) {
+                        if v.to_f32() == f32::NEG_INFINITY {
+                            *o = f32::NEG_INFINITY;
+                        }
+                    }
+                }
             } else {
                 let total =
                     prims::write_weights(row, s.bmax, s.m, pipeline::scale_of(temperature), o);

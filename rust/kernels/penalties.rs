@@ -2,7 +2,9 @@
 //! row after the copy, never a lookup per vocabulary entry.
 //!
 //! Arithmetic is done in `f64` and rounded once to `f32`. Neutral parameters leave a logit
-//! untouched, bit for bit (`-0.0` stays `-0.0`).
+//! untouched, bit for bit (`-0.0` stays `-0.0`). A masked logit (`-inf`) stays masked, only a
+//! bias of `-inf` masks a token, and a finite result beyond the `f32` range saturates to
+//! `±f32::MAX`: bias and penalties never make a NaN or a `+inf` out of valid input.
 
 /// Penalty parameters of one row.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -25,11 +27,27 @@ impl Default for Penalties {
     }
 }
 
+/// Rounds the `f64` result `v` of an update of the finite logit `was` to `f32`: saturated to
+/// `±f32::MAX`, so that a finite logit stays finite (an `f64` overflow of the update included).
+#[inline]
+fn settle(was: f32, v: f64) -> f32 {
+    if was == f32::NEG_INFINITY {
+        return was;
+    }
+    // `v` is never NaN here: `was` is finite and every parameter is finite.
+    let max = f64::from(f32::MAX);
+    v.clamp(-max, max) as f32
+}
+
 /// Adds `values[j]` to `row[ids[j]]` (ids are in range; `-inf` bans the token).
 pub fn apply_bias(row: &mut [f32], ids: &[u32], values: &[f64]) {
     for (&id, &b) in ids.iter().zip(values) {
         let z = &mut row[id as usize];
-        *z = (f64::from(*z) + b) as f32;
+        *z = if b == f64::NEG_INFINITY {
+            f32::NEG_INFINITY
+        } else {
+            settle(*z, f64::from(*z) + b)
+        };
     }
 }
 
@@ -52,11 +70,7 @@ pub fn apply_penalties(
         for &t in sorted.iter() {
             let z = &mut row[t as usize];
             let v = f64::from(*z);
-            *z = if v > 0.0 {
-                (v / r) as f32
-            } else {
-                (v * r) as f32
-            };
+            *z = settle(*z, if v > 0.0 { v / r } else { v * r });
         }
     }
     if p.frequency != 0.0 || p.presence != 0.0 {
@@ -66,7 +80,7 @@ pub fn apply_penalties(
         for run in sorted.chunk_by(|a, b| a == b) {
             let z = &mut row[run[0] as usize];
             let c = run.len() as f64;
-            *z = (f64::from(*z) - c * p.frequency - p.presence) as f32;
+            *z = settle(*z, f64::from(*z) - c * p.frequency - p.presence);
         }
     }
 }

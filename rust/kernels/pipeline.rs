@@ -183,20 +183,51 @@ fn list_weights<E: Elem>(list: &[E], vmax: f32, scale: f32, wts: &mut Vec<f32>) 
     prims::weights(list, vmax, scale, wts);
 }
 
-/// The smallest `f32` value `v` with `(v - vmax) / fs >= ln_min_p` (computed in `f64`).
+/// The smallest `f32` value `v` with `(v - vmax) / fs >= ln_min_p` (computed in `f64`), at
+/// least [`ALL_FINITE`]. The test is monotone in `v` and `vmax` passes it (`ln_min_p <= 0`), so
+/// the answer is the first guess or one ulp from it in the common case, and otherwise found by
+/// bisection over the ordered `f32` values (at most 32 steps, whatever the temperature).
 fn min_p_threshold(vmax: f32, fs: f64, ln_min_p: f64) -> f32 {
     let pass = |v: f32| (f64::from(v) - f64::from(vmax)) / fs >= ln_min_p;
-    let mut t = (f64::from(vmax) + fs * ln_min_p) as f32;
-    if t < ALL_FINITE {
-        t = ALL_FINITE;
+    let guess = ((f64::from(vmax) + fs * ln_min_p) as f32)
+        .max(ALL_FINITE)
+        .min(vmax);
+    let (mut lo, mut hi) = if pass(guess) {
+        if guess == ALL_FINITE || !pass(guess.next_down()) {
+            return guess;
+        }
+        if pass(ALL_FINITE) {
+            return ALL_FINITE;
+        }
+        (order_key(ALL_FINITE), order_key(guess))
+    } else {
+        if pass(guess.next_up()) {
+            return guess.next_up();
+        }
+        (order_key(guess), order_key(vmax))
+    };
+    // Invariant: `lo` fails, `hi` passes.
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if pass(from_order_key(mid)) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
     }
-    while !pass(t) {
-        t = t.next_up();
-    }
-    while t > ALL_FINITE && pass(t.next_down()) {
-        t = t.next_down();
-    }
-    t
+    from_order_key(hi)
+}
+
+/// An integer that orders finite `f32` values as numbers (`-0.0` just below `0.0`).
+fn order_key(v: f32) -> i64 {
+    let b = v.to_bits() as i32;
+    i64::from(b ^ (((b >> 31) as u32) >> 1) as i32)
+}
+
+/// The inverse of [`order_key`].
+fn from_order_key(k: i64) -> f32 {
+    let k = k as i32;
+    f32::from_bits((k ^ (((k >> 31) as u32) >> 1) as i32) as u32)
 }
 
 /// The top `k` tokens with `logit >= thr` (`k` clamped to `V`).
@@ -593,4 +624,49 @@ pub fn mask_row<T: Elem>(
     })();
     scr.bmax = bmax;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn is_first_pass(t: f32, vmax: f32, fs: f64, ln_min_p: f64) -> bool {
+        let pass = |v: f32| (f64::from(v) - f64::from(vmax)) / fs >= ln_min_p;
+        pass(t) && (t == ALL_FINITE || !pass(t.next_down()))
+    }
+
+    proptest! {
+        #[test]
+        fn min_p_threshold_is_the_first_passing_value(
+            vmax in prop_oneof![-1e3f32..1e3, Just(0.0f32), Just(f32::MAX), Just(-f32::MAX)],
+            log_fs in -40.0f64..300.0,
+            min_p in prop_oneof![1e-6f64..=1.0, Just(1.0)],
+        ) {
+            let fs = 10f64.powf(log_fs);
+            let t = min_p_threshold(vmax, fs, min_p.ln());
+            prop_assert!(is_first_pass(t, vmax, fs, min_p.ln()), "{vmax} {fs} {min_p} -> {t}");
+        }
+    }
+
+    #[test]
+    fn huge_filter_temperatures_need_no_walk() {
+        // (v - vmax) / fs underflows to 0 for every v within ~1e-24 of vmax: about 2^31 f32
+        // values pass, and bisection finds the first in a few dozen steps.
+        for vmax in [0.0f32, 1.0, -5.0, 3e38] {
+            for fs in [1e280, 1e300, f64::MAX] {
+                let t = min_p_threshold(vmax, fs, 0.0);
+                assert!(is_first_pass(t, vmax, fs, 0.0), "{vmax} {fs} -> {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn order_keys_follow_the_values() {
+        let vals = [-f32::MAX, -1.0, -1e-45, -0.0, 0.0, 1e-45, 1.0, f32::MAX];
+        for w in vals.windows(2) {
+            assert!(order_key(w[0]) < order_key(w[1]));
+            assert_eq!(from_order_key(order_key(w[0])).to_bits(), w[0].to_bits());
+        }
+    }
 }
