@@ -9,4 +9,7 @@ Modules:
 
 - ``logitkit.integrations.transformers``: ``LogitkitLogitsProcessor``, logitkit's penalties and
   filters as a Hugging Face ``transformers`` logits processor for ``model.generate``.
+- ``logitkit.integrations.llama_cpp``: ``LogitkitLogitsProcessor``, a ``logits_processor`` for
+  llama-cpp-python's ``Llama``, and ``sample_next``, which draws a model's next token with
+  logitkit's whole pipeline from llama.cpp's logits buffer.
 """
