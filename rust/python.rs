@@ -625,19 +625,34 @@ impl RowParams {
     }
 }
 
+/// Tokens, then (when some row asked for log-probabilities) log-probs, ranks, top ids and top
+/// log-probs (flat, `n` per row) and `n`.
 type BatchArrays<'py> = (
     Bound<'py, PyArray1<i64>>,
-    Bound<'py, PyArray1<f32>>,
-    Bound<'py, PyArray1<i64>>,
-    Bound<'py, PyArray1<i64>>,
-    Bound<'py, PyArray1<f32>>,
-    usize,
+    Option<(
+        Bound<'py, PyArray1<f32>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<f32>>,
+        usize,
+    )>,
 );
 
-/// One step of a continuous-batching server. Returns tokens, log-probs, ranks, top ids and top
-/// log-probs (flat, `n` per row, padded with -1 / -inf) and `n`.
+/// `n` fresh 64-bit words of OS entropy (`os.urandom`).
+fn os_entropy(py: Python<'_>, n: usize) -> PyResult<Vec<u64>> {
+    let bytes = py.import("os")?.call_method1("urandom", (8 * n,))?;
+    let bytes = bytes.cast::<pyo3::types::PyBytes>()?.as_bytes();
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
+/// One step of a continuous-batching server. Returns the tokens and, when a row asked for them,
+/// log-probs, ranks, top ids and top log-probs (flat, `n` per row, padded with -1 / -inf) and
+/// `n`. Rows whose request has no seed draw fresh OS entropy.
 #[pyfunction]
-#[pyo3(signature = (x, kind, params, prompt_tokens, output_tokens, steps, bitmask, entropy))]
+#[pyo3(signature = (x, kind, params, prompt_tokens, output_tokens, steps, bitmask))]
 #[allow(clippy::too_many_arguments)]
 fn sample_batch<'py>(
     py: Python<'py>,
@@ -648,7 +663,6 @@ fn sample_batch<'py>(
     output_tokens: Option<&Bound<'py, PyAny>>,
     steps: Option<&Bound<'py, PyAny>>,
     bitmask: Option<PyReadonlyArray2<'py, i32>>,
-    entropy: PyReadonlyArray1<'py, u64>,
 ) -> PyResult<BatchArrays<'py>> {
     let shape: Vec<usize> = x.getattr("shape")?.extract()?;
     let (rows, vocab) = (shape[0], shape[1]);
@@ -677,10 +691,15 @@ fn sample_batch<'py>(
     let prompt = token_lists(prompt_tokens, "prompt_tokens", rows, vocab, false)?;
     let output = token_lists(output_tokens, "output_tokens", rows, vocab, false)?;
     let steps = steps.map(|s| per_row_u64(s, "steps", rows)).transpose()?;
-    let entropy = entropy.as_slice()?;
+    // Fresh entropy only for rows whose request has no seed.
+    let entropy = if seeds.iter().any(Option::is_none) {
+        os_entropy(py, rows)?
+    } else {
+        Vec::new()
+    };
     let u: Vec<f64> = (0..rows)
         .map(|r| {
-            let seed = seeds[req_of[r]].unwrap_or(entropy[r]);
+            let seed = seeds[req_of[r]].unwrap_or_else(|| entropy[r]);
             let step = steps
                 .as_ref()
                 .map_or(output.row(r).len() as u64, |s| *s.get(r));
@@ -704,11 +723,10 @@ fn sample_batch<'py>(
     with_logits!(x, kind, |s, v| run(py, s.len(), || kernels::sample_batch(
         s, v, &requests, &req_of, &prompt, &output, mask_slice, &u, &mut res
     )))?;
-    let n = requests
-        .iter()
-        .filter_map(|r| r.logprobs)
-        .max()
-        .unwrap_or(0);
+    let tokens = PyArray1::from_vec(py, res.iter().map(|r| r.token).collect());
+    let Some(n) = requests.iter().filter_map(|r| r.logprobs).max() else {
+        return Ok((tokens, None));
+    };
     let mut top_ids = vec![-1i64; rows * n];
     let mut top_lps = vec![f32::NEG_INFINITY; rows * n];
     for (r, rr) in res.iter().enumerate() {
@@ -716,12 +734,14 @@ fn sample_batch<'py>(
         top_lps[r * n..r * n + rr.top_logprobs.len()].copy_from_slice(&rr.top_logprobs);
     }
     Ok((
-        PyArray1::from_vec(py, res.iter().map(|r| r.token).collect()),
-        PyArray1::from_vec(py, res.iter().map(|r| r.logprob).collect()),
-        PyArray1::from_vec(py, res.iter().map(|r| r.rank).collect()),
-        PyArray1::from_vec(py, top_ids),
-        PyArray1::from_vec(py, top_lps),
-        n,
+        tokens,
+        Some((
+            PyArray1::from_vec(py, res.iter().map(|r| r.logprob).collect()),
+            PyArray1::from_vec(py, res.iter().map(|r| r.rank).collect()),
+            PyArray1::from_vec(py, top_ids),
+            PyArray1::from_vec(py, top_lps),
+            n,
+        )),
     ))
 }
 

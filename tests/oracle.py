@@ -178,8 +178,9 @@ def apply_penalties(
     for t in seen:
         z[t] = z[t] / repetition_penalty if z[t] > 0 else z[t] * repetition_penalty
     counts = np.bincount(np.asarray(output_tokens, dtype=np.int64), minlength=z.shape[-1])
-    for t in np.flatnonzero(counts):
-        z[t] = z[t] - counts[t] * frequency_penalty - presence_penalty
+    with np.errstate(over="ignore", invalid="ignore"):  # huge penalties: settle() saturates
+        for t in np.flatnonzero(counts):
+            z[t] = z[t] - counts[t] * frequency_penalty - presence_penalty
     return settle(x, z)
 
 

@@ -1,4 +1,7 @@
-"""The README's code runs as written and its assertions hold."""
+"""The README's code runs as written and its assertions hold.
+
+Every ```python block runs; ```py blocks (the integrations, which need a model) are shown only.
+"""
 
 import pathlib
 import re

@@ -201,11 +201,12 @@ def _out(out: np.ndarray | None, x: _Logits) -> _Out:
         raise ValueError(f"out: must have shape {x.shape}, got {out.shape}")
     if not out.flags.writeable:
         raise ValueError("out: is read-only")
-    in_place = False
-    if x.source is not None and np.may_share_memory(out, x.source):
-        if _same_buffer(out, x.source):
+    src = x.source
+    in_place = out is src  # out=logits, the common in-place form
+    if not in_place and src is not None and np.may_share_memory(out, src):
+        if _same_buffer(out, src):
             in_place = True
-        elif np.shares_memory(out, x.source):
+        elif np.shares_memory(out, src):
             raise ValueError("out: overlaps logits without being the same array")
     if out.flags.c_contiguous:
         return _Out(out.reshape(x.array.shape), out, in_place)

@@ -178,9 +178,9 @@ def sample_batch(
     output_tokens: Sequence[_TokenList] | None,
     steps: _PerRowU64 | None,
     bitmask: _I32 | None,
-    entropy: _U64,
-) -> tuple[_I64, _F32, _I64, _I64, _F32, int]:
-    """One continuous-batching step: tokens, log-probs, ranks, top ids, top log-probs, ``n``."""
+) -> tuple[_I64, tuple[_F32, _I64, _I64, _F32, int] | None]:
+    """One continuous-batching step: tokens and, when a row asked for them, (log-probs, ranks,
+    top ids, top log-probs, ``n``)."""
 
 def simd_level() -> str:
     """The SIMD level in use: ``"avx512"``, ``"avx2"``, ``"neon"`` or ``"scalar"``."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -298,10 +297,12 @@ def sample_batch(
         if m.shape != (rows, words):
             raise ValueError(f"token_bitmask: must have shape ({rows}, {words}), got {m.shape}")
         mask = np.ascontiguousarray(m)
-    entropy = np.frombuffer(os.urandom(8 * max(rows, 1)), dtype=np.uint64)
-    tokens, lp, rk, ti, tl, n = _core.sample_batch(
-        x.array, x.kind, natives, prompt_tokens, output_tokens, step_arg, mask, entropy
+    tokens, lp = _core.sample_batch(
+        x.array, x.kind, natives, prompt_tokens, output_tokens, step_arg, mask
     )
-    if all(p.logprobs is None for p in plist):
+    if lp is None:
         return BatchResult(tokens, None, None, None, None)
-    return BatchResult(tokens, lp, rk, ti.reshape(rows, n), tl.reshape(rows, n))
+    logprobs, ranks, top_ids, top_logprobs, n = lp
+    return BatchResult(
+        tokens, logprobs, ranks, top_ids.reshape(rows, n), top_logprobs.reshape(rows, n)
+    )

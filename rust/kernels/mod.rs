@@ -201,10 +201,39 @@ fn check_row<T: Elem>(row: &[T]) -> Result<f32, KernelError> {
 /// NaN/`+inf`, all-masked rows.
 pub fn argmax<T: Elem>(x: &[T], vocab: usize, out: &mut [i64]) -> Result<(), KernelError> {
     for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, _| {
-        let row = &x[r * vocab..(r + 1) * vocab];
-        o[0] = prims::find_eq(row, check_row(row)?) as i64;
+        o[0] = argmax_row(&x[r * vocab..(r + 1) * vocab])? as i64;
         Ok(())
     })
+}
+
+/// Elements per chunk of [`argmax_row`]: small enough that the winning chunk is still in the
+/// L1 or L2 cache when it is read a second time.
+const ARGMAX_CHUNK: usize = 4096;
+
+/// Index of the first maximum of a checked row, in one pass: the maximum of every chunk, then
+/// a search for the first equal element in the first chunk that holds the row maximum.
+fn argmax_row<T: Elem>(row: &[T]) -> Result<usize, KernelError> {
+    let mut best = f32::NEG_INFINITY;
+    let mut start = None;
+    for (c, chunk) in row.chunks(ARGMAX_CHUNK).enumerate() {
+        match prims::max(chunk) {
+            prims::Scan::Bad(index, value) => {
+                return Err(KernelError::NonFinite {
+                    row: 0,
+                    index: c * ARGMAX_CHUNK + index,
+                    value,
+                })
+            }
+            prims::Scan::Max(m) if m > best => {
+                best = m;
+                start = Some(c * ARGMAX_CHUNK);
+            }
+            prims::Scan::Max(_) => {}
+        }
+    }
+    let start = start.ok_or(KernelError::AllMasked { row: 0 })?;
+    let chunk = &row[start..row.len().min(start + ARGMAX_CHUNK)];
+    Ok(start + prims::find_eq(chunk, best))
 }
 
 /// The `k` largest logits of every row and their ids, largest first (ties: lower id first).

@@ -343,6 +343,43 @@ fn nucleus_of_threshold<T: Elem>(
 /// Buckets of the nucleus search.
 const NUCLEUS_BUCKETS: usize = 1024;
 
+/// Up to this many candidates the nucleus search sorts them all instead of bucketing.
+const NUCLEUS_DIRECT: usize = 128;
+
+/// The bucket (of [`NUCLEUS_BUCKETS`] by logit over `[lo, hi]`, bucket 0 the largest) in which
+/// the cumulative weight crosses `target`: `(weight above it, bucket of every value, bucket)`.
+fn crossing_bucket(
+    vals: &[f32],
+    wts: &[f32],
+    lo: f32,
+    hi: f32,
+    target: f64,
+) -> Option<(f64, Vec<u16>, u16)> {
+    let span = f64::from(hi) - f64::from(lo);
+    let inv = if span > 0.0 {
+        (NUCLEUS_BUCKETS as f64 / span) as f32
+    } else {
+        0.0
+    };
+    // The index never increases with the logit.
+    let mut idx = vec![0u16; vals.len()];
+    prims::bucket_indices(vals, hi, inv, NUCLEUS_BUCKETS as u16 - 1, &mut idx);
+    // Four interleaved histograms, so consecutive updates of one bucket do not serialise.
+    let mut mass = vec![[0.0f64; 4]; NUCLEUS_BUCKETS];
+    for (i, (&b, &w)) in idx.iter().zip(wts).enumerate() {
+        mass[usize::from(b)][i & 3] += f64::from(w);
+    }
+    let mut above = 0.0f64;
+    for (b, m4) in mass.iter().enumerate() {
+        let m = (m4[0] + m4[1]) + (m4[2] + m4[3]);
+        if above + m >= target {
+            return Some((above, idx, b as u16));
+        }
+        above += m;
+    }
+    None
+}
+
 #[allow(clippy::too_many_arguments)]
 fn nucleus_by_buckets<T: Elem>(
     vals: &[f32],
@@ -354,45 +391,25 @@ fn nucleus_by_buckets<T: Elem>(
     s: &Scanned<'_, T>,
     thr: f32,
 ) -> Kept {
-    let span = f64::from(hi) - f64::from(lo);
-    let inv = if span > 0.0 {
-        (NUCLEUS_BUCKETS as f64 / span) as f32
+    let member = |i: usize| {
+        (
+            Cand {
+                v: vals[i],
+                id: ids[i],
+            },
+            wts[i],
+        )
+    };
+    let (above, mut in_bucket): (f64, Vec<(Cand, f32)>) = if vals.len() <= NUCLEUS_DIRECT {
+        // Few candidates: rank them all (the histogram would cost more than the sort).
+        (0.0, (0..vals.len()).map(member).collect())
     } else {
-        0.0
+        let Some((above, idx, b)) = crossing_bucket(vals, wts, lo, hi, target) else {
+            return Kept::Threshold(thr);
+        };
+        let inside = (0..vals.len()).filter(|&i| idx[i] == b);
+        (above, inside.map(member).collect())
     };
-    // Bucket 0 holds the largest logits; the index never increases with the logit.
-    let mut idx = vec![0u16; vals.len()];
-    prims::bucket_indices(vals, hi, inv, NUCLEUS_BUCKETS as u16 - 1, &mut idx);
-    // Four interleaved histograms, so consecutive updates of one bucket do not serialise.
-    let mut mass = vec![[0.0f64; 4]; NUCLEUS_BUCKETS];
-    for (i, (&b, &w)) in idx.iter().zip(wts).enumerate() {
-        mass[usize::from(b)][i & 3] += f64::from(w);
-    }
-    let mut above = 0.0f64;
-    let mut crossing = None;
-    for (b, m4) in mass.iter().enumerate() {
-        let m = (m4[0] + m4[1]) + (m4[2] + m4[3]);
-        if above + m >= target {
-            crossing = Some(b as u16);
-            break;
-        }
-        above += m;
-    }
-    let Some(b) = crossing else {
-        return Kept::Threshold(thr);
-    };
-    let mut in_bucket: Vec<(Cand, f32)> = (0..vals.len())
-        .filter(|&i| idx[i] == b)
-        .map(|i| {
-            (
-                Cand {
-                    v: vals[i],
-                    id: ids[i],
-                },
-                wts[i],
-            )
-        })
-        .collect();
     in_bucket.sort_unstable_by(|a, b| select::by_rank(&a.0, &b.0));
     let mut cum = above;
     let mut cross = in_bucket.len() - 1;

@@ -1777,3 +1777,53 @@ fn logprobs_of_large_logits_keep_their_precision() {
         }
     });
 }
+
+/// `argmax` reads a row chunk by chunk: the first maximum wins across chunk boundaries, and the
+/// first NaN / `+inf` is reported at its index in the row.
+#[test]
+fn argmax_across_chunks() {
+    let v = 3 * 4096 + 123;
+    let base: Vec<f32> = (0..v).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
+    let cases: Vec<(Vec<(usize, f32)>, usize)> = vec![
+        (vec![(5000, 2.0)], 5000),
+        (vec![(v - 1, 2.0)], v - 1),
+        (vec![(4095, 2.0), (4096, 2.0)], 4095),
+        (vec![(9000, 2.0), (100, 2.0), (12300, 2.0)], 100),
+        (vec![(8192, 0.0), (20, -0.0)], 20),
+    ];
+    for (edits, want) in cases {
+        let mut x = base.clone();
+        if want == 20 {
+            x.iter_mut().for_each(|e| *e = -1.0);
+        }
+        for &(i, val) in &edits {
+            x[i] = val;
+        }
+        let mut am = [0i64];
+        for (level, got) in each_level(|_| {
+            kernels::argmax(&x, v, &mut am).unwrap();
+            am[0]
+        }) {
+            assert_eq!(got as usize, want, "{level:?} {edits:?}");
+            assert_eq!(want, re::argmax(&x), "reference {edits:?}");
+        }
+    }
+    let mut x = base.clone();
+    x[9999] = f32::NAN;
+    x[12000] = f32::INFINITY;
+    let mut am = [0i64];
+    each_level(|level| {
+        let e = kernels::argmax(&x, v, &mut am).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KernelError::NonFinite {
+                    row: 0,
+                    index: 9999,
+                    ..
+                }
+            ),
+            "{level:?}: {e:?}"
+        );
+    });
+}
