@@ -243,6 +243,15 @@ fn softmax(
     )))
 }
 
+/// `argmax` of one C-contiguous float32 row (`(V,)`): the index, with no array allocated.
+#[pyfunction]
+fn argmax_row(py: Python<'_>, x: numpy::PyReadonlyArray1<'_, f32>) -> PyResult<i64> {
+    let s = x.as_slice()?;
+    let mut o = [0i64];
+    run(py, s.len(), || kernels::argmax(s, s.len(), &mut o))?;
+    Ok(o[0])
+}
+
 #[pyfunction]
 fn argmax(
     py: Python<'_>,
@@ -745,6 +754,26 @@ fn sample_batch<'py>(
     ))
 }
 
+/// Benchmark floor: `sum(exp(x - maxes[r]))` of every float32 row (see
+/// `kernels::exp_sum_floor`).
+#[pyfunction]
+fn exp_sum_floor<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    maxes: PyReadonlyArray1<'py, f32>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let (rows, vocab) = (x.shape()[0], x.shape()[1]);
+    if maxes.len() != rows || vocab == 0 {
+        return Err(PyValueError::new_err(
+            "maxes: must hold one value per row of a non-empty (B, V) array",
+        ));
+    }
+    let (s, m) = (x.as_slice()?, maxes.as_slice()?);
+    let mut out = vec![0.0f64; rows];
+    py.detach(|| kernels::exp_sum_floor(s, vocab, m, &mut out));
+    Ok(PyArray1::from_vec(py, out))
+}
+
 #[pyfunction]
 fn simd_level() -> &'static str {
     simd::level().name()
@@ -803,6 +832,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add_function(wrap_pyfunction!(softmax, m)?)?;
     m.add_function(wrap_pyfunction!(argmax, m)?)?;
+    m.add_function(wrap_pyfunction!(argmax_row, m)?)?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;
     m.add_function(wrap_pyfunction!(mask, m)?)?;
     m.add_function(wrap_pyfunction!(bias_and_penalties, m)?)?;
@@ -814,6 +844,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(uniform, m)?)?;
     m.add_function(wrap_pyfunction!(philox4x32_10, m)?)?;
     m.add_function(wrap_pyfunction!(logprobs, m)?)?;
+    m.add_function(wrap_pyfunction!(exp_sum_floor, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(available_simd_levels, m)?)?;
     m.add_function(wrap_pyfunction!(set_simd_level, m)?)?;

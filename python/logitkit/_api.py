@@ -359,6 +359,15 @@ def argmax(logits: ArrayLike, *, dtype: str | None = None) -> Any:
     >>> int(logitkit.argmax(np.array([1.0, 3.0, 3.0], dtype=np.float32)))
     1
     """
+    if (
+        dtype is None
+        and type(logits) is np.ndarray
+        and logits.dtype is _F32_DTYPE
+        and logits.ndim == 1
+        and logits.shape[0]
+        and logits.flags.c_contiguous
+    ):
+        return np.int64(_core.argmax_row(logits))  # one row in a decoding loop
     x = _logits(logits, dtype)
     res = np.empty(x.array.shape[0], dtype=np.int64)
     _core.argmax(x.array, x.kind, res)

@@ -19,9 +19,11 @@ __all__ = [
     "__version__",
     "_after_fork_in_child",
     "argmax",
+    "argmax_row",
     "available_simd_levels",
     "bias_and_penalties",
     "build_profile",
+    "exp_sum_floor",
     "get_num_threads",
     "logprobs",
     "mask",
@@ -60,6 +62,9 @@ build_profile: Final[str]
 
 def softmax(x: _LogitsArray, kind: int, temperature: float, log: bool, out: _F32) -> None:
     """Writes ``softmax(x / temperature)`` (``log_softmax`` when ``log``) into ``out``."""
+
+def argmax_row(x: _F32) -> int:
+    """``argmax`` of one C-contiguous float32 row."""
 
 def argmax(x: _LogitsArray, kind: int, out: _I64) -> None:
     """Writes each row's argmax (ties: lowest index) into ``out`` (shape ``(B,)``)."""
@@ -181,6 +186,9 @@ def sample_batch(
 ) -> tuple[_I64, tuple[_F32, _I64, _I64, _F32, int] | None]:
     """One continuous-batching step: tokens and, when a row asked for them, (log-probs, ranks,
     top ids, top log-probs, ``n``)."""
+
+def exp_sum_floor(x: _F32, maxes: _F32) -> _F64:
+    """Benchmark floor: ``sum(exp(x - maxes[r]))`` of every float32 row, one thread."""
 
 def simd_level() -> str:
     """The SIMD level in use: ``"avx512"``, ``"avx2"``, ``"neon"`` or ``"scalar"``."""

@@ -569,3 +569,15 @@ pub fn sample_batch<T: Elem>(
         Ok(())
     })
 }
+
+/// The floor of softmax-class work, for benchmarks: `sum(exp(x - m))` of every row with its
+/// maximum `m = maxes[r]` given, summing every block (none skipped), on one thread. This is the
+/// exp-and-sum pass that [`softmax`] and the draw from the whole vocabulary cannot avoid.
+pub fn exp_sum_floor(x: &[f32], vocab: usize, maxes: &[f32], out: &mut [f64]) {
+    let mut bmax = vec![0.0f32; prims::n_blocks(vocab)];
+    let mut bsum = vec![0.0f32; bmax.len()];
+    for ((row, &m), o) in x.chunks_exact(vocab).zip(maxes).zip(out.iter_mut()) {
+        bmax.fill(m);
+        *o = prims::weight_sums(row, &bmax, m, 1.0, f32::NEG_INFINITY, &mut bsum);
+    }
+}
