@@ -123,7 +123,7 @@ fn edit_row(row: &mut [f32], inp: &RowInput<'_>, scr: &mut Scratch) {
         }
     }
     penalties::apply_bias(row, &req.bias_ids, &req.bias_values);
-    penalties::apply_penalties(row, inp.prompt, inp.output, &req.penalties, &mut scr.ids);
+    penalties::apply_penalties(row, inp.prompt, inp.output, &req.penalties, &mut scr.seen);
 }
 
 /// Log-probabilities of the token `tok` and the top `n`, under `log_softmax(z / t)` restricted

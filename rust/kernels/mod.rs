@@ -417,7 +417,7 @@ pub fn bias_and_penalties<T: Elem>(
             penalties::apply_bias(o, ids, vals);
         }
         if let Some((prompt, output, p)) = pen {
-            penalties::apply_penalties(o, prompt.row(r), output.row(r), p.get(r), &mut scr.ids);
+            penalties::apply_penalties(o, prompt.row(r), output.row(r), p.get(r), &mut scr.seen);
         }
         Ok(())
     })

@@ -51,36 +51,66 @@ pub fn apply_bias(row: &mut [f32], ids: &[u32], values: &[f64]) {
     }
 }
 
+/// A set of token ids with a count per id: `O(1)` insert and clear, no sort and no pass over the
+/// vocabulary (a sparse set: `slot[t]` points into `ids`, which validates it).
+#[derive(Clone, Debug, Default)]
+pub struct TokenCounts {
+    slot: Vec<u32>,
+    ids: Vec<u32>,
+    counts: Vec<u32>,
+}
+
+impl TokenCounts {
+    /// Empties the set for ids below `vocab`.
+    fn clear(&mut self, vocab: usize) {
+        if self.slot.len() < vocab {
+            self.slot.resize(vocab, 0);
+        }
+        self.ids.clear();
+        self.counts.clear();
+    }
+
+    /// Adds one occurrence of every token of `tokens`.
+    fn add(&mut self, tokens: &[u32]) {
+        for &t in tokens {
+            let s = self.slot[t as usize] as usize;
+            if s < self.ids.len() && self.ids[s] == t {
+                self.counts[s] += 1;
+            } else {
+                self.slot[t as usize] = self.ids.len() as u32;
+                self.ids.push(t);
+                self.counts.push(1);
+            }
+        }
+    }
+}
+
 /// Applies repetition (over the distinct tokens of `prompt ∪ output`), then frequency and
-/// presence (from the counts in `output`). `sorted` is scratch space.
+/// presence (from the counts in `output`). `seen` is scratch space.
 pub fn apply_penalties(
     row: &mut [f32],
     prompt: &[u32],
     output: &[u32],
     p: &Penalties,
-    sorted: &mut Vec<u32>,
+    seen: &mut TokenCounts,
 ) {
     if p.repetition != 1.0 {
-        sorted.clear();
-        sorted.extend_from_slice(prompt);
-        sorted.extend_from_slice(output);
-        sorted.sort_unstable();
-        sorted.dedup();
+        seen.clear(row.len());
+        seen.add(prompt);
+        seen.add(output);
         let r = p.repetition;
-        for &t in sorted.iter() {
+        for &t in &seen.ids {
             let z = &mut row[t as usize];
             let v = f64::from(*z);
             *z = settle(*z, if v > 0.0 { v / r } else { v * r });
         }
     }
     if p.frequency != 0.0 || p.presence != 0.0 {
-        sorted.clear();
-        sorted.extend_from_slice(output);
-        sorted.sort_unstable();
-        for run in sorted.chunk_by(|a, b| a == b) {
-            let z = &mut row[run[0] as usize];
-            let c = run.len() as f64;
-            *z = settle(*z, f64::from(*z) - c * p.frequency - p.presence);
+        seen.clear(row.len());
+        seen.add(output);
+        for (&t, &c) in seen.ids.iter().zip(&seen.counts) {
+            let z = &mut row[t as usize];
+            *z = settle(*z, f64::from(*z) - f64::from(c) * p.frequency - p.presence);
         }
     }
 }
@@ -97,7 +127,13 @@ mod tests {
             presence: 0.5,
             frequency: 0.25,
         };
-        apply_penalties(&mut row, &[0, 1], &[1, 1, 2], &p, &mut Vec::new());
+        apply_penalties(
+            &mut row,
+            &[0, 1],
+            &[1, 1, 2],
+            &p,
+            &mut TokenCounts::default(),
+        );
         assert_eq!(
             row,
             vec![1.0, -4.0 - 0.5 - 0.5, 0.5 - 0.25 - 0.5, 0.5, -0.0]
@@ -112,7 +148,7 @@ mod tests {
             &[0, 1, 2],
             &[0, 2],
             &Penalties::default(),
-            &mut Vec::new(),
+            &mut TokenCounts::default(),
         );
         assert_eq!(row[0].to_bits(), (-0.0f32).to_bits());
         assert_eq!(row[1], 1.5);

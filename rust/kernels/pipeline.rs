@@ -131,8 +131,10 @@ pub struct Scratch {
     pub sel: Vec<f32>,
     /// Candidates.
     pub cands: Vec<Cand>,
-    /// Token ids (penalties, candidate ids).
+    /// Candidate ids.
     pub ids: Vec<u32>,
+    /// Token counts of the penalties.
+    pub seen: super::penalties::TokenCounts,
     /// Candidate values.
     pub vals: Vec<f32>,
     /// Weights of a candidate list.
