@@ -5,8 +5,9 @@
 //! strided input) with a `kind`: 0 = float32, 1 = float16 bits, 2 = bfloat16 bits (both as
 //! `uint16`, read in place).
 
+use numpy::ndarray::{Dimension, Ix1, Ix2, IxDyn};
 use numpy::{
-    PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2,
+    Element, PyArray, PyArray1, PyArrayMethods, PyReadonlyArray, PyReadwriteArray,
     PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -28,16 +29,45 @@ fn value_error(e: KernelError) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
+/// `obj` as a NumPy array of `T`, borrowed for reading. An array that another call is writing
+/// at the same time (a shared `out=`) is refused with `ValueError` naming `name`.
+fn read<'py, T: Element, D: Dimension>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<PyReadonlyArray<'py, T, D>> {
+    obj.cast::<PyArray<T, D>>()?
+        .try_readonly()
+        .map_err(|_| in_use(name))
+}
+
+/// `obj` as a NumPy array of `T`, borrowed for writing; refused like [`read`] when another call
+/// reads or writes it at the same time.
+fn write<'py, T: Element, D: Dimension>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<PyReadwriteArray<'py, T, D>> {
+    obj.cast::<PyArray<T, D>>()?
+        .try_readwrite()
+        .map_err(|_| in_use(name))
+}
+
+fn in_use(name: &str) -> PyErr {
+    PyValueError::new_err(format!(
+        "{name}: is being written by another call running at the same time (concurrent calls \
+         must not share an out= array, nor write an array that another call reads)"
+    ))
+}
+
 /// Runs `f` on the logits as `&[f32]`, `&[F16]` or `&[Bf16]`, with the vocabulary size.
 macro_rules! with_logits {
     ($x:expr, $kind:expr, |$s:ident, $vocab:ident| $body:expr) => {{
         if $kind == 0 {
-            let arr: PyReadonlyArray2<'_, f32> = $x.extract()?;
+            let arr = read::<f32, Ix2>($x, "logits")?;
             let $vocab = arr.shape()[1];
             let $s = arr.as_slice()?;
             $body
         } else {
-            let arr: PyReadonlyArray2<'_, u16> = $x.extract()?;
+            let arr = read::<u16, Ix2>($x, "logits")?;
             let $vocab = arr.shape()[1];
             let bits = arr.as_slice()?;
             if $kind == 1 {
@@ -83,7 +113,8 @@ macro_rules! per_row_fn {
                     PyValueError::new_err(format!("{name}: must be {}, got {obj}", $what))
                 });
             }
-            if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, $t>>() {
+            if obj.cast::<PyArray1<$t>>().is_ok() {
+                let a = read::<$t, Ix1>(obj, name)?;
                 if a.len() != rows {
                     return Err(PyValueError::new_err(format!(
                         "{name}: has {} values for {rows} rows",
@@ -119,13 +150,16 @@ fn is_all<V>(p: &PerRow<V>) -> bool {
 
 /// Reads one token list: an integer array or a sequence of ints.
 fn token_row(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
-    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
+    if obj.cast::<PyArray1<i64>>().is_ok() {
+        let a = read::<i64, Ix1>(obj, name)?;
         return Ok(a.as_array().to_vec());
     }
-    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i32>>() {
+    if obj.cast::<PyArray1<i32>>().is_ok() {
+        let a = read::<i32, Ix1>(obj, name)?;
         return Ok(a.as_array().iter().map(|&v| i64::from(v)).collect());
     }
-    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, u32>>() {
+    if obj.cast::<PyArray1<u32>>().is_ok() {
+        let a = read::<u32, Ix1>(obj, name)?;
         return Ok(a.as_array().iter().map(|&v| i64::from(v)).collect());
     }
     if obj.hasattr("dtype")? {
@@ -231,8 +265,9 @@ fn softmax(
     kind: u8,
     temperature: f64,
     log: bool,
-    mut out: PyReadwriteArray2<'_, f32>,
+    out: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
+    let mut out = write::<f32, Ix2>(out, "out")?;
     let o = out.as_slice_mut()?;
     with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::softmax(
         s,
@@ -245,7 +280,8 @@ fn softmax(
 
 /// `argmax` of one C-contiguous float32 row (`(V,)`): the index, with no array allocated.
 #[pyfunction]
-fn argmax_row(py: Python<'_>, x: numpy::PyReadonlyArray1<'_, f32>) -> PyResult<i64> {
+fn argmax_row(py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<i64> {
+    let x = read::<f32, Ix1>(x, "logits")?;
     let s = x.as_slice()?;
     let mut o = [0i64];
     run(py, s.len(), || kernels::argmax(s, s.len(), &mut o))?;
@@ -253,12 +289,8 @@ fn argmax_row(py: Python<'_>, x: numpy::PyReadonlyArray1<'_, f32>) -> PyResult<i
 }
 
 #[pyfunction]
-fn argmax(
-    py: Python<'_>,
-    x: &Bound<'_, PyAny>,
-    kind: u8,
-    mut out: PyReadwriteArray1<'_, i64>,
-) -> PyResult<()> {
+fn argmax(py: Python<'_>, x: &Bound<'_, PyAny>, kind: u8, out: &Bound<'_, PyAny>) -> PyResult<()> {
+    let mut out = write::<i64, Ix1>(out, "out")?;
     let o = out.as_slice_mut()?;
     with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::argmax(
         s, vocab, o
@@ -271,9 +303,11 @@ fn top_k(
     x: &Bound<'_, PyAny>,
     kind: u8,
     k: usize,
-    mut values: PyReadwriteArray2<'_, f32>,
-    mut indices: PyReadwriteArray2<'_, i64>,
+    values: &Bound<'_, PyAny>,
+    indices: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
+    let mut values = write::<f32, Ix2>(values, "values")?;
+    let mut indices = write::<i64, Ix2>(indices, "indices")?;
     let v = values.as_slice_mut()?;
     let i = indices.as_slice_mut()?;
     with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::top_k(
@@ -292,8 +326,9 @@ fn mask(
     value: f64,
     temperature: f64,
     min_keep: usize,
-    mut out: PyReadwriteArray2<'_, f32>,
+    out: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
+    let mut out = write::<f32, Ix2>(out, "out")?;
     let m = match which {
         "top_k" => Mask::TopK(value as usize),
         "top_p" => Mask::TopP {
@@ -320,7 +355,7 @@ fn bias_and_penalties(
     py: Python<'_>,
     x: Option<&Bound<'_, PyAny>>,
     kind: u8,
-    mut out: PyReadwriteArray2<'_, f32>,
+    out: &Bound<'_, PyAny>,
     one_row: bool,
     bias: Option<&Bound<'_, PyAny>>,
     prompt_tokens: Option<&Bound<'_, PyAny>>,
@@ -329,6 +364,7 @@ fn bias_and_penalties(
     presence_penalty: Option<&Bound<'_, PyAny>>,
     frequency_penalty: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
+    let mut out = write::<f32, Ix2>(out, "out")?;
     let (rows, vocab) = (out.shape()[0], out.shape()[1]);
     let bias = bias.map(|b| bias_rows(b, rows, vocab)).transpose()?;
     let pen = match repetition_penalty {
@@ -383,9 +419,13 @@ fn sample(
     order: &str,
     seed: &Bound<'_, PyAny>,
     step: &Bound<'_, PyAny>,
-    uniforms: Option<PyReadonlyArray1<'_, f64>>,
-    mut out: PyReadwriteArray1<'_, i64>,
+    uniforms: Option<&Bound<'_, PyAny>>,
+    out: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
+    let mut out = write::<i64, Ix1>(out, "out")?;
+    let uniforms = uniforms
+        .map(|u| read::<f64, Ix1>(u, "uniforms"))
+        .transpose()?;
     let rows = out.len();
     let order = Order::parse(order).ok_or_else(|| {
         PyValueError::new_err(format!(
@@ -447,7 +487,7 @@ fn sample(
 #[allow(clippy::too_many_arguments)]
 fn sample_fast(
     py: Python<'_>,
-    x: numpy::PyReadonlyArrayDyn<'_, f32>,
+    x: &Bound<'_, PyAny>,
     temperature: f64,
     top_k: i64,
     top_p: f64,
@@ -456,8 +496,10 @@ fn sample_fast(
     order: &str,
     seed: u64,
     step: u64,
-    out: Option<PyReadwriteArray1<'_, i64>>,
+    out: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<i64> {
+    let x = read::<f32, IxDyn>(x, "logits")?;
+    let out = out.map(|o| write::<i64, Ix1>(o, "out")).transpose()?;
     let order = Order::parse(order).ok_or_else(|| {
         PyValueError::new_err(format!(
             "order: must be 'default', 'vllm' or 'llama.cpp', got {order:?}"
@@ -671,8 +713,11 @@ fn sample_batch<'py>(
     prompt_tokens: Option<&Bound<'py, PyAny>>,
     output_tokens: Option<&Bound<'py, PyAny>>,
     steps: Option<&Bound<'py, PyAny>>,
-    bitmask: Option<PyReadonlyArray2<'py, i32>>,
+    bitmask: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<BatchArrays<'py>> {
+    let bitmask = bitmask
+        .map(|b| read::<i32, Ix2>(b, "token_bitmask"))
+        .transpose()?;
     let shape: Vec<usize> = x.getattr("shape")?.extract()?;
     let (rows, vocab) = (shape[0], shape[1]);
     if params.len() != rows && params.len() != 1 {
@@ -759,9 +804,11 @@ fn sample_batch<'py>(
 #[pyfunction]
 fn exp_sum_floor<'py>(
     py: Python<'py>,
-    x: PyReadonlyArray2<'py, f32>,
-    maxes: PyReadonlyArray1<'py, f32>,
+    x: &Bound<'py, PyAny>,
+    maxes: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let x = read::<f32, Ix2>(x, "x")?;
+    let maxes = read::<f32, Ix1>(maxes, "maxes")?;
     let (rows, vocab) = (x.shape()[0], x.shape()[1]);
     if maxes.len() != rows || vocab == 0 {
         return Err(PyValueError::new_err(

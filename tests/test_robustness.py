@@ -117,3 +117,48 @@ def test_errors_do_not_leak_or_poison_later_calls():
             lk.sample(bad, seed=0)
     good = np.zeros((2, 100), dtype=np.float32)
     assert lk.sample(good, temperature=0.0).tolist() == [0, 0]
+
+
+def _writers(shared, x):
+    """Calls that write ``shared`` (out=) or read it as logits while others write it."""
+    return [
+        lambda: lk.softmax(x, out=shared),
+        lambda: lk.log_softmax(x, out=shared),
+        lambda: lk.mask_top_p(x, 0.9, out=shared),
+        lambda: lk.mask_top_k(x, 5, out=shared),
+        lambda: lk.apply_penalties(x, repetition_penalty=1.2, output_tokens=[[1]] * 8, out=shared),
+        lambda: lk.apply_logit_bias(shared, {1: 0.5}, out=shared),
+        lambda: lk.sample(shared, temperature=0.8, seed=1),
+        lambda: lk.argmax(shared),
+        lambda: lk.sample_batch(shared, lk.SamplingParams(seed=2)),
+    ]
+
+
+def test_concurrent_calls_sharing_an_out_array_never_panic():
+    """A shared out= is the caller's race: every call either completes or raises ValueError
+    naming the array it could not borrow; nothing panics and nothing is left corrupted."""
+    x = np.random.default_rng(5).normal(0.0, 2.0, (8, 65536)).astype(np.float32)
+    shared = x.copy()
+    failures: list[BaseException] = []
+    refused: list[str] = []
+
+    def worker(i):
+        calls = _writers(shared, x)
+        for j in range(40):
+            try:
+                calls[(i + j) % len(calls)]()
+            except ValueError as e:
+                assert "is being written by another call" in str(e), e
+                refused.append(str(e).split(":")[0])
+            except BaseException as e:  # a PanicException is a BaseException
+                failures.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert set(refused) <= {"out", "logits"}
+    # the array is still usable, and a call on its own gives the serial answer
+    np.testing.assert_array_equal(lk.softmax(x, out=shared), lk.softmax(x))
