@@ -326,12 +326,15 @@ fn nucleus_of_threshold<T: Elem>(
     scr: &mut Scratch,
 ) -> Kept {
     let budget = total - target;
-    let floor = if budget > 0.0 {
+    let mut floor = if budget > 0.0 {
         let c = f64::from(s.m) + (budget * 0.5 / s.x.len() as f64).ln() / f64::from(scale);
         ((c as f32).next_down()).max(thr)
     } else {
         thr
     };
+    if let Some(f) = block_floor(s, thr, scale, target, scr) {
+        floor = floor.max(f);
+    }
     let (mut vals, mut ids) = (std::mem::take(&mut scr.vals), std::mem::take(&mut scr.ids));
     vals.clear();
     ids.clear();
@@ -340,6 +343,43 @@ fn nucleus_of_threshold<T: Elem>(
     let kept = nucleus_by_buckets(&vals, &ids, &scr.wts, floor, s.m, target, s, thr);
     (scr.vals, scr.ids) = (vals, ids);
     kept
+}
+
+/// Block maxima that [`block_floor`] examines.
+const FLOOR_BLOCKS: usize = 32;
+
+/// A second candidate floor for the nucleus, from the block maxima: the largest value `f` such
+/// that the maxima `>= f` of the (at most [`FLOOR_BLOCKS`]) heaviest blocks alive (`>= thr`)
+/// already weigh `target` (with a margin for the order of summation). The tokens `>= f` then
+/// weigh at least `target` and, being a prefix in rank order, hold the whole nucleus. `None`
+/// when those maxima weigh less (a long-tailed row: the bound of the caller applies).
+fn block_floor<T: Elem>(
+    s: &Scanned<'_, T>,
+    thr: f32,
+    scale: f32,
+    target: f64,
+    scr: &mut Scratch,
+) -> Option<f32> {
+    let desc = |a: &f32, b: &f32| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal);
+    let sel = &mut scr.sel;
+    sel.clear();
+    sel.extend(s.bmax.iter().copied().filter(|&b| b >= thr));
+    let n = sel.len().min(FLOOR_BLOCKS);
+    if sel.len() > n {
+        sel.select_nth_unstable_by(n - 1, desc);
+        sel.truncate(n);
+    }
+    sel.sort_unstable_by(desc);
+    list_weights(&sel[..], s.m, scale, &mut scr.wts);
+    let need = target * (1.0 + 1e-9);
+    let mut cum = 0.0f64;
+    for (&b, &w) in sel.iter().zip(&scr.wts) {
+        cum += f64::from(w);
+        if cum >= need {
+            return Some(b);
+        }
+    }
+    None
 }
 
 /// Buckets of the nucleus search.
