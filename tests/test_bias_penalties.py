@@ -163,6 +163,36 @@ def test_penalties_batch_match_oracle(case):
         assert same_bits(got[r], alone)
 
 
+@given(case=penalty_case(batch=True), data=st.data())
+def test_penalties_with_logit_bias_are_bias_then_penalties(case, data):
+    """``logit_bias=`` is the pipeline's order in one call: the bias, then the penalties."""
+    inp, prompt, output, params = case
+    v = inp.ref.shape[-1]
+    bias = [data.draw(S.biases(v), label=f"bias[{r}]") for r in range(inp.ref.shape[0])]
+    for r, b in enumerate(bias):
+        assume_not_all_banned(inp.ref[r], b)
+    got = lk.apply_penalties(
+        inp.array, prompt_tokens=prompt, output_tokens=output, logit_bias=bias, **params, **inp.kw
+    )
+    biased = lk.apply_logit_bias(inp.array, bias, **inp.kw)
+    want = lk.apply_penalties(biased, prompt_tokens=prompt, output_tokens=output, **params)
+    assert same_bits(got, want)
+    for r in range(inp.ref.shape[0]):
+        ref = oracle.apply_penalties(
+            oracle.apply_logit_bias(inp.ref[r], bias[r]),
+            prompt[r],
+            output[r],
+            **row_params(params, r),
+        )
+        mag = oracle.penalty_magnitude(
+            np.abs(oracle.f64(inp.ref[r])) + bias_atol(inp.ref[r], bias[r]) / (4 * F32_EPS),
+            prompt[r],
+            output[r],
+            **row_params(params, r),
+        )
+        assert_close(got[r], ref, rtol=0, atol=8 * F32_EPS * mag)
+
+
 @given(case=penalty_case(batch=True))
 def test_token_lists_as_python_lists(case):
     inp, prompt, output, params = case
