@@ -64,20 +64,49 @@ pub fn top_k<T: Elem>(
     debug_assert!(k >= 1 && k <= x.len());
     out.clear();
     let thr = if k <= bmax.len() {
-        scratch.clear();
-        scratch.extend_from_slice(bmax);
-        let (_, kth, _) = scratch
-            .select_nth_unstable_by(k - 1, |a, b| b.partial_cmp(a).unwrap_or(Ordering::Equal));
-        *kth
+        kth_largest(bmax, k, scratch)
     } else {
         f32::NEG_INFINITY
     };
-    collect_ge(x, bmax, thr, out);
+    if thr.is_finite() {
+        // Candidates by SIMD compress where available (values and ids apart), then paired.
+        let (mut vals, mut ids) = (Vec::new(), Vec::new());
+        collect_ge_soa(x, bmax, thr, &mut vals, &mut ids);
+        out.extend(vals.iter().zip(&ids).map(|(&v, &id)| Cand { v, id }));
+    } else {
+        collect_ge(x, bmax, thr, out);
+    }
     if out.len() > k {
         out.select_nth_unstable_by(k - 1, by_rank);
         out.truncate(k);
     }
     out.sort_unstable_by(by_rank);
+}
+
+/// Values per group in [`kth_largest`].
+const GROUP: usize = 16;
+
+/// The `k`-th largest of `v` (`1 <= k <= v.len()`, no NaN).
+///
+/// When `v` is long, the `k`-th largest of its group maxima (`k` distinct values of `v`) is a
+/// lower bound of the answer, so only the values that reach it need a selection.
+fn kth_largest(v: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
+    let desc = |a: &f32, b: &f32| b.partial_cmp(a).unwrap_or(Ordering::Equal);
+    scratch.clear();
+    if 2 * k * GROUP <= v.len() {
+        scratch.extend(
+            v.chunks(GROUP)
+                .map(|g| g.iter().copied().fold(f32::NEG_INFINITY, f32::max)),
+        );
+        let (_, bound, _) = scratch.select_nth_unstable_by(k - 1, desc);
+        let bound = *bound;
+        scratch.clear();
+        scratch.extend(v.iter().copied().filter(|&b| b >= bound));
+    } else {
+        scratch.extend_from_slice(v);
+    }
+    let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, desc);
+    *kth
 }
 
 /// Appends every element `>= thr` (in index order), reading only blocks whose maximum reaches it.
@@ -133,6 +162,26 @@ pub fn collect_ge_soa<T: Elem>(
             }
             vals.extend_from_slice(&bv[..n]);
             ids.extend_from_slice(&bi[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn kth_largest_is_the_kth_of_the_sorted_values(
+            v in prop::collection::vec(prop_oneof![-8i32..8, Just(-1000)], 1..3000),
+            k in 1usize..200,
+        ) {
+            let v: Vec<f32> = v.into_iter().map(|e| if e == -1000 { f32::NEG_INFINITY } else { e as f32 * 0.5 }).collect();
+            let k = k.min(v.len());
+            let mut sorted = v.clone();
+            sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+            prop_assert_eq!(kth_largest(&v, k, &mut Vec::new()), sorted[k - 1]);
         }
     }
 }
