@@ -1827,3 +1827,45 @@ fn argmax_across_chunks() {
         );
     });
 }
+
+/// The block maxima and the row maximum of `scan` are the portable code's, bit for bit, on every
+/// level: sixteen blocks reduced together included, with `-0.0` / `+0.0` ties and a tail.
+#[test]
+fn scan_gives_the_portable_bits_on_every_level() {
+    use super::prims;
+    for (len, seed) in [
+        (64 * 16 * 3 + 64 * 5 + 17, 1u64),
+        (64 * 16, 2),
+        (1000, 3),
+        (64 * 16 * 7, 4),
+    ] {
+        let mut s = seed;
+        let x: Vec<f32> = (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                match (s >> 60) as u8 {
+                    0 => -0.0,
+                    1 => 0.0,
+                    2 => f32::NEG_INFINITY,
+                    _ => ((s >> 40) % 64) as f32 * 0.25 - 16.0,
+                }
+            })
+            .collect();
+        let mut want = vec![0.0f32; prims::n_blocks(len)];
+        let (m, bad) = prims::scan_portable(&x, &mut want);
+        assert!(!bad);
+        each_level(|level| {
+            let mut got = vec![1.0f32; want.len()];
+            let prims::Scan::Max(gm) = prims::scan(&x, &mut got) else {
+                panic!("{level:?}: bad row");
+            };
+            assert_eq!(gm.to_bits(), m.to_bits(), "{level:?} row max");
+            assert!(
+                bits(&got) == bits(&want),
+                "{level:?} block maxima, len {len}"
+            );
+        });
+    }
+}

@@ -46,6 +46,8 @@ trait V16: Copy {
     unsafe fn first_eq(self, o: Self) -> Option<usize>;
     /// Pairwise maximum of the lanes, as `prims::reduce_max`.
     unsafe fn reduce_max(self) -> f32;
+    /// Lane `j` = `acc[j].reduce_max()`, for sixteen vectors at once (same bits).
+    unsafe fn max16(acc: &[Self; 16]) -> Self;
     /// Pairwise sum of the lanes, as `prims::reduce_sum`.
     unsafe fn reduce_sum(self) -> f32;
 }
@@ -139,6 +141,44 @@ impl V16 for Z {
         let lo = _mm512_castps512_ps256(self.0);
         let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self.0)));
         reduce8_max(_mm256_max_ps(hi, lo))
+    }
+    #[inline(always)]
+    unsafe fn max16(a: &[Self; 16]) -> Self {
+        // The tree of `reduce_max` (lanes j and j + 8, then j + 4, j + 2, j + 1; the lower lane
+        // wins ties) run on sixteen vectors together: each level pairs the halves of two
+        // vectors with shuffles, so 15 maxima do the work of 16 x 4.
+        let lo_wins = |hi: __m512, lo: __m512| _mm512_max_ps(hi, lo);
+        let mut l1 = [_mm512_setzero_ps(); 8];
+        for (i, o) in l1.iter_mut().enumerate() {
+            let (x, y) = (a[2 * i].0, a[2 * i + 1].0);
+            *o = lo_wins(
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y),
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y),
+            );
+        }
+        let mut l2 = [_mm512_setzero_ps(); 4];
+        for (i, o) in l2.iter_mut().enumerate() {
+            let (x, y) = (l1[2 * i], l1[2 * i + 1]);
+            *o = lo_wins(
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+            );
+        }
+        let mut l3 = [_mm512_setzero_ps(); 2];
+        for (i, o) in l3.iter_mut().enumerate() {
+            let (x, y) = (l2[2 * i], l2[2 * i + 1]);
+            *o = lo_wins(
+                _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+                _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+            );
+        }
+        let r = lo_wins(
+            _mm512_shuffle_ps::<0b11_01_11_01>(l3[0], l3[1]),
+            _mm512_shuffle_ps::<0b10_00_10_00>(l3[0], l3[1]),
+        );
+        // Lane i of `r` holds vector ORDER[i]; put vector j in lane j.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        Z(_mm512_permutexvar_ps(order, r))
     }
     #[inline(always)]
     unsafe fn reduce_sum(self) -> f32 {
@@ -288,6 +328,14 @@ impl V16 for Y {
         reduce8_max(_mm256_max_ps(self.1, self.0))
     }
     #[inline(always)]
+    unsafe fn max16(a: &[Self; 16]) -> Self {
+        let mut m = [0.0f32; 16];
+        for (o, v) in m.iter_mut().zip(a) {
+            *o = v.reduce_max();
+        }
+        Self::load(m.as_ptr())
+    }
+    #[inline(always)]
     unsafe fn reduce_sum(self) -> f32 {
         reduce8_sum(_mm256_add_ps(self.0, self.1))
     }
@@ -322,7 +370,27 @@ fn tail<T: Elem>(part: &[T]) -> [f32; LANES] {
 unsafe fn scan_k<V: V16, T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
     let mut bad = V::no_mask();
     let mut row_max = f32::NEG_INFINITY;
-    for (blk, bm) in x.chunks(BLOCK).zip(bmax.iter_mut()) {
+    // Sixteen full blocks at a time, their maxima reduced together.
+    let groups = x.len() / (16 * BLOCK);
+    for g in 0..groups {
+        let base = x.as_ptr().add(g * 16 * BLOCK);
+        let mut acc = [V::splat(f32::NEG_INFINITY); 16];
+        for (b, a) in acc.iter_mut().enumerate() {
+            let p = base.add(b * BLOCK);
+            for c in 0..BLOCK / LANES {
+                let v = V::load(p.add(c * LANES));
+                *a = v.max(*a);
+                bad = V::or(bad, v.bad());
+            }
+        }
+        let out = &mut bmax[g * 16..(g + 1) * 16];
+        V::max16(&acc).store(out.as_mut_ptr());
+        for &m in out.iter() {
+            row_max = if m > row_max { m } else { row_max };
+        }
+    }
+    let done = groups * 16;
+    for (blk, bm) in x[done * BLOCK..].chunks(BLOCK).zip(bmax[done..].iter_mut()) {
         let mut acc = V::splat(f32::NEG_INFINITY);
         let full = blk.len() / LANES;
         for c in 0..full {
