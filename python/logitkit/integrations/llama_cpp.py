@@ -79,14 +79,7 @@ NEUTRAL_GENERATE_KWARGS: Final[dict[str, Any]] = {
 """``Llama.generate`` keyword arguments that make llama.cpp's own samplers change nothing."""
 
 NEUTRAL_COMPLETION_KWARGS: Final[dict[str, Any]] = {
-    "temperature": 1.0,
-    "top_k": 0,
-    "top_p": 1.0,
-    "min_p": 0.0,
-    "typical_p": 1.0,
-    "repeat_penalty": 1.0,
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
+    ("temperature" if k == "temp" else k): v for k, v in NEUTRAL_GENERATE_KWARGS.items()
 }
 """The same for ``Llama.create_completion`` / ``Llama.__call__`` (which say ``temperature``)."""
 
