@@ -30,7 +30,7 @@ fn value_error(e: KernelError) -> PyErr {
 }
 
 /// `obj` as a NumPy array of `T`, borrowed for reading. An array that another call is writing
-/// at the same time (a shared `out=`) is refused with `ValueError` naming `name`.
+/// at the same time is refused with `ValueError` naming `name`.
 fn read<'py, T: Element, D: Dimension>(
     obj: &Bound<'py, PyAny>,
     name: &str,
@@ -53,8 +53,8 @@ fn write<'py, T: Element, D: Dimension>(
 
 fn in_use(name: &str) -> PyErr {
     PyValueError::new_err(format!(
-        "{name}: is being written by another call running at the same time (concurrent calls \
-         must not share an out= array, nor write an array that another call reads)"
+        "{name}: is in use by another call running at the same time (concurrent calls must \
+         not share an out= array, nor write an array that another call reads)"
     ))
 }
 
