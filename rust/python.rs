@@ -481,7 +481,8 @@ fn sample(
 }
 
 /// `sample` for the common call: a C-contiguous float32 array of one or two dimensions, scalar
-/// parameters, an integer seed and step. Returns the token of a 1-D row, or fills `out`.
+/// parameters, an integer step and a seed that is an integer or a uint64 array of one per row.
+/// Returns the token of a 1-D row, or fills `out`.
 #[pyfunction]
 #[pyo3(signature = (x, temperature, top_k, top_p, min_p, min_keep, order, seed, step, out=None))]
 #[allow(clippy::too_many_arguments)]
@@ -494,7 +495,7 @@ fn sample_fast(
     min_p: f64,
     min_keep: i64,
     order: &str,
-    seed: u64,
+    seed: &Bound<'_, PyAny>,
     step: u64,
     out: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<i64> {
@@ -523,7 +524,10 @@ fn sample_fast(
     let vocab = *x.shape().last().unwrap_or(&0);
     let s = x.as_slice()?;
     let rows = s.len().checked_div(vocab).unwrap_or(0);
-    let u = vec![philox::uniform(seed, step); rows];
+    let u: Vec<f64> = match per_row_u64(seed, "seed", rows)? {
+        PerRow::All(seed) => vec![philox::uniform(seed, step); rows],
+        PerRow::Each(seeds) => seeds.iter().map(|&s| philox::uniform(s, step)).collect(),
+    };
     match out {
         Some(mut o) => {
             let o = o.as_slice_mut()?;

@@ -674,7 +674,8 @@ def sample(
     >>> int(logitkit.sample(x, top_k=1, seed=7))
     2
     """
-    # Fast path: a contiguous float32 row or batch with plain scalar parameters and a seed.
+    # Fast path: a contiguous float32 row or batch with plain scalar parameters and a seed (an
+    # integer, or a uint64 array of one per row).
     if (
         type(logits) is np.ndarray
         and logits.dtype is _F32_DTYPE
@@ -682,14 +683,16 @@ def sample(
         and logits.shape[-1] > 0
         and uniforms is None
         and dtype is None
-        and type(seed) is int
+        and (
+            (type(seed) is int and 0 <= seed <= _U64_MAX)
+            or (type(seed) is np.ndarray and seed.dtype == np.uint64)
+        )
         and type(step) is int
         and type(temperature) is float
         and type(top_k) is int
         and type(top_p) is float
         and type(min_p) is float
         and type(min_keep) is int
-        and 0 <= seed <= _U64_MAX
         and 0 <= step <= _U64_MAX
         and logits.flags.c_contiguous
     ):

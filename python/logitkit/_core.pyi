@@ -127,7 +127,7 @@ def sample_fast(
     min_p: float,
     min_keep: int,
     order: str,
-    seed: int,
+    seed: int | _U64,
     step: int,
     out: _I64 | None = None,
 ) -> int:
