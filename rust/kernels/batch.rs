@@ -168,7 +168,14 @@ fn logprobs_of<T: Elem>(
     let top: Vec<Cand> = match kept {
         Kept::Threshold(thr) => {
             let mut list = std::mem::take(&mut scr.cands);
-            select::top_k(s.x, s.bmax, n.min(s.x.len()), &mut scr.sel, &mut list);
+            select::top_k(
+                s.x,
+                s.bmax,
+                n.min(s.x.len()),
+                &mut scr.sel,
+                &mut scr.ids,
+                &mut list,
+            );
             let t: Vec<Cand> = list.iter().copied().filter(|c| c.v >= *thr).collect();
             scr.cands = list;
             t

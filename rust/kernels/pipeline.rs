@@ -236,7 +236,7 @@ fn from_order_key(k: i64) -> f32 {
 fn top_alive<T: Elem>(s: &Scanned<'_, T>, k: usize, thr: f32, scr: &mut Scratch) -> Vec<Cand> {
     let k = k.min(s.x.len());
     let mut out = std::mem::take(&mut scr.cands);
-    select::top_k(s.x, s.bmax, k, &mut scr.sel, &mut out);
+    select::top_k(s.x, s.bmax, k, &mut scr.sel, &mut scr.ids, &mut out);
     let list: Vec<Cand> = out.iter().copied().filter(|c| c.v >= thr).collect();
     scr.cands = out;
     list

@@ -53,12 +53,13 @@ pub fn argmax<T: Elem>(x: &[T], bmax: &[f32], m: f32) -> usize {
 
 /// The `k` highest-ranked elements of the row, in rank order (`1 <= k <= x.len()`).
 ///
-/// `scratch` is reused between calls to avoid allocation.
+/// `scratch` and `ids` are reused between calls to avoid allocation.
 pub fn top_k<T: Elem>(
     x: &[T],
     bmax: &[f32],
     k: usize,
     scratch: &mut Vec<f32>,
+    ids: &mut Vec<u32>,
     out: &mut Vec<Cand>,
 ) {
     debug_assert!(k >= 1 && k <= x.len());
@@ -69,10 +70,17 @@ pub fn top_k<T: Elem>(
         f32::NEG_INFINITY
     };
     if thr.is_finite() {
-        // Candidates by SIMD compress where available (values and ids apart), then paired.
-        let (mut vals, mut ids) = (Vec::new(), Vec::new());
-        collect_ge_soa(x, bmax, thr, &mut vals, &mut ids);
-        out.extend(vals.iter().zip(&ids).map(|(&v, &id)| Cand { v, id }));
+        // Candidates by SIMD compress where available (values, in `scratch` now that the
+        // threshold is known, and ids apart), then paired.
+        scratch.clear();
+        ids.clear();
+        collect_ge_soa(x, bmax, thr, scratch, ids);
+        out.extend(
+            scratch
+                .iter()
+                .zip(ids.iter())
+                .map(|(&v, &id)| Cand { v, id }),
+        );
     } else {
         collect_ge(x, bmax, thr, out);
     }
