@@ -566,6 +566,44 @@ pub fn passes_min_p(v: f32, vmax: f32, fs: f64, min_p: f64) -> bool {
     v.is_finite() && (f64::from(v) - f64::from(vmax)) / fs >= min_p.ln()
 }
 
+/// The temperature top-k / top-p / min-p see: 1 for the llama.cpp order (temperature last).
+pub fn filter_temperature(f: &logitkit::kernels::Filters) -> f64 {
+    if f.order == logitkit::kernels::Order::LlamaCpp {
+        1.0
+    } else {
+        f.temperature
+    }
+}
+
+/// A sampled token `tok` of `row` at rank `rank` (tempered draw, `f.temperature > 0`) lies inside
+/// top-k and passes min-p (with the filter temperature of `f`'s order; checked when
+/// `min_keep == 1`, which cannot widen the set). Returns whether top-k was on.
+pub fn assert_in_top_k_and_min_p(
+    row: &[f32],
+    tok: usize,
+    rank: usize,
+    f: &logitkit::kernels::Filters,
+    r: usize,
+) -> bool {
+    let k_on = f.top_k > 0 && (f.top_k as u64) < row.len() as u64;
+    if k_on {
+        assert!(
+            rank < f.top_k as usize,
+            "row {r}: token {tok} has rank {rank}, top_k {}",
+            f.top_k
+        );
+    }
+    let fs = filter_temperature(f);
+    if f.min_p > 0.0 && f.min_keep == 1 {
+        assert!(
+            passes_min_p(row[tok], max_of(row), fs, f.min_p),
+            "row {r}: token {tok} fails min-p {}",
+            f.min_p
+        );
+    }
+    k_on
+}
+
 /// `softmax(x * scale)` in `f64` over the finite tokens of `x` (0 for the others); `scale` finite.
 pub fn probs_f64(x: &[f32], scale: f64) -> Vec<f64> {
     let m = f64::from(max_of(x));

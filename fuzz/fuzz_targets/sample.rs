@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use libfuzzer_sys::fuzz_target;
-use logitkit::kernels::{self, Mask, Order, PerRow};
+use logitkit::kernels::{self, Mask, PerRow};
 
 fuzz_target!(|data: &[u8]| {
     let mut b = Bytes::new(data);
@@ -89,26 +89,8 @@ fuzz_target!(|data: &[u8]| {
             continue;
         }
         let rank = order.iter().position(|&i| i == tok).unwrap();
-        let k_on = f.top_k > 0 && (f.top_k as u64) < v as u64;
-        if k_on {
-            assert!(
-                rank < f.top_k as usize,
-                "row {r}: token {tok} has rank {rank}, top_k {}",
-                f.top_k
-            );
-        }
-        let fs = if f.order == Order::LlamaCpp {
-            1.0
-        } else {
-            f.temperature
-        };
-        if f.min_p > 0.0 && f.min_keep == 1 {
-            assert!(
-                passes_min_p(x[tok], max_of(x), fs, f.min_p),
-                "row {r}: token {tok} fails min-p {}",
-                f.min_p
-            );
-        }
+        let k_on = assert_in_top_k_and_min_p(x, tok, rank, f, r);
+        let fs = filter_temperature(f);
         // A single filter: the token lies in the mask's kept set, where u says.
         let p_on = f.top_p < 1.0;
         let m_on = f.min_p > 0.0;

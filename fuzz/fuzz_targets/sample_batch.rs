@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use libfuzzer_sys::fuzz_target;
 use logitkit::kernels::batch::{Request, RowResult};
-use logitkit::kernels::{self, Order, Penalties, TokenLists};
+use logitkit::kernels::{self, Penalties, TokenLists};
 
 const BIAS: &[f64] = &[
     1.0,
@@ -249,24 +249,7 @@ fuzz_target!(|data: &[u8]| {
                 order[0]
             );
         } else {
-            if f.top_k > 0 && (f.top_k as u64) < v as u64 {
-                assert!(
-                    rank < f.top_k as usize,
-                    "row {r}: rank {rank} outside top_k {}",
-                    f.top_k
-                );
-            }
-            let fs = if f.order == Order::LlamaCpp {
-                1.0
-            } else {
-                f.temperature
-            };
-            if f.min_p > 0.0 && f.min_keep == 1 {
-                assert!(
-                    passes_min_p(e[tok], max_of(e), fs, f.min_p),
-                    "row {r}: token {tok} fails min-p"
-                );
-            }
+            assert_in_top_k_and_min_p(e, tok, rank, f, r);
         }
         let Some(nlp) = req.logprobs else {
             assert!(
