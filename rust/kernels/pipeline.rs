@@ -349,7 +349,7 @@ fn nucleus_of_threshold<T: Elem>(
 const FLOOR_BLOCKS: usize = 32;
 
 /// A second candidate floor for the nucleus, from the block maxima: the largest value `f` such
-/// that the maxima `>= f` of the (at most [`FLOOR_BLOCKS`]) heaviest blocks alive (`>= thr`)
+/// that the maxima `>= f` of the [`FLOOR_BLOCKS`] heaviest blocks alive (`>= thr`, with any ties)
 /// already weigh `target` (with a margin for the order of summation). The tokens `>= f` then
 /// weigh at least `target` and, being a prefix in rank order, hold the whole nucleus. `None`
 /// when those maxima weigh less (a long-tailed row: the bound of the caller applies).
@@ -363,11 +363,12 @@ fn block_floor<T: Elem>(
     let desc = |a: &f32, b: &f32| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal);
     let sel = &mut scr.sel;
     sel.clear();
-    sel.extend(s.bmax.iter().copied().filter(|&b| b >= thr));
-    let n = sel.len().min(FLOOR_BLOCKS);
-    if sel.len() > n {
-        sel.select_nth_unstable_by(n - 1, desc);
-        sel.truncate(n);
+    prims::for_live_blocks(s.bmax, prims::Live::Ge(thr), |b| sel.push(s.bmax[b]));
+    if sel.len() > FLOOR_BLOCKS {
+        // The heaviest FLOOR_BLOCKS maxima, and any tied with the last of them (more maxima
+        // only tighten the floor).
+        let kth = select::kth_largest(sel, FLOOR_BLOCKS, &mut scr.wts);
+        sel.retain(|&b| b >= kth);
     }
     sel.sort_unstable_by(desc);
     list_weights(&sel[..], s.m, scale, &mut scr.wts);
@@ -579,15 +580,20 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
             let target = u * total;
             let mut cum = 0.0f64;
             let mut last = 0;
-            for (b, &bs) in scr.bsum.iter().enumerate() {
-                if bs > 0.0 {
+            let mut crossed = false;
+            // Blocks with a positive sum (every sum is >= 0), in order, up to the crossing.
+            let bsum = &scr.bsum;
+            prims::for_live_blocks(bsum, prims::Live::Ge(f32::from_bits(1)), |b| {
+                if !crossed {
+                    let bs = f64::from(bsum[b]);
                     last = b;
-                    if cum + f64::from(bs) > target {
-                        break;
+                    if cum + bs > target {
+                        crossed = true;
+                    } else {
+                        cum += bs;
                     }
-                    cum += f64::from(bs);
                 }
-            }
+            });
             let start = last * BLOCK;
             let blk = &s.x[start..(start + BLOCK).min(s.x.len())];
             start + prims::find_in_block(blk, s.m, scale, thr, target - cum)

@@ -226,6 +226,76 @@ fn block_weight_sum<T: Elem>(blk: &[T], m: f32, a: f32, thr: f32) -> f32 {
     reduce_sum(&acc)
 }
 
+/// Block `b` of the row `x`.
+#[inline(always)]
+pub fn block<T>(x: &[T], b: usize) -> &[T] {
+    &x[b * BLOCK..((b + 1) * BLOCK).min(x.len())]
+}
+
+/// Which blocks [`for_live_blocks`] visits.
+#[derive(Clone, Copy)]
+pub enum Live {
+    /// Blocks with maximum `>= thr`.
+    Ge(f32),
+    /// Blocks that can hold a non-zero weight: not [`block_is_zero`]`(bm, m, a, thr)`.
+    Weight { thr: f32, m: f32, a: f32 },
+}
+
+/// Bit `i` set when `chunk[i]` (at most 64 block maxima) passes `live`.
+#[inline(always)]
+fn live_mask(chunk: &[f32], live: Live) -> u64 {
+    let (thr, ma) = match live {
+        Live::Ge(thr) => (thr, None),
+        Live::Weight { thr, m, a } => (thr, Some((m, a))),
+    };
+    let mut mask = 0u64;
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of the x86_64 baseline; every load reads 4 elements in bounds.
+        unsafe {
+            let tv = _mm_set1_ps(thr);
+            let (mv, av, cv) = match ma {
+                Some((m, a)) => (_mm_set1_ps(m), _mm_set1_ps(a), _mm_set1_ps(T_CUTOFF)),
+                None => (_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()),
+            };
+            while i + 4 <= chunk.len() {
+                let v = _mm_loadu_ps(chunk.as_ptr().add(i));
+                let mut ok = _mm_cmpge_ps(v, tv);
+                if ma.is_some() {
+                    ok = _mm_and_ps(ok, _mm_cmpge_ps(_mm_mul_ps(_mm_sub_ps(v, mv), av), cv));
+                }
+                mask |= (_mm_movemask_ps(ok) as u64) << i;
+                i += 4;
+            }
+        }
+    }
+    for (j, &bm) in chunk.iter().enumerate().skip(i) {
+        let pass = match ma {
+            None => bm >= thr,
+            Some((m, a)) => !block_is_zero(bm, m, a, thr),
+        };
+        mask |= u64::from(pass) << j;
+    }
+    mask
+}
+
+/// Calls `f(b)` for every block `b`, in increasing order, whose maximum `bmax[b]` passes `live`.
+///
+/// The test runs over 64 maxima at a time into a bit mask (vector compares, no branch per
+/// block), then only the set bits are visited: sparse live blocks cost no misprediction each.
+#[inline(always)]
+pub fn for_live_blocks(bmax: &[f32], live: Live, mut f: impl FnMut(usize)) {
+    for (c, chunk) in bmax.chunks(64).enumerate() {
+        let mut mask = live_mask(chunk, live);
+        while mask != 0 {
+            f(c * 64 + mask.trailing_zeros() as usize);
+            mask &= mask - 1;
+        }
+    }
+}
+
 /// Whether every weight of a block with maximum `bm` is exactly 0 (so the block can be skipped).
 #[inline(always)]
 pub(crate) fn block_is_zero(bm: f32, m: f32, a: f32, thr: f32) -> bool {
@@ -259,14 +329,13 @@ multiversion! {
     pub fn weight_sums_portable<T: Elem>(x: &[T], bmax: &[f32], m: f32, scale: f32, thr: f32, bsum: &mut [f32]) -> f64 {
         let a = (scale * LOG2_E).min(f32::MAX);
         let mut total = 0.0f64;
-        for ((blk, &bm), bs) in x.chunks(BLOCK).zip(bmax).zip(bsum.iter_mut()) {
-            *bs = if block_is_zero(bm, m, a, thr) {
-                0.0
-            } else {
-                block_weight_sum(blk, m, a, thr)
-            };
-            total += f64::from(*bs);
-        }
+        bsum.fill(0.0);
+        // Skipped blocks add exactly 0: the total has the bits of a sum over every block.
+        for_live_blocks(bmax, Live::Weight { thr, m, a }, |b| {
+            let blk = block(x, b);
+            bsum[b] = block_weight_sum(blk, m, a, thr);
+            total += f64::from(bsum[b]);
+        });
         total
     }
 }
@@ -407,16 +476,43 @@ multiversion! {
 /// Number of elements `>= thr`, reading only blocks whose maximum reaches `thr`.
 #[must_use]
 pub fn count_ge<T: Elem>(x: &[T], bmax: &[f32], thr: f32) -> usize {
-    x.chunks(BLOCK)
-        .zip(bmax)
-        .filter(|(_, &bm)| bm >= thr)
-        .map(|(blk, _)| blk.iter().filter(|e| e.to_f32() >= thr).count())
-        .sum()
+    let mut n = 0;
+    for_live_blocks(bmax, Live::Ge(thr), |b| {
+        let blk = block(x, b);
+        n += blk.iter().filter(|e| e.to_f32() >= thr).count();
+    });
+    n
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn live_blocks_are_the_passing_maxima_in_order(
+            bmax in prop::collection::vec(
+                prop_oneof![-20.0f32..20.0, Just(f32::NEG_INFINITY), Just(0.0), Just(-0.0)],
+                0..300,
+            ),
+            thr in prop_oneof![-20.0f32..20.0, Just(f32::NEG_INFINITY), Just(-f32::MAX)],
+            m in 0.0f32..25.0,
+            a in prop_oneof![0.0f32..50.0, Just(f32::MAX)],
+        ) {
+            for live in [Live::Ge(thr), Live::Weight { thr, m, a }] {
+                let mut got = Vec::new();
+                for_live_blocks(&bmax, live, |b| got.push(b));
+                let want: Vec<usize> = (0..bmax.len())
+                    .filter(|&b| match live {
+                        Live::Ge(t) => bmax[b] >= t,
+                        Live::Weight { thr, m, a } => !block_is_zero(bmax[b], m, a, thr),
+                    })
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
 
     #[test]
     fn exp2_neg_is_within_three_ulp() {

@@ -10,7 +10,7 @@
 use std::cmp::Ordering;
 
 use super::elem::{Elem, Storage};
-use super::prims::BLOCK;
+use super::prims::{self, for_live_blocks, Live, BLOCK};
 
 /// A token and its logit.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -97,47 +97,71 @@ const GROUP: usize = 16;
 /// The `k`-th largest of `v` (`1 <= k <= v.len()`, no NaN).
 ///
 /// When `v` is long, the `k`-th largest of its group maxima (`k` distinct values of `v`) is a
-/// lower bound of the answer, so only the values that reach it need a selection.
-fn kth_largest(v: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
+/// lower bound of the answer, so only the values that reach it need a selection. Group `j` holds
+/// `v[j]`, `v[j + w]`, `v[j + 2w]`, ... (`w = ceil(len / GROUP)`), so all maxima come from one
+/// vectorised pass.
+pub(crate) fn kth_largest(v: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
     let desc = |a: &f32, b: &f32| b.partial_cmp(a).unwrap_or(Ordering::Equal);
-    scratch.clear();
     if 2 * k * GROUP <= v.len() {
-        scratch.extend(
-            v.chunks(GROUP)
-                .map(|g| g.iter().copied().fold(f32::NEG_INFINITY, f32::max)),
-        );
+        strided_group_maxima(v, scratch);
         let (_, bound, _) = scratch.select_nth_unstable_by(k - 1, desc);
         let bound = *bound;
         scratch.clear();
-        scratch.extend(v.iter().copied().filter(|&b| b >= bound));
+        for_live_blocks(v, Live::Ge(bound), |i| scratch.push(v[i]));
     } else {
+        scratch.clear();
         scratch.extend_from_slice(v);
     }
     let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, desc);
     *kth
 }
 
-/// Appends every element `>= thr` (in index order), reading only blocks whose maximum reaches it.
-///
-/// Branch-free within a block: every element is written to a stack buffer and the write
-/// position advances only for kept ones, so random keep/drop patterns cost no mispredictions.
-pub fn collect_ge<T: Elem>(x: &[T], bmax: &[f32], thr: f32, out: &mut Vec<Cand>) {
-    let mut buf = [Cand { v: 0.0, id: 0 }; BLOCK];
-    for (b, (blk, &bm)) in x.chunks(BLOCK).zip(bmax).enumerate() {
-        if bm >= thr {
-            let base = (b * BLOCK) as u32;
-            let mut n = 0usize;
-            for (i, e) in blk.iter().enumerate() {
-                let v = e.to_f32();
-                buf[n] = Cand {
-                    v,
-                    id: base + i as u32,
-                };
-                n += usize::from(v >= thr);
+crate::simd::multiversion! {
+    /// `out[j] = max(v[j], v[j + w], v[j + 2w], ...)` for `j < w = ceil(len / GROUP)`.
+    pub fn strided_group_maxima<T: Elem>(v: &[T], out: &mut Vec<f32>) -> () {
+        let w = v.len().div_ceil(GROUP);
+        out.clear();
+        out.extend(v[..w].iter().map(|e| e.to_f32()));
+        for row in v[w..].chunks(w) {
+            for (o, e) in out.iter_mut().zip(row) {
+                let x = e.to_f32();
+                *o = if x > *o { x } else { *o };
             }
-            out.extend_from_slice(&buf[..n]);
         }
     }
+}
+
+/// Compacts the elements `>= thr` of block `b` of `x` into `vals` and `ids` (from index 0) and
+/// returns their number.
+///
+/// Branch-free: every element is written and the write position advances only for kept ones,
+/// so random keep/drop patterns cost no mispredictions.
+#[inline(always)]
+fn compact_block<T: Elem>(
+    x: &[T],
+    b: usize,
+    thr: f32,
+    vals: &mut [f32; BLOCK],
+    ids: &mut [u32; BLOCK],
+) -> usize {
+    let base = (b * BLOCK) as u32;
+    let mut n = 0usize;
+    for (i, e) in prims::block(x, b).iter().enumerate() {
+        let v = e.to_f32();
+        vals[n] = v;
+        ids[n] = base + i as u32;
+        n += usize::from(v >= thr);
+    }
+    n
+}
+
+/// Appends every element `>= thr` (in index order), reading only blocks whose maximum reaches it.
+pub fn collect_ge<T: Elem>(x: &[T], bmax: &[f32], thr: f32, out: &mut Vec<Cand>) {
+    let (mut bv, mut bi) = ([0.0f32; BLOCK], [0u32; BLOCK]);
+    for_live_blocks(bmax, Live::Ge(thr), |b| {
+        let n = compact_block(x, b, thr, &mut bv, &mut bi);
+        out.extend(bv[..n].iter().zip(&bi[..n]).map(|(&v, &id)| Cand { v, id }));
+    });
 }
 
 /// [`collect_ge`] into separate value and id arrays (`thr` finite), with AVX-512 compress where
@@ -156,22 +180,12 @@ pub fn collect_ge_soa<T: Elem>(
         unsafe { crate::simd::x86::collect_ge_avx512(x, bmax, thr, vals, ids) };
         return;
     }
-    let mut bv = [0.0f32; BLOCK];
-    let mut bi = [0u32; BLOCK];
-    for (b, (blk, &bm)) in x.chunks(BLOCK).zip(bmax).enumerate() {
-        if bm >= thr {
-            let base = (b * BLOCK) as u32;
-            let mut n = 0usize;
-            for (i, e) in blk.iter().enumerate() {
-                let v = e.to_f32();
-                bv[n] = v;
-                bi[n] = base + i as u32;
-                n += usize::from(v >= thr);
-            }
-            vals.extend_from_slice(&bv[..n]);
-            ids.extend_from_slice(&bi[..n]);
-        }
-    }
+    let (mut bv, mut bi) = ([0.0f32; BLOCK], [0u32; BLOCK]);
+    for_live_blocks(bmax, Live::Ge(thr), |b| {
+        let n = compact_block(x, b, thr, &mut bv, &mut bi);
+        vals.extend_from_slice(&bv[..n]);
+        ids.extend_from_slice(&bi[..n]);
+    });
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@
 use std::arch::x86_64::*;
 
 use crate::kernels::elem::{Elem, Storage};
-use crate::kernels::prims::{block_is_zero, BLOCK, EXP2_POLY, LANES, LOG2_E, T_CUTOFF};
+use crate::kernels::prims::{
+    self, block_is_zero, for_live_blocks, Live, BLOCK, EXP2_POLY, LANES, LOG2_E, T_CUTOFF,
+};
 
 /// Sixteen `f32` lanes.
 trait V16: Copy {
@@ -428,23 +430,23 @@ unsafe fn weight_sums_k<V: V16, T: Elem>(
     let a = (scale * LOG2_E).min(f32::MAX);
     let (mv, sv, tv) = (V::splat(m), V::splat(a), V::splat(thr));
     let mut total = 0.0f64;
-    for ((blk, &bm), bs) in x.chunks(BLOCK).zip(bmax).zip(bsum.iter_mut()) {
-        *bs = if block_is_zero(bm, m, a, thr) {
-            0.0
-        } else {
-            let mut acc = V::splat(0.0);
-            let full = blk.len() / LANES;
-            for c in 0..full {
-                acc = acc.add(weight(V::load(blk.as_ptr().add(c * LANES)), mv, sv, tv));
-            }
-            if full * LANES < blk.len() {
-                let buf = tail(&blk[full * LANES..]);
-                acc = acc.add(weight(V::load(buf.as_ptr()), mv, sv, tv));
-            }
-            acc.reduce_sum()
-        };
-        total += f64::from(*bs);
-    }
+    bsum.fill(0.0);
+    // Skipped blocks add exactly 0: the total has the bits of a sum over every block.
+    for_live_blocks(bmax, Live::Weight { thr, m, a }, |b| {
+        let blk = prims::block(x, b);
+        let mut acc = V::splat(0.0);
+        let full = blk.len() / LANES;
+        for c in 0..full {
+            acc = acc.add(weight(V::load(blk.as_ptr().add(c * LANES)), mv, sv, tv));
+        }
+        if full * LANES < blk.len() {
+            let buf = tail(&blk[full * LANES..]);
+            acc = acc.add(weight(V::load(buf.as_ptr()), mv, sv, tv));
+        }
+        let bs = acc.reduce_sum();
+        bsum[b] = bs;
+        total += f64::from(bs);
+    });
     total
 }
 
@@ -501,13 +503,9 @@ pub unsafe fn collect_ge_avx512<T: Elem>(
 ) {
     let tv = _mm512_set1_ps(thr);
     let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    for (b, (blk, &bm)) in x.chunks(BLOCK).zip(bmax).enumerate() {
-        // Also skips a NaN block maximum (never a candidate).
-        #[allow(clippy::neg_cmp_op_on_partial_ord)]
-        let skip = !(bm >= thr);
-        if skip {
-            continue;
-        }
+    // A NaN block maximum fails the test (never a candidate).
+    for_live_blocks(bmax, Live::Ge(thr), |b| {
+        let blk = prims::block(x, b);
         vals.reserve(BLOCK + LANES);
         ids.reserve(BLOCK + LANES);
         let mut n = vals.len();
@@ -531,7 +529,7 @@ pub unsafe fn collect_ge_avx512<T: Elem>(
         }
         vals.set_len(n);
         ids.set_len(n);
-    }
+    });
 }
 
 /// The row maximum and whether a NaN or `+inf` was seen: four independent accumulators.
