@@ -16,7 +16,7 @@ use pyo3::types::{PyDict, PyFloat, PyInt, PySequence};
 
 use crate::error::KernelError;
 use crate::kernels::batch::{Request, RowResult};
-use crate::kernels::elem::{as_bf16, as_f16};
+use crate::kernels::elem::{as_bf16, as_f16, Elem};
 use crate::kernels::{
     self, Bias, Filters, Mask, Order, Penalties, PerRow, RowLogprobs, TokenLists,
 };
@@ -480,15 +480,16 @@ fn sample(
     )))
 }
 
-/// `sample` for the common call: a C-contiguous float32 array of one or two dimensions, scalar
-/// parameters, an integer step and a seed that is an integer or a uint64 array of one per row.
-/// Returns the token of a 1-D row, or fills `out`.
+/// `sample` for the common call: a C-contiguous array of one or two dimensions (`kind` as in
+/// `with_logits`), scalar parameters, an integer step and a seed that is an integer or a uint64
+/// array of one per row. Returns the token of a 1-D row, or fills `out`.
 #[pyfunction]
-#[pyo3(signature = (x, temperature, top_k, top_p, min_p, min_keep, order, seed, step, out=None))]
+#[pyo3(signature = (x, kind, temperature, top_k, top_p, min_p, min_keep, order, seed, step, out=None))]
 #[allow(clippy::too_many_arguments)]
 fn sample_fast(
     py: Python<'_>,
     x: &Bound<'_, PyAny>,
+    kind: u8,
     temperature: f64,
     top_k: i64,
     top_p: f64,
@@ -499,8 +500,6 @@ fn sample_fast(
     step: u64,
     out: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<i64> {
-    let x = read::<f32, IxDyn>(x, "logits")?;
-    let out = out.map(|o| write::<i64, Ix1>(o, "out")).transpose()?;
     let order = Order::parse(order).ok_or_else(|| {
         PyValueError::new_err(format!(
             "order: must be 'default', 'vllm' or 'llama.cpp', got {order:?}"
@@ -521,8 +520,40 @@ fn sample_fast(
         min_keep: usize::try_from(min_keep).unwrap_or(usize::MAX),
         order,
     });
-    let vocab = *x.shape().last().unwrap_or(&0);
-    let s = x.as_slice()?;
+    if kind == 0 {
+        let x = read::<f32, IxDyn>(x, "logits")?;
+        sample_fast_on(
+            py,
+            x.as_slice()?,
+            *x.shape().last().unwrap_or(&0),
+            &filters,
+            seed,
+            step,
+            out,
+        )
+    } else {
+        let x = read::<u16, IxDyn>(x, "logits")?;
+        let vocab = *x.shape().last().unwrap_or(&0);
+        let bits = x.as_slice()?;
+        if kind == 1 {
+            sample_fast_on(py, as_f16(bits), vocab, &filters, seed, step, out)
+        } else {
+            sample_fast_on(py, as_bf16(bits), vocab, &filters, seed, step, out)
+        }
+    }
+}
+
+/// The body of [`sample_fast`] on the logits as a slice.
+fn sample_fast_on<T: Elem>(
+    py: Python<'_>,
+    s: &[T],
+    vocab: usize,
+    filters: &PerRow<Filters>,
+    seed: &Bound<'_, PyAny>,
+    step: u64,
+    out: Option<&Bound<'_, PyAny>>,
+) -> PyResult<i64> {
+    let out = out.map(|o| write::<i64, Ix1>(o, "out")).transpose()?;
     let rows = s.len().checked_div(vocab).unwrap_or(0);
     let u: Vec<f64> = match per_row_u64(seed, "seed", rows)? {
         PerRow::All(seed) => vec![philox::uniform(seed, step); rows],
@@ -531,13 +562,13 @@ fn sample_fast(
     match out {
         Some(mut o) => {
             let o = o.as_slice_mut()?;
-            run(py, s.len(), || kernels::sample(s, vocab, &filters, &u, o))?;
+            run(py, s.len(), || kernels::sample(s, vocab, filters, &u, o))?;
             Ok(0)
         }
         None => {
             let mut o = [0i64];
             run(py, s.len(), || {
-                kernels::sample(s, vocab, &filters, &u, &mut o)
+                kernels::sample(s, vocab, filters, &u, &mut o)
             })?;
             Ok(o[0])
         }

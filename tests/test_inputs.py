@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import logitkit as lk
+from logitkit import _core
 
 
 class DlpackOnly:
@@ -63,3 +64,21 @@ def test_ml_dtypes_bfloat16_equals_its_bits(name):
 def test_integer_dlpack_is_a_type_error():
     with pytest.raises(TypeError, match="logits"):
         lk.softmax(DlpackOnly(np.arange(8, dtype=np.int32)))
+
+
+@pytest.mark.parametrize("half", [np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("seed", [5, np.array([1, 2, 3], dtype=np.uint64)])
+def test_half_precision_sample_is_the_widened_float32_sample_on_every_call(half, seed):
+    # The first call of a dtype takes the general path, later ones the fast path: all agree with
+    # the exactly widened float32 logits and with explicit uniforms.
+    h = X.astype(half)
+    w = h.astype(np.float32)
+    kw = dict(temperature=0.9, top_k=30, top_p=0.9, min_p=0.02, order="llama.cpp")
+    want = lk.sample(w, seed=seed, step=4, **kw)
+    for _ in range(3):
+        np.testing.assert_array_equal(lk.sample(h, seed=seed, step=4, **kw), want)
+    u = _core.uniforms(seed, 4, 3)
+    np.testing.assert_array_equal(lk.sample(h, uniforms=u, **kw), want)
+    for r in range(3):
+        s = seed if isinstance(seed, int) else int(seed[r])
+        assert lk.sample(h[r], seed=s, step=4, **kw) == lk.sample(w[r], seed=s, step=4, **kw)

@@ -120,7 +120,8 @@ def sample(
     """Writes one sampled token per row into ``out``; ``uniforms`` overrides seed and step."""
 
 def sample_fast(
-    x: _F32,
+    x: _LogitsArray,
+    kind: int,
     temperature: float,
     top_k: int,
     top_p: float,
@@ -131,7 +132,7 @@ def sample_fast(
     step: int,
     out: _I64 | None = None,
 ) -> int:
-    """:func:`sample` for a C-contiguous float32 row or batch with scalar parameters.
+    """:func:`sample` for a C-contiguous row or batch (``kind`` as above) with scalar parameters.
 
     Returns the token of a 1-D row; for a batch, fills ``out`` and returns 0.
     """
