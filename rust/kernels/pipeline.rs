@@ -297,7 +297,9 @@ fn apply_top_p<T: Elem>(
                 return keep_top(s, Kept::Threshold(thr), min_keep, scr);
             }
             let kept = nucleus_of_threshold(s, thr, scale, total, target, scr);
+            // The nucleus holds at least one token, so only `min_keep > 1` needs the count.
             let count = match &kept {
+                _ if min_keep <= 1 => 1,
                 Kept::List(l) => l.len(),
                 Kept::Threshold(t) => prims::count_ge(s.x, s.bmax, *t),
             };
