@@ -109,20 +109,23 @@ _F32_DTYPE = np.dtype(np.float32)
 _FAST_DTYPES: dict[int, tuple[np.dtype[Any], int]] = {id(_F32_DTYPE): (_F32_DTYPE, _F32)}
 
 
+def _fast_kind(dt: np.dtype[Any]) -> int | None:
+    """The kind of a dtype in `_FAST_DTYPES`, else None."""
+    known = _FAST_DTYPES.get(id(dt))
+    return known[1] if known is not None and known[0] is dt else None
+
+
 def _logits(logits: ArrayLike, dtype: str | None) -> _Logits:
     # Fast path: a C-contiguous float32 (or float16 / bfloat16 seen before) ndarray, the common
     # case in a decoding loop.
     if dtype is None and type(logits) is np.ndarray:
-        dt = logits.dtype
         shape = logits.shape
         if logits.flags.c_contiguous and shape and shape[-1] and len(shape) <= 2:
-            if dt is _F32_DTYPE:
-                a = logits if len(shape) == 2 else logits.reshape(1, -1)
-                return _Logits(a, _F32, shape, logits)
-            half = _FAST_DTYPES.get(id(dt))
-            if half is not None and half[0] is dt:
-                a = logits.view(np.uint16)
-                return _Logits(a if len(shape) == 2 else a.reshape(1, -1), half[1], shape, None)
+            kind = _fast_kind(logits.dtype)
+            if kind is not None:
+                a = logits if kind == _F32 else logits.view(np.uint16)
+                source = logits if kind == _F32 else None
+                return _Logits(a if len(shape) == 2 else a.reshape(1, -1), kind, shape, source)
     return _logits_any(logits, dtype)
 
 
@@ -689,8 +692,7 @@ def sample(
     # plain scalar parameters and a seed (an integer, or a uint64 array of one per row).
     if (
         type(logits) is np.ndarray
-        and (known := _FAST_DTYPES.get(id(logits.dtype))) is not None
-        and known[0] is logits.dtype
+        and (kind := _fast_kind(logits.dtype)) is not None
         and 1 <= logits.ndim <= 2
         and logits.shape[-1] > 0
         and uniforms is None
@@ -708,7 +710,6 @@ def sample(
         and 0 <= step <= _U64_MAX
         and logits.flags.c_contiguous
     ):
-        kind = known[1]
         a = logits if kind == _F32 else logits.view(np.uint16)
         if logits.ndim == 1:
             tok = _core.sample_fast(

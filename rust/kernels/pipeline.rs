@@ -596,9 +596,8 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
                     }
                 }
             });
-            let start = last * BLOCK;
-            let blk = &s.x[start..(start + BLOCK).min(s.x.len())];
-            start + prims::find_in_block(blk, s.m, scale, thr, target - cum)
+            last * BLOCK
+                + prims::find_in_block(prims::block(s.x, last), s.m, scale, thr, target - cum)
         }
     }
 }

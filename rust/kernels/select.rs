@@ -42,10 +42,8 @@ pub fn by_rank(a: &Cand, b: &Cand) -> Ordering {
 #[must_use]
 pub fn argmax<T: Elem>(x: &[T], bmax: &[f32], m: f32) -> usize {
     let b = bmax.iter().position(|&bm| bm == m).unwrap_or(0);
-    let start = b * BLOCK;
-    let end = (start + BLOCK).min(x.len());
-    start
-        + x[start..end]
+    b * BLOCK
+        + prims::block(x, b)
             .iter()
             .position(|e| e.to_f32() == m)
             .unwrap_or(0)
