@@ -313,15 +313,35 @@ def test_logprob_fields_are_none_unless_requested_and_padded_per_row():
 
 @pytest.mark.parametrize("temperature", [1e-310, 1e-45, 1e-30])
 def test_processed_logprobs_at_tiny_temperature_are_a_point_mass(temperature):
-    """T -> 0 is greedy in the limit: the maximum has log-probability 0, every other token -inf
-    (never NaN, also where 1 / T overflows)."""
+    """T -> 0 is greedy in the limit: the maximum has log-probability 0; every other kept token
+    has (z - z_max) / T, saturated at the most negative float32 once it leaves the float32 range
+    (finite logits keep finite log-probabilities; never NaN, also where 1 / T overflows)."""
     x = np.asarray([[0.0, 1.0, -np.inf, 0.5]], dtype=np.float32)
     p = lk.SamplingParams(temperature=temperature, logprobs=3, logprobs_mode="processed", seed=1)
     got = lk.sample_batch(x, p)
     assert got.tokens[0] == 1 and got.logprobs[0] == 0.0 and got.ranks[0] == 1
     assert got.top_ids[0, 0] == 1 and got.top_logprobs[0, 0] == 0.0
     assert got.top_ids[0].tolist() == [1, 3, 0]
-    # log_softmax(z / T) is (z - z_max) / T minus log(1) here, -inf once it leaves float32
+    # log_softmax(z / T) is (z - z_max) / T minus log(1) here, saturated below float32's range
     with np.errstate(over="ignore"):
-        want = ((x[0, [1, 3, 0]].astype(np.float64) - 1.0) / temperature).astype(np.float32)
+        exact = (x[0, [1, 3, 0]].astype(np.float64) - 1.0) / temperature
+    want = np.maximum(exact, -float(np.finfo(np.float32).max)).astype(np.float32)
     np.testing.assert_array_equal(got.top_logprobs[0], want)
+
+
+def test_fields_hold_the_validated_values():
+    """String bias keys become ids, numbers plain Python numbers, containers private copies."""
+    bias = {"5": 1, 7: -np.inf}
+    allowed = [1, 2, 5]
+    p = lk.SamplingParams(temperature=np.float32(0.5), top_k=np.int64(3), logit_bias=bias,
+                          allowed_token_ids=allowed, stop_token_ids=np.array([4]))  # fmt: skip
+    assert p.logit_bias == {5: 1.0, 7: -np.inf}
+    assert p == lk.SamplingParams(temperature=0.5, top_k=3, logit_bias={5: 1.0, 7: -np.inf},
+                                  allowed_token_ids=[1, 2, 5], stop_token_ids=[4])  # fmt: skip
+    assert type(p.temperature) is float and type(p.top_k) is int
+    assert p.stop_token_ids == [4] and type(p.stop_token_ids[0]) is int
+    bias["5"] = np.nan
+    allowed.append(9)
+    assert p.logit_bias[5] == 1.0 and p.allowed_token_ids == [1, 2, 5]
+    with pytest.raises(ValueError, match="logit_bias"):
+        lk.SamplingParams(logit_bias={"5": 1.0, 5: 2.0})

@@ -14,7 +14,9 @@ import oracle
 import strategies as S
 from checks import F32_EPS, assert_close, assert_float32_like, check_out_forms, same_bits
 
-TINY = 2e-38  # below this a float32 probability may lose all precision (subnormal range)
+# Weights below 2^-125 of the maximum's are exactly 0 (logitkit's exp cutoff, about e^-86.6,
+# the edge of float32's normal range): a probability below it may be 0.
+TINY = 2.0**-125 * 1.01
 
 
 def softmax_rtol(ref, temperature) -> float:
@@ -145,3 +147,28 @@ def test_huge_temperature_is_uniform_over_finite_tokens(temperature):
     with np.errstate(divide="ignore"):
         want_log = np.log(want_p.astype(np.float64))
     np.testing.assert_allclose(got, want_log, rtol=1e-6)
+
+
+@given(
+    x=S.logits(masks=True, elements=st.floats(width=32, allow_nan=False, allow_infinity=False)),
+    temperature=st.sampled_from([1.0, 0.5, 1e-3, 1e-30]),
+)
+def test_log_softmax_of_finite_logits_is_finite_over_the_whole_float32_range(x, temperature):
+    """(z - z_max) / T can leave the float32 range (logits up to 6.8e38 apart, or a small T):
+    such log-probabilities saturate at the most negative float32; only masked tokens are -inf."""
+    got = lk.log_softmax(x, temperature=temperature)
+    finite = np.isfinite(x)
+    assert np.isfinite(got[finite]).all()
+    assert np.isneginf(got[~finite]).all()
+    big = float(np.finfo(np.float32).max)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = oracle.f64(x) / temperature
+        want = np.maximum(z - z.max(axis=-1, keepdims=True), -big)
+    # Far below the maximum the log-softmax is (z - z_max) - log(mass of the maxima) ~ z - z_max.
+    far = finite & (want < -1e30)
+    np.testing.assert_allclose(got[far], want[far].astype(np.float32), rtol=1e-6)
+    if temperature == 1.0:  # logprobs() measures at T = 1
+        v = x.shape[-1]
+        lp = lk.logprobs(x, np.arange(v) if x.ndim == 1 else [np.arange(v)] * x.shape[0])
+        assert np.isfinite(np.asarray(lp.token_logprobs)[finite]).all()
+        assert np.isneginf(np.asarray(lp.token_logprobs)[~finite]).all()

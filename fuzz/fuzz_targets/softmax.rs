@@ -39,6 +39,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(oi <= 0.0, "row {r} index {i}: log-probability {oi} > 0");
                 if xi == f32::NEG_INFINITY {
                     assert_eq!(oi, f32::NEG_INFINITY, "row {r} index {i}: masked token");
+                } else {
+                    assert!(
+                        oi.is_finite(),
+                        "row {r} index {i}: finite logit {xi} gave {oi}"
+                    );
                 }
                 if xi == m {
                     assert!(oi.is_finite(), "row {r} index {i}: the maximum has {oi}");
@@ -71,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
             let want = log_probs_f64(x, scale);
             for (i, (&w, &g)) in want.iter().zip(o).enumerate() {
                 if w < -f64::from(f32::MAX) {
-                    continue; // not representable: -inf or the most negative float are both fine
+                    continue; // not representable: saturated (finite, checked above)
                 }
                 let g = f64::from(g);
                 assert!(

@@ -154,7 +154,9 @@ fn logprobs_of<T: Elem>(
             (l[0].v, total.ln())
         }
     };
-    let lp = |v: f32| ((f64::from(v) - f64::from(vmax)) / t - log_total) as f32;
+    let lp = |v: f32| {
+        prims::finite_logprob(v, ((f64::from(v) - f64::from(vmax)) / t - log_total) as f32)
+    };
     res.logprob = lp(v_tok);
     res.rank = 1 + match kept {
         Kept::Threshold(_) => prims::count_ge(s.x, s.bmax, v_tok.next_up()),

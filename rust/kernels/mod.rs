@@ -161,16 +161,9 @@ pub fn softmax<T: Elem>(
                     &mut scr.bsum,
                 );
                 let scale = pipeline::scale_of(temperature);
+                // With T so large that 1/T is 0 in f32 (the uniform distribution over the finite
+                // tokens), masked tokens still get -inf (see `prims::finite_logprob`).
                 prims::write_log_softmax(row, s.m, scale, total.ln(), o);
-                if scale == 0.0 {
-                    // T so large that 1/T is 0 in f32: the uniform distribution over the finite
-                    // tokens, whose masked tokens (`-inf * 0` above) are -inf.
-                    for (o, v) in o.iter_mut().zip(row) {
-                        if v.to_f32() == f32::NEG_INFINITY {
-                            *o = f32::NEG_INFINITY;
-                        }
-                    }
-                }
             } else {
                 let total =
                     prims::write_weights(row, s.bmax, s.m, pipeline::scale_of(temperature), o);
@@ -504,7 +497,7 @@ pub fn logprobs<T: Elem>(
             let total = prims::weight_sums(row, s.bmax, s.m, 1.0, f32::NEG_INFINITY, &mut scr.bsum);
             // (v - m) is exact in f64; subtracting ln(total) afterwards keeps large logits precise.
             let (m, log_total) = (f64::from(s.m), total.ln());
-            let lp = |v: f32| ((f64::from(v) - m) - log_total) as f32;
+            let lp = |v: f32| prims::finite_logprob(v, ((f64::from(v) - m) - log_total) as f32);
             let res = &mut o[0];
             res.token_logprobs.clear();
             res.ranks.clear();

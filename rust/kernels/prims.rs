@@ -427,7 +427,22 @@ multiversion! {
     }
 }
 
-/// `out[i] = (x[i] - m) * scale - lse`: the log-softmax write pass.
+/// A log-probability `lp` of a token with logit `v`: `-inf` for a masked token (`v = -inf`),
+/// else `lp` saturated at `-f32::MAX`, so that finite logits always get finite
+/// log-probabilities (the exact value may lie below the `f32` range).
+#[inline(always)]
+#[must_use]
+pub fn finite_logprob(v: f32, lp: f32) -> f32 {
+    if v == f32::NEG_INFINITY {
+        v
+    } else if lp < -f32::MAX {
+        -f32::MAX
+    } else {
+        lp
+    }
+}
+
+/// `out[i] = (x[i] - m) * scale - lse`: the log-softmax write pass, with [`finite_logprob`].
 ///
 /// In `f32` (separate multiply and subtract, so every level rounds alike) unless the row maximum
 /// is so large (`>= 2^100`) that `x - m` could overflow `f32` for a finite `x`; then in `f64`.
@@ -437,7 +452,8 @@ pub fn write_log_softmax<T: Elem>(x: &[T], m: f32, scale: f32, lse: f64, out: &m
     } else {
         let (m, scale) = (f64::from(m), f64::from(scale));
         for (o, e) in out.iter_mut().zip(x) {
-            *o = ((f64::from(e.to_f32()) - m) * scale - lse) as f32;
+            let v = e.to_f32();
+            *o = finite_logprob(v, ((f64::from(v) - m) * scale - lse) as f32);
         }
     }
 }
@@ -449,7 +465,8 @@ multiversion! {
     /// [`write_log_softmax`] in `f32`.
     pub fn write_log_softmax_f32<T: Elem>(x: &[T], m: f32, scale: f32, lse: f32, out: &mut [f32]) -> () {
         for (o, e) in out.iter_mut().zip(x) {
-            *o = (e.to_f32() - m) * scale - lse;
+            let v = e.to_f32();
+            *o = finite_logprob(v, (v - m) * scale - lse);
         }
     }
 }
