@@ -170,6 +170,10 @@ fn token_row(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
                 "{name}: each token list must be 1-D, got ndim {ndim}"
             )));
         }
+        // An empty array holds no ids whatever its dtype (`np.array([])` is float64).
+        if obj.getattr("size")?.extract::<usize>()? == 0 {
+            return Ok(Vec::new());
+        }
         if !["int8", "int16", "uint8", "uint16", "uint64"].contains(&dtype.as_str()) {
             return Err(PyTypeError::new_err(format!(
                 "{name}: token ids must be integers, got dtype {dtype}"
@@ -197,17 +201,21 @@ fn token_lists(
     let lists = if one_row {
         vec![token_row(obj, name)?]
     } else {
-        let seq = obj.cast::<PySequence>().map_err(|_| {
-            PyTypeError::new_err(format!("{name}: must be a sequence of {rows} token arrays"))
-        })?;
-        let n = seq.len()?;
+        // A sequence of rows, or a 2-D integer array (one row of ids per logits row).
+        let is_2d = obj.hasattr("ndim")? && obj.getattr("ndim")?.extract::<usize>().ok() == Some(2);
+        if !is_2d && obj.cast::<PySequence>().is_err() {
+            return Err(PyTypeError::new_err(format!(
+                "{name}: must be a sequence of {rows} token arrays"
+            )));
+        }
+        let n = obj.len()?;
         if n != rows {
             return Err(PyValueError::new_err(format!(
                 "{name}: has {n} token lists for {rows} rows"
             )));
         }
         (0..n)
-            .map(|i| token_row(&seq.get_item(i)?, name))
+            .map(|i| token_row(&obj.get_item(i)?, name))
             .collect::<PyResult<Vec<_>>>()?
     };
     TokenLists::new(name, lists, vocab).map_err(value_error)

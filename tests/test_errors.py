@@ -383,6 +383,42 @@ PARAM_CASES = [
         "dtype",
         "sample-dtype-unknown",
     ),
+    # ragged nested lists and other unreadable arrays name the parameter
+    P(lambda: lk.softmax([[1.0, 2.0], [3.0]]), ValueError, "logits", "softmax-ragged-list"),
+    P(
+        lambda: lk.sample(X2, temperature=[[1.0], [2.0, 3.0]], seed=0),
+        ValueError,
+        "temperature",
+        "sample-ragged-temperature",
+    ),
+    P(
+        lambda: lk.sample(X2, uniforms=[[0.1], [0.2, 0.3]]),
+        ValueError,
+        "uniforms",
+        "sample-ragged-uniforms",
+    ),
+    P(
+        lambda: lk.apply_penalties(X2, repetition_penalty=[[1.0], [2.0, 3.0]]),
+        ValueError,
+        "repetition_penalty",
+        "apply_penalties-ragged-penalty",
+    ),
+    P(
+        lambda: lk.sample_batch(X2, lk.SamplingParams(), steps=[[1], [2, 3]]),
+        ValueError,
+        "steps",
+        "sample_batch-ragged-steps",
+    ),
+    P(
+        lambda: lk.sample_batch(X2, lk.SamplingParams(), token_bitmask=[[1], [2, 3]]),
+        ValueError,
+        "token_bitmask",
+        "sample_batch-ragged-bitmask",
+    ),
+    P(lambda: lk.apply_logit_bias(X2, [1, 2]), TypeError, "bias", "apply_logit_bias-list-of-ints"),
+    P(lambda: lk.logprobs(X1, None), TypeError, "tokens", "logprobs-tokens-none"),
+    P(lambda: lk.sample(X2, seed=[1, -1]), ValueError, "seed", "sample-seed-list-negative"),
+    P(lambda: lk.sample(X2, seed=[1, 2**64]), ValueError, "seed", "sample-seed-list-2**64"),
     # masks that empty a row before the draw
     P(
         lambda: lk.sample_batch(MASKED_ROW_1, lk.SamplingParams(allowed_token_ids=[0])),

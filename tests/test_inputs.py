@@ -82,3 +82,35 @@ def test_half_precision_sample_is_the_widened_float32_sample_on_every_call(half,
     for r in range(3):
         s = seed if isinstance(seed, int) else int(seed[r])
         assert lk.sample(h[r], seed=s, step=4, **kw) == lk.sample(w[r], seed=s, step=4, **kw)
+
+
+def test_seed_and_step_lists_take_every_uint64():
+    """Python int lists up to 2**64 - 1 (NumPy alone would read [1, 2**64 - 1] as float64)."""
+    seeds, steps = [1, 2**64 - 1, 2**63], [0, 2**64 - 1, 5]
+    want = [lk.sample(X[r], top_p=0.9, seed=seeds[r], step=steps[r]) for r in range(3)]
+    got = lk.sample(X, top_p=0.9, seed=seeds, step=steps)
+    assert got.tolist() == want
+    got = lk.sample(X, top_p=0.9, seed=np.array(seeds, dtype=np.uint64), step=tuple(steps))
+    assert got.tolist() == want
+
+
+def test_token_lists_as_a_2d_array_or_empty_float_arrays():
+    """A (B, n) integer array is B token lists; an empty array of any dtype is no tokens."""
+    hist = np.array([[1, 2, 2], [0, 0, 5], [7, 8, 9]])
+    kw = dict(repetition_penalty=1.3, frequency_penalty=0.2, presence_penalty=0.1)
+    want = lk.apply_penalties(X, output_tokens=[row for row in hist], **kw)
+    np.testing.assert_array_equal(lk.apply_penalties(X, output_tokens=hist, **kw), want)
+    lp = lk.logprobs(X, hist, top_n=2)
+    np.testing.assert_array_equal(lp.ranks, lk.logprobs(X, list(hist), top_n=2).ranks)
+    empty = lk.apply_penalties(X[0], output_tokens=np.array([]), **kw)
+    np.testing.assert_array_equal(empty, X[0])
+    res = lk.sample_batch(X, lk.SamplingParams(seed=1), output_tokens=hist)
+    want_tokens = lk.sample_batch(X, lk.SamplingParams(seed=1), output_tokens=list(hist))
+    np.testing.assert_array_equal(res.tokens, want_tokens.tokens)
+
+
+def test_zero_dimensional_uniform_for_one_row():
+    assert lk.sample(X[0], uniforms=np.array(0.3)) == lk.sample(X[0], uniforms=0.3)
+    assert lk.sample(X[0], uniforms=np.float32(0.3)) == lk.sample(
+        X[0], uniforms=float(np.float32(0.3))
+    )

@@ -143,7 +143,7 @@ def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
         elif from_dlpack is not None:
             a = from_dlpack
         else:
-            a = np.asarray(logits)
+            a = _asarray(logits, "logits")
             if a.dtype.kind in "iu" and isinstance(logits, (list, tuple)):
                 a = a.astype(np.float32)
     dt = a.dtype
@@ -186,6 +186,15 @@ def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
     if a.ndim == 1:
         a = a.reshape(1, -1)
     return _Logits(a, kind, shape, source)
+
+
+def _asarray(value: Any, name: str) -> np.ndarray:
+    """``np.asarray(value)``, with NumPy's conversion errors (ragged nested lists, ...) raised
+    as the same exception type naming the parameter."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{name}: cannot be read as an array ({e})") from e
 
 
 def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
@@ -260,7 +269,7 @@ def _per_row(value: Any, name: str, integer: bool) -> Any:
     """A scalar as a Python number, or a 1-D array as a contiguous float64 / int64 array."""
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         return _check_int(value, name) if integer else float(value)
-    a = np.asarray(value)
+    a = _asarray(value, name)
     if a.ndim == 0:
         if a.dtype.kind not in ("iu" if integer else "fiu"):
             raise TypeError(f"{name}: must be a number or a 1-D array, got {type(value).__name__}")
@@ -287,7 +296,17 @@ def _u64(value: Any, name: str) -> Any:
         return v
     if isinstance(value, (float, bool, np.floating, np.bool_, str, bytes)):
         raise TypeError(f"{name}: must be an integer in [0, 2**64), got {type(value).__name__}")
-    a = np.asarray(value)
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+    ):
+        # Python ints up to 2**64 - 1 (NumPy alone would turn a mix of large and small ones
+        # into float64).
+        ints = [int(v) for v in value]
+        bad = [v for v in ints if not 0 <= v <= _U64_MAX]
+        if bad:
+            raise ValueError(f"{name}: must be in [0, 2**64), got {bad[0]}")
+        return np.array(ints, dtype=np.uint64)
+    a = _asarray(value, name)
     if a.ndim == 0:
         if a.dtype.kind not in "iu":
             raise TypeError(f"{name}: must be an integer in [0, 2**64), got {type(value).__name__}")
@@ -537,7 +556,15 @@ def _bias(bias: Any, x: _Logits) -> Any:
         raise TypeError("bias: must be a dict {token_id: value} for 1-D logits")
     if isinstance(bias, (str, bytes)) or not isinstance(bias, Sequence):
         raise TypeError("bias: must be a dict {token_id: value} or a sequence of them")
-    return [b if isinstance(b, dict) else dict(b) for b in bias]
+    rows = []
+    for b in bias:
+        if not isinstance(b, Mapping):
+            raise TypeError(
+                "bias: must be a dict {token_id: value} or a sequence of them, got a sequence "
+                f"holding {type(b).__name__}"
+            )
+        rows.append(b if isinstance(b, dict) else dict(b))
+    return rows
 
 
 def apply_penalties(
@@ -616,12 +643,14 @@ def uniform(seed: int, step: int) -> float:
 def _uniforms(x: _Logits, uniforms: Any) -> np.ndarray:
     rows = x.array.shape[0]
     if len(x.shape) == 1:
+        if isinstance(uniforms, np.ndarray) and uniforms.ndim == 0 and uniforms.dtype.kind in "fiu":
+            uniforms = uniforms[()]
         if isinstance(uniforms, (bool, np.bool_)) or not isinstance(
             uniforms, (int, float, np.integer, np.floating)
         ):
             raise TypeError("uniforms: must be a float for 1-D logits")
         return np.array([float(uniforms)])
-    u = np.asarray(uniforms)
+    u = _asarray(uniforms, "uniforms")
     if u.ndim != 1 or u.shape[0] != rows:
         raise ValueError(f"uniforms: must be an array of length {rows}, got shape {u.shape}")
     if u.dtype.kind not in "fiu":
@@ -756,6 +785,8 @@ def logprobs(
     ([1, 3], [2])
     """
     x = _logits(logits, dtype)
+    if tokens is None:
+        raise TypeError("tokens: must be token ids (a 1-D int array, or one per row)")
     n = _check_int(top_n, "top_n")
     vocab = x.shape[-1]
     if not 0 <= n <= vocab:

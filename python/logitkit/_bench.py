@@ -1240,13 +1240,13 @@ def write_plot(report: dict[str, Any], path: str) -> str | None:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(ops) + 2), 4.5))
     width = 0.8 / len(series)
     for j, name in enumerate(series):
-        ys = []
+        ys: list[float] = []
         for o in ops:
             if name == "floor":
                 r = _find(records, "floor", floor_kind(o), v, b)
             else:
                 r = _find(records, name, o, v, b)
-            ys.append(r.get("per_row_us") if r and r.get("per_row_us") else float("nan"))
+            ys.append(float(r["per_row_us"]) if r and r.get("per_row_us") else float("nan"))
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(ops))]
         ax.bar(xs, ys, width, label="floor of the op's class" if name == "floor" else name)
     ax.set_yscale("log")

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._api import ArrayLike, _logits, _u64
+from ._api import ArrayLike, _asarray, _logits, _u64
 
 __all__ = ["BatchResult", "SamplingParams", "sample_batch"]
 
@@ -146,6 +146,8 @@ class SamplingParams:
                 raise _fail("logit_bias", f"value {val} for token {tid} must be finite or -inf")
             bias_ids.append(tid)
             bias_values.append(val)
+        if len(set(bias_ids)) != len(bias_ids):
+            raise _fail("logit_bias", "gives a token id twice (as an int and as a string)")
         allowed = None
         if self.allowed_token_ids is not None:
             allowed = _ids(self.allowed_token_ids, "allowed_token_ids")
@@ -173,6 +175,18 @@ class SamplingParams:
             raise _fail(
                 "order", f"must be one of {', '.join(map(repr, _ORDERS))}, got {self.order!r}"
             )
+        # Store the validated values, so that fields hold what is sampled with: plain Python
+        # numbers, integer token ids (string keys of logit_bias converted) and copies of the
+        # caller's containers (changing them later changes nothing here).
+        normalized = {
+            "temperature": t, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+            "min_keep": min_keep, "repetition_penalty": rep, "presence_penalty": pres,
+            "frequency_penalty": freq, "logit_bias": dict(zip(bias_ids, bias_values, strict=True)),
+            "allowed_token_ids": allowed, "stop_token_ids": stop, "min_tokens": min_tokens,
+            "seed": seed, "logprobs": logprobs,
+        }  # fmt: skip
+        for name, value in normalized.items():
+            object.__setattr__(self, name, value)
         native = _core.RowParams(
             t, top_k, top_p, min_p, min_keep, self.order, rep, pres, freq, bias_ids,
             bias_values, allowed, stop, min_tokens, seed, logprobs,
@@ -288,7 +302,7 @@ def sample_batch(
     step_arg = None if steps is None else _u64(steps, "steps")
     mask = None
     if token_bitmask is not None:
-        m = np.asarray(token_bitmask)
+        m = _asarray(token_bitmask, "token_bitmask")
         if m.dtype == np.uint32:
             m = m.view(np.int32)
         if m.dtype != np.int32:
