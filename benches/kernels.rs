@@ -45,6 +45,11 @@ fn main() {
     let mut bmax = vec![0.0f32; prims::n_blocks(v)];
     let mut bsum = vec![0.0f32; prims::n_blocks(v)];
     let mut out = vec![0.0f32; v];
+    let mut gref = vec![0.0f32; prims::n_blocks(v).div_ceil(prims::GROUP)];
+    // 64 rows (a batch that does not fit in the caches): per-row costs when rows come from memory.
+    let batch: Vec<f32> = (0..64)
+        .flat_map(|r| x.iter().map(move |&e| e + r as f32 * 1e-3))
+        .collect();
     let mut tok = vec![0i64; 1];
     for level in simd::available() {
         simd::set_level(level);
@@ -88,6 +93,32 @@ fn main() {
                 }),
             ),
             (
+                "scan+weight_sums",
+                median_us(|| {
+                    let _ = prims::scan(black_box(row), &mut bmax);
+                    black_box(prims::weight_sums(
+                        row,
+                        &bmax,
+                        m,
+                        1.25,
+                        prims::ALL_FINITE,
+                        &mut bsum,
+                    ));
+                }),
+            ),
+            (
+                "scan_weights",
+                median_us(|| {
+                    black_box(prims::scan_weights(
+                        black_box(row),
+                        &mut bmax,
+                        &mut bsum,
+                        &mut gref,
+                        1.25,
+                    ));
+                }),
+            ),
+            (
                 "softmax",
                 median_us(|| kernels::softmax(row, v, 1.0, false, &mut out).unwrap()),
             ),
@@ -98,6 +129,48 @@ fn main() {
         ];
         for (name, us) in rows {
             println!("  {name:<18} {us:9.2} us");
+        }
+        let per_row = |us: f64| us / 64.0;
+        let mem = [
+            (
+                "B=64 scan+weight_sums",
+                per_row(median_us(|| {
+                    for r in batch.chunks_exact(v) {
+                        let prims::Scan::Max(m) = prims::scan(r, &mut bmax) else {
+                            unreachable!()
+                        };
+                        black_box(prims::weight_sums(
+                            r,
+                            &bmax,
+                            m,
+                            1.25,
+                            prims::ALL_FINITE,
+                            &mut bsum,
+                        ));
+                    }
+                })),
+            ),
+            (
+                "B=64 scan_weights",
+                per_row(median_us(|| {
+                    for r in batch.chunks_exact(v) {
+                        black_box(prims::scan_weights(
+                            r, &mut bmax, &mut bsum, &mut gref, 1.25,
+                        ));
+                    }
+                })),
+            ),
+            (
+                "B=64 scan",
+                per_row(median_us(|| {
+                    for r in batch.chunks_exact(v) {
+                        black_box(prims::scan(r, &mut bmax));
+                    }
+                })),
+            ),
+        ];
+        for (name, us) in mem {
+            println!("  {name:<18} {us:9.2} us/row");
         }
         for (name, f) in [
             (

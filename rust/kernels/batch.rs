@@ -143,8 +143,7 @@ fn logprobs_of<T: Elem>(
     let scale = pipeline::scale_of(t);
     let (vmax, log_total) = match kept {
         Kept::Threshold(thr) => {
-            scr.bsum.resize(s.bmax.len(), 0.0);
-            let total = prims::weight_sums(s.x, s.bmax, s.m, scale, *thr, &mut scr.bsum);
+            let (total, _) = pipeline::weight_sums(s, scale, *thr, &mut scr.bsum);
             (s.m, total.ln())
         }
         Kept::List(l) => {
@@ -200,33 +199,53 @@ pub fn sample_request<T: Elem>(
     let mut bmax = std::mem::take(&mut scr.bmax);
     let mut bmax2 = std::mem::take(&mut scr.bmax2);
     let mut row = std::mem::take(&mut scr.row);
-    let result = sample_request_in(x, inp, &mut bmax, &mut bmax2, &mut row, scr);
-    scr.bmax = bmax;
-    scr.bmax2 = bmax2;
-    scr.row = row;
+    let mut pre = std::mem::take(&mut scr.pre_bsum);
+    let mut pre2 = std::mem::take(&mut scr.pre_bsum2);
+    let bufs = (&mut bmax, &mut bmax2, &mut row, &mut pre, &mut pre2);
+    let result = sample_request_in(x, inp, bufs, scr);
+    (scr.bmax, scr.bmax2, scr.row) = (bmax, bmax2, row);
+    (scr.pre_bsum, scr.pre_bsum2) = (pre, pre2);
     result
 }
+
+/// Buffers of [`sample_request_in`]: block maxima of the caller's row and of the edited row,
+/// the edited row, and the weight sums that come with each scan.
+type RowBufs<'b> = (
+    &'b mut Vec<f32>,
+    &'b mut Vec<f32>,
+    &'b mut Vec<f32>,
+    &'b mut Vec<f32>,
+    &'b mut Vec<f32>,
+);
 
 fn sample_request_in<T: Elem>(
     x: &[T],
     inp: &RowInput<'_>,
-    bmax: &mut Vec<f32>,
-    bmax2: &mut Vec<f32>,
-    row: &mut Vec<f32>,
+    (bmax, bmax2, row, pre, pre2): RowBufs<'_>,
     scr: &mut Scratch,
 ) -> Result<RowResult, KernelError> {
     let req = inp.req;
+    let edits = req.edits_row(inp.output.len(), inp.bitmask.is_some());
+    // The weight sums the pipeline takes first (or the raw log-probabilities' ones) come with
+    // the scan of the row they are taken on.
+    let first = pipeline::first_sums_scale(&req.filters, x.len());
+    let raw_lp = req.logprobs.is_some() && !req.processed;
+    let raw_sums = if edits {
+        None
+    } else {
+        first.or(raw_lp.then_some(1.0))
+    };
     // The caller's row is checked first, so NaN/+inf errors name the caller's index.
-    let raw = pipeline::scan(x, bmax)?;
+    let raw = pipeline::scan_with(x, bmax, pre, &mut scr.gref, raw_sums)?;
     let mut res = RowResult {
         logprob: f32::NAN,
         ..RowResult::default()
     };
-    if req.edits_row(inp.output.len(), inp.bitmask.is_some()) {
+    if edits {
         row.resize(x.len(), 0.0);
         prims::widen(x, row);
         edit_row(row, inp, scr);
-        let s = pipeline::scan(&row[..], bmax2)?;
+        let s = pipeline::scan_with(&row[..], bmax2, pre2, &mut scr.gref, first)?;
         step(&s, inp, scr, &mut res);
     } else {
         step(&raw, inp, scr, &mut res);

@@ -29,6 +29,7 @@ mod tests;
 
 use elem::Elem;
 pub use penalties::Penalties;
+use pipeline::ALL_FINITE;
 pub use pipeline::{Filters, Mask, Order};
 
 use crate::error::KernelError;
@@ -146,33 +147,59 @@ pub fn softmax<T: Elem>(
 ) -> Result<(), KernelError> {
     check_temperature(temperature)?;
     let rows = rows_of(x, vocab);
+    let scale = pipeline::scale_of(temperature);
     for_rows(rows, vocab, out, vocab, |r, o, scr| {
         let row = &x[r * vocab..(r + 1) * vocab];
         let mut bmax = std::mem::take(&mut scr.bmax);
-        let res = pipeline::scan(row, &mut bmax).map(|s| {
-            if log {
-                scr.bsum.resize(s.bmax.len(), 0.0);
-                let total = prims::weight_sums(
-                    row,
-                    s.bmax,
-                    s.m,
-                    pipeline::scale_of(temperature),
-                    f32::NEG_INFINITY,
-                    &mut scr.bsum,
-                );
-                let scale = pipeline::scale_of(temperature);
-                // With T so large that 1/T is 0 in f32 (the uniform distribution over the finite
-                // tokens), masked tokens still get -inf (see `prims::finite_logprob`).
-                prims::write_log_softmax(row, s.m, scale, total.ln(), o);
-            } else {
-                let total =
-                    prims::write_weights(row, s.bmax, s.m, pipeline::scale_of(temperature), o);
-                prims::scale_in_place(o, (1.0 / total) as f32);
-            }
-        });
+        let res = if !log && prims::fused_pays(scale) {
+            softmax_fused(row, scale, &mut bmax, o, scr)
+        } else {
+            let mut pre = std::mem::take(&mut scr.pre_bsum);
+            let sums = log.then_some(scale);
+            let res = pipeline::scan_with(row, &mut bmax, &mut pre, &mut scr.gref, sums).map(|s| {
+                if log {
+                    let (total, _) = pipeline::weight_sums(&s, scale, ALL_FINITE, &mut scr.bsum);
+                    // With T so large that 1/T is 0 in f32 (the uniform distribution over the
+                    // finite tokens), masked tokens still get -inf (`prims::finite_logprob`).
+                    prims::write_log_softmax(row, s.m, scale, total.ln(), o);
+                } else {
+                    let total = prims::write_weights(row, s.bmax, s.m, scale, o);
+                    prims::scale_in_place(o, (1.0 / total) as f32);
+                }
+            });
+            scr.pre_bsum = pre;
+            res
+        };
         scr.bmax = bmax;
         res
     })
+}
+
+/// Softmax of one row in two passes: the scan fused with the weights' write, then their
+/// normalisation ([`prims::scan_write_weights`], [`prims::normalize_weights`]).
+fn softmax_fused<T: Elem>(
+    row: &[T],
+    scale: f32,
+    bmax: &mut Vec<f32>,
+    o: &mut [f32],
+    scr: &mut pipeline::Scratch,
+) -> Result<(), KernelError> {
+    let nb = prims::n_blocks(row.len());
+    bmax.resize(nb, 0.0);
+    scr.bsum.resize(nb, 0.0);
+    scr.gref.resize(nb.div_ceil(prims::GROUP), 0.0);
+    match prims::scan_write_weights(row, bmax, &mut scr.bsum, &mut scr.gref, scale, o) {
+        prims::Scan::Bad(index, value) => Err(KernelError::NonFinite {
+            row: 0,
+            index,
+            value,
+        }),
+        prims::Scan::Max(m) if m == f32::NEG_INFINITY => Err(KernelError::AllMasked { row: 0 }),
+        prims::Scan::Max(m) => {
+            prims::normalize_weights(bmax, &mut scr.bsum, &scr.gref, m, scale, o);
+            Ok(())
+        }
+    }
 }
 
 /// Checks one row (no NaN or `+inf`, at least one finite token) and returns its maximum.
@@ -492,32 +519,34 @@ pub fn logprobs<T: Elem>(
     for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, scr| {
         let row = &x[r * vocab..(r + 1) * vocab];
         let mut bmax = std::mem::take(&mut scr.bmax);
-        let res = pipeline::scan(row, &mut bmax).map(|s| {
-            scr.bsum.resize(s.bmax.len(), 0.0);
-            let total = prims::weight_sums(row, s.bmax, s.m, 1.0, f32::NEG_INFINITY, &mut scr.bsum);
-            // (v - m) is exact in f64; subtracting ln(total) afterwards keeps large logits precise.
-            let (m, log_total) = (f64::from(s.m), total.ln());
-            let lp = |v: f32| prims::finite_logprob(v, ((f64::from(v) - m) - log_total) as f32);
-            let res = &mut o[0];
-            res.token_logprobs.clear();
-            res.ranks.clear();
-            for &t in tokens.row(r) {
-                let v = row[t as usize].to_f32();
-                res.token_logprobs.push(lp(v));
-                let larger = prims::count_ge(row, s.bmax, v.next_up()) as i64;
-                res.ranks.push(1 + larger);
-            }
-            res.top_ids.clear();
-            res.top_logprobs.clear();
-            if top_n > 0 {
-                let mut list = std::mem::take(&mut scr.cands);
-                select::top_k(row, s.bmax, top_n, &mut scr.sel, &mut scr.ids, &mut list);
-                res.top_ids.extend(list.iter().map(|c| i64::from(c.id)));
-                res.top_logprobs.extend(list.iter().map(|c| lp(c.v)));
-                scr.cands = list;
-            }
-        });
+        let mut pre = std::mem::take(&mut scr.pre_bsum);
+        let res =
+            pipeline::scan_with(row, &mut bmax, &mut pre, &mut scr.gref, Some(1.0)).map(|s| {
+                let (total, _) = pipeline::weight_sums(&s, 1.0, ALL_FINITE, &mut scr.bsum);
+                // (v - m) is exact in f64; subtracting ln(total) afterwards keeps large logits precise.
+                let (m, log_total) = (f64::from(s.m), total.ln());
+                let lp = |v: f32| prims::finite_logprob(v, ((f64::from(v) - m) - log_total) as f32);
+                let res = &mut o[0];
+                res.token_logprobs.clear();
+                res.ranks.clear();
+                for &t in tokens.row(r) {
+                    let v = row[t as usize].to_f32();
+                    res.token_logprobs.push(lp(v));
+                    let larger = prims::count_ge(row, s.bmax, v.next_up()) as i64;
+                    res.ranks.push(1 + larger);
+                }
+                res.top_ids.clear();
+                res.top_logprobs.clear();
+                if top_n > 0 {
+                    let mut list = std::mem::take(&mut scr.cands);
+                    select::top_k(row, s.bmax, top_n, &mut scr.sel, &mut scr.ids, &mut list);
+                    res.top_ids.extend(list.iter().map(|c| i64::from(c.id)));
+                    res.top_logprobs.extend(list.iter().map(|c| lp(c.v)));
+                    scr.cands = list;
+                }
+            });
         scr.bmax = bmax;
+        scr.pre_bsum = pre;
         res
     })
 }

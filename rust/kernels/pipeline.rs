@@ -16,7 +16,7 @@ use super::select::{self, Cand};
 use crate::error::KernelError;
 
 /// The threshold that keeps every finite token (and no `-inf` token).
-pub const ALL_FINITE: f32 = -f32::MAX;
+pub const ALL_FINITE: f32 = prims::ALL_FINITE;
 
 /// Where min-p and temperature sit in the pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +139,24 @@ pub struct Scratch {
     pub vals: Vec<f32>,
     /// Weights of a candidate list.
     pub wts: Vec<f32>,
+    /// Block weight sums taken with the scan ([`Pre`]).
+    pub pre_bsum: Vec<f32>,
+    /// Those of a second scan (of an edited row).
+    pub pre_bsum2: Vec<f32>,
+    /// Group references of the fused scan.
+    pub gref: Vec<f32>,
+}
+
+/// Block weight sums over every finite token at one scale, taken in the same read as the scan
+/// ([`prims::scan_weights`]).
+#[derive(Clone, Copy)]
+pub struct Pre<'a> {
+    /// The scale of the weights.
+    pub scale: f32,
+    /// Their total.
+    pub total: f64,
+    /// Per block.
+    pub bsum: &'a [f32],
 }
 
 /// A row after its scan: the maximum is known and the row holds no NaN or `+inf`.
@@ -149,6 +167,16 @@ pub struct Scanned<'a, T> {
     pub bmax: &'a [f32],
     /// The row maximum (finite).
     pub m: f32,
+    /// The weight sums the scan took, if any.
+    pub pre: Option<Pre<'a>>,
+}
+
+impl<T> Scanned<'_, T> {
+    /// The sums the scan took, when they are those of `scale` over the tokens `>= thr`.
+    fn pre_for(&self, scale: f32, thr: f32) -> Option<Pre<'_>> {
+        self.pre
+            .filter(|p| p.scale.to_bits() == scale.to_bits() && thr <= ALL_FINITE)
+    }
 }
 
 /// Scans a row into `bmax` (row number 0 in errors; the caller renumbers).
@@ -167,8 +195,91 @@ pub fn scan<'a, T: Elem>(
             value,
         }),
         prims::Scan::Max(m) if m == f32::NEG_INFINITY => Err(KernelError::AllMasked { row: 0 }),
-        prims::Scan::Max(m) => Ok(Scanned { x, bmax, m }),
+        prims::Scan::Max(m) => Ok(Scanned {
+            x,
+            bmax,
+            m,
+            pre: None,
+        }),
     }
+}
+
+/// [`scan`], and with `sums = Some(scale)` (when [`prims::fused_pays`]) the weight sums over
+/// every finite token at `scale` in the same read, into `bsum` (`gref` is scratch).
+///
+/// # Errors
+/// As [`scan`].
+pub fn scan_with<'a, T: Elem>(
+    x: &'a [T],
+    bmax: &'a mut Vec<f32>,
+    bsum: &'a mut Vec<f32>,
+    gref: &mut Vec<f32>,
+    sums: Option<f32>,
+) -> Result<Scanned<'a, T>, KernelError> {
+    let Some(scale) = sums.filter(|&sc| prims::fused_pays(sc)) else {
+        return scan(x, bmax);
+    };
+    let nb = n_blocks(x.len());
+    bmax.resize(nb, 0.0);
+    bsum.resize(nb, 0.0);
+    gref.resize(nb.div_ceil(prims::GROUP), 0.0);
+    match prims::scan_weights(x, bmax, bsum, gref, scale) {
+        (prims::Scan::Bad(index, value), _) => Err(KernelError::NonFinite {
+            row: 0,
+            index,
+            value,
+        }),
+        (prims::Scan::Max(m), _) if m == f32::NEG_INFINITY => {
+            Err(KernelError::AllMasked { row: 0 })
+        }
+        (prims::Scan::Max(m), total) => Ok(Scanned {
+            x,
+            bmax,
+            m,
+            pre: Some(Pre { scale, total, bsum }),
+        }),
+    }
+}
+
+/// The scale of the first weight sums that [`kept_set`] and [`draw`] take over every finite
+/// token, if they take them first (a temperature-only draw, or top-p before any other filter):
+/// those the scan can take in the same read ([`scan_with`]).
+#[must_use]
+pub fn first_sums_scale(f: &Filters, vocab: usize) -> Option<f32> {
+    let top_k_on = f.top_k > 0 && (f.top_k as u64) < vocab as u64;
+    if f.temperature == 0.0 || top_k_on {
+        return None;
+    }
+    let fs = if f.order == Order::LlamaCpp {
+        1.0
+    } else {
+        f.temperature
+    };
+    let (top_p_on, min_p_on) = (f.top_p < 1.0, f.min_p > 0.0);
+    let min_p_first = min_p_on && (f.order == Order::Vllm || !top_p_on);
+    if min_p_first {
+        None
+    } else if top_p_on {
+        Some(scale_of(fs))
+    } else {
+        Some(scale_of(f.temperature))
+    }
+}
+
+/// The total weight `e^((v - m) * scale)` of the tokens `>= thr`, and the block sums: those the
+/// scan took when they match, else computed into `bsum`.
+pub fn weight_sums<'s, T: Elem>(
+    s: &'s Scanned<'_, T>,
+    scale: f32,
+    thr: f32,
+    bsum: &'s mut Vec<f32>,
+) -> (f64, &'s [f32]) {
+    if let Some(p) = s.pre_for(scale, thr) {
+        return (p.total, p.bsum);
+    }
+    bsum.resize(s.bmax.len(), 0.0);
+    let total = prims::weight_sums(s.x, s.bmax, s.m, scale, thr, bsum);
+    (total, &bsum[..])
 }
 
 /// `1 / t` as an `f32` scale (`t > 0`), clamped to `f32::MAX`. A tiny temperature thus puts all
@@ -290,8 +401,7 @@ fn apply_top_p<T: Elem>(
             Kept::List(l)
         }
         Kept::Threshold(thr) => {
-            scr.bsum.resize(s.bmax.len(), 0.0);
-            let total = prims::weight_sums(s.x, s.bmax, s.m, scale, thr, &mut scr.bsum);
+            let (total, _) = weight_sums(s, scale, thr, &mut scr.bsum);
             let target = top_p * total;
             if target <= 0.0 {
                 return keep_top(s, Kept::Threshold(thr), min_keep, scr);
@@ -577,14 +687,12 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
             chosen.unwrap_or(l[0].id) as usize
         }
         &Kept::Threshold(thr) => {
-            scr.bsum.resize(s.bmax.len(), 0.0);
-            let total = prims::weight_sums(s.x, s.bmax, s.m, scale, thr, &mut scr.bsum);
+            let (total, bsum) = weight_sums(s, scale, thr, &mut scr.bsum);
             let target = u * total;
             let mut cum = 0.0f64;
             let mut last = 0;
             let mut crossed = false;
             // Blocks with a positive sum (every sum is >= 0), in order, up to the crossing.
-            let bsum = &scr.bsum;
             prims::for_live_blocks(bsum, prims::Live::Ge(f32::from_bits(1)), |b| {
                 if !crossed {
                     let bs = f64::from(bsum[b]);
@@ -613,15 +721,18 @@ pub fn sample_row<T: Elem>(
     scr: &mut Scratch,
 ) -> Result<usize, KernelError> {
     let mut bmax = std::mem::take(&mut scr.bmax);
+    let mut pre = std::mem::take(&mut scr.pre_bsum);
+    let mut gref = std::mem::take(&mut scr.gref);
     let result = (|| {
-        let s = scan(x, &mut bmax)?;
+        let sums = first_sums_scale(f, x.len());
+        let s = scan_with(x, &mut bmax, &mut pre, &mut gref, sums)?;
         if f.temperature == 0.0 {
             return Ok(select::argmax(s.x, s.bmax, s.m));
         }
         let kept = kept_set(&s, f, scr);
         Ok(draw(&s, &kept, f.temperature, u, scr))
     })();
-    scr.bmax = bmax;
+    (scr.bmax, scr.pre_bsum, scr.gref) = (bmax, pre, gref);
     result
 }
 
@@ -668,8 +779,17 @@ pub fn mask_row<T: Elem>(
     scr: &mut Scratch,
 ) -> Result<(), KernelError> {
     let mut bmax = std::mem::take(&mut scr.bmax);
+    let mut pre = std::mem::take(&mut scr.pre_bsum);
+    let mut gref = std::mem::take(&mut scr.gref);
     let result = (|| {
-        let s = scan(x, &mut bmax)?;
+        // Top-p weighs every finite token first.
+        let sums = match mask {
+            Mask::TopP {
+                top_p, temperature, ..
+            } if top_p < 1.0 => Some(scale_of(temperature)),
+            _ => None,
+        };
+        let s = scan_with(x, &mut bmax, &mut pre, &mut gref, sums)?;
         let all = Kept::Threshold(ALL_FINITE);
         let kept = match mask {
             Mask::TopK(k) if k >= x.len() => all,
@@ -688,7 +808,7 @@ pub fn mask_row<T: Elem>(
         write_kept(x, &kept, out);
         Ok(())
     })();
-    scr.bmax = bmax;
+    (scr.bmax, scr.pre_bsum, scr.gref) = (bmax, pre, gref);
     result
 }
 

@@ -11,6 +11,11 @@ use crate::simd::{multiversion, Level};
 pub const BLOCK: usize = 64;
 /// Independent accumulators per block (one AVX-512 register of `f32`).
 pub const LANES: usize = 16;
+/// Blocks per group of the fused scans ([`scan_weights`], [`scan_write_weights`]): 1024
+/// elements, an L1-resident tile that is read from memory once and then weighed.
+pub const GROUP: usize = 16;
+/// The threshold of [`weight_sums`] that keeps every finite token (`-inf` ones weigh 0).
+pub const ALL_FINITE: f32 = -f32::MAX;
 
 /// Below this base-2 exponent [`exp2_neg`] returns exactly 0 (`2^-125`, about `e^-86.6`).
 pub const T_CUTOFF: f32 = -125.0;
@@ -143,8 +148,7 @@ pub fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> Scan {
     debug_assert_eq!(bmax.len(), n_blocks(x.len()));
     let (row_max, bad) = simd_kernel!(scan(x, bmax), scan_portable(x, bmax));
     if bad {
-        let i = x.iter().position(|e| is_bad(e.to_f32())).unwrap_or(0);
-        return Scan::Bad(i, x[i].to_f32());
+        return first_bad(x);
     }
     Scan::Max(row_max)
 }
@@ -170,6 +174,27 @@ pub fn find_eq<T: Elem>(x: &[T], m: f32) -> usize {
     found.unwrap_or(0)
 }
 
+/// The maximum of one block (lanes reduced pairwise); `bad` lanes become non-zero where an
+/// element is NaN or `+inf`.
+#[inline(always)]
+fn block_max<T: Elem>(blk: &[T], bad: &mut [u32; LANES]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut lanes = blk.chunks_exact(LANES);
+    for c in &mut lanes {
+        for j in 0..LANES {
+            let v = c[j].to_f32();
+            acc[j] = if v > acc[j] { v } else { acc[j] };
+            bad[j] |= u32::from(is_bad(v));
+        }
+    }
+    for (j, e) in lanes.remainder().iter().enumerate() {
+        let v = e.to_f32();
+        acc[j] = if v > acc[j] { v } else { acc[j] };
+        bad[j] |= u32::from(is_bad(v));
+    }
+    reduce_max(&acc)
+}
+
 multiversion! {
     /// [`scan`] in portable code: the row maximum and whether a NaN or `+inf` was seen.
     pub fn scan_portable<T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
@@ -177,26 +202,218 @@ multiversion! {
         let mut bad = [0u32; LANES];
         let mut row_max = f32::NEG_INFINITY;
         for (blk, bm) in x.chunks(BLOCK).zip(bmax.iter_mut()) {
-            let mut acc = [f32::NEG_INFINITY; LANES];
-            let mut lanes = blk.chunks_exact(LANES);
-            for c in &mut lanes {
-                for j in 0..LANES {
-                    let v = c[j].to_f32();
-                    acc[j] = if v > acc[j] { v } else { acc[j] };
-                    bad[j] |= u32::from(is_bad(v));
-                }
-            }
-            for (j, e) in lanes.remainder().iter().enumerate() {
-                let v = e.to_f32();
-                acc[j] = if v > acc[j] { v } else { acc[j] };
-                bad[j] |= u32::from(is_bad(v));
-            }
-            let m = reduce_max(&acc);
+            let m = block_max(blk, &mut bad);
             *bm = m;
             row_max = if m > row_max { m } else { row_max };
         }
         (row_max, bad.iter().any(|&b| b != 0))
     }
+}
+
+/// The first NaN or `+inf` of a row that has one.
+fn first_bad<T: Elem>(x: &[T]) -> Scan {
+    let i = x.iter().position(|e| is_bad(e.to_f32())).unwrap_or(0);
+    Scan::Bad(i, x[i].to_f32())
+}
+
+/// [`scan`] and [`weight_sums`]`(x, bmax, m, scale, ALL_FINITE, bsum)` in one read of the row:
+/// returns the scan's result and the total weight (0 unless the maximum is finite).
+///
+/// The row is read group by group ([`GROUP`] blocks): each group's block maxima update the
+/// running maximum `r`, and the group is weighed against `r` while it is in L1, with `gref[g] = r`
+/// recorded. Once the row maximum `m` is known, the sums of every group with `r < m` are
+/// multiplied by `e^((r - m) * scale)` (blocks that are zero against `m` become exactly 0, as in
+/// [`weight_sums`]). Groups weighed against `m` itself hold the bits [`weight_sums`] gives; the
+/// others differ from them by a few ulp, the same on every level. Costs one exp per element
+/// even where [`weight_sums`] would skip a block that lies far below a later maximum, so the
+/// callers take it for scales at most [`FUSED_MAX_A`] `/ log2 e`.
+pub fn scan_weights<T: Elem>(
+    x: &[T],
+    bmax: &mut [f32],
+    bsum: &mut [f32],
+    gref: &mut [f32],
+    scale: f32,
+) -> (Scan, f64) {
+    debug_assert_eq!(bmax.len(), n_blocks(x.len()));
+    debug_assert_eq!(bsum.len(), bmax.len());
+    debug_assert_eq!(gref.len(), bmax.len().div_ceil(GROUP));
+    let (m, bad) = simd_kernel!(
+        scan_weights(x, bmax, bsum, gref, scale),
+        scan_weights_portable(x, bmax, bsum, gref, scale, None)
+    );
+    if bad {
+        return (first_bad(x), 0.0);
+    }
+    if m == f32::NEG_INFINITY {
+        return (Scan::Max(m), 0.0);
+    }
+    let a = (scale * LOG2_E).min(f32::MAX);
+    (
+        Scan::Max(m),
+        rescale_sums(bmax, bsum, gref, m, a, ALL_FINITE),
+    )
+}
+
+/// `e^((r - m) * a / log2 e)` for the references `r` of successive groups, which rarely change
+/// (each change is a new running maximum): one exp per distinct reference.
+struct GroupFactor {
+    m: f32,
+    a: f32,
+    last: Option<(f32, f32)>,
+}
+
+impl GroupFactor {
+    fn new(m: f32, a: f32) -> Self {
+        Self { m, a, last: None }
+    }
+
+    fn of(&mut self, r: f32) -> f32 {
+        match self.last {
+            Some((lr, f)) if lr.to_bits() == r.to_bits() => f,
+            _ => {
+                let f = exp2_neg((r - self.m) * self.a);
+                self.last = Some((r, f));
+                f
+            }
+        }
+    }
+}
+
+/// Brings the block sums of every group weighed against `r = gref[g] < m` to the row maximum
+/// `m` (blocks zero against `m` become exactly 0) and returns the total, summed in `f64` in
+/// block order.
+fn rescale_sums(bmax: &[f32], bsum: &mut [f32], gref: &[f32], m: f32, a: f32, thr: f32) -> f64 {
+    let mut factor = GroupFactor::new(m, a);
+    let mut total = 0.0f64;
+    for ((bm, bs), &r) in bmax.chunks(GROUP).zip(bsum.chunks_mut(GROUP)).zip(gref) {
+        if r != m {
+            let f = factor.of(r);
+            for (&b, s) in bm.iter().zip(bs.iter_mut()) {
+                *s = if block_is_zero(b, m, a, thr) {
+                    0.0
+                } else {
+                    *s * f
+                };
+            }
+        }
+        for &v in bs.iter() {
+            total += f64::from(v);
+        }
+    }
+    total
+}
+
+/// The largest `scale * log2 e` for which the fused scans pay: beyond it (temperatures below
+/// about 0.36) a row's blocks far below its maximum are often exactly 0, and the two-pass
+/// [`scan`] + [`weight_sums`] skips them without an exp.
+pub const FUSED_MAX_A: f32 = 4.0;
+
+/// Whether the fused scans suit `scale` (see [`FUSED_MAX_A`]).
+#[must_use]
+pub fn fused_pays(scale: f32) -> bool {
+    scale * LOG2_E <= FUSED_MAX_A
+}
+
+multiversion! {
+    /// [`scan_weights`] in portable code (before the rescaling), and with `out` the weights
+    /// written ([`scan_write_weights`]): the row maximum and whether a NaN or `+inf` was seen.
+    pub fn scan_weights_portable<T: Elem>(x: &[T], bmax: &mut [f32], bsum: &mut [f32], gref: &mut [f32], scale: f32, out: Option<&mut [f32]>) -> (f32, bool) {
+        let a = (scale * LOG2_E).min(f32::MAX);
+        let mut bad = [0u32; LANES];
+        let mut row_max = f32::NEG_INFINITY;
+        let mut out = out;
+        let groups = x.chunks(GROUP * BLOCK).zip(bmax.chunks_mut(GROUP)).zip(bsum.chunks_mut(GROUP));
+        for (g, (((xs, bm), bs), r)) in groups.zip(gref.iter_mut()).enumerate() {
+            for (blk, m) in xs.chunks(BLOCK).zip(bm.iter_mut()) {
+                *m = block_max(blk, &mut bad);
+                row_max = if *m > row_max { *m } else { row_max };
+            }
+            *r = row_max;
+            let first = g * GROUP * BLOCK;
+            for (i, ((blk, &m), s)) in xs.chunks(BLOCK).zip(bm.iter()).zip(bs.iter_mut()).enumerate() {
+                *s = match out.as_deref_mut() {
+                    None if block_is_zero(m, row_max, a, ALL_FINITE) => 0.0,
+                    None => block_weight_sum(blk, row_max, a, ALL_FINITE),
+                    Some(out) => {
+                        let start = first + i * BLOCK;
+                        write_block_weights(blk, m, row_max, a, &mut out[start..start + blk.len()])
+                    }
+                };
+            }
+        }
+        (row_max, bad.iter().any(|&b| b != 0))
+    }
+}
+
+/// The softmax numerator pass fused with the scan: [`scan`], and `out[i] = e^((x[i] - r) *
+/// scale)` against the running maximum `r` of each group (see [`scan_weights`]), with `bsum`
+/// and `gref` as there. [`normalize_weights`] then turns `out` into probabilities.
+pub fn scan_write_weights<T: Elem>(
+    x: &[T],
+    bmax: &mut [f32],
+    bsum: &mut [f32],
+    gref: &mut [f32],
+    scale: f32,
+    out: &mut [f32],
+) -> Scan {
+    debug_assert_eq!(out.len(), x.len());
+    debug_assert_eq!(gref.len(), bmax.len().div_ceil(GROUP));
+    let (m, bad) = simd_kernel!(
+        scan_write_weights(x, bmax, bsum, gref, scale, out),
+        scan_weights_portable(x, bmax, bsum, gref, scale, Some(out))
+    );
+    if bad {
+        return first_bad(x);
+    }
+    Scan::Max(m)
+}
+
+/// Divides the weights of [`scan_write_weights`] by their total, after bringing every group to
+/// the row maximum `m`: `out[i] *= e^((r - m) * scale) / total` per group (blocks zero against
+/// `m` become exactly 0). Groups weighed against `m` get the bits of [`write_weights`] and
+/// [`scale_in_place`] by `1 / total`.
+pub fn normalize_weights(
+    bmax: &[f32],
+    bsum: &mut [f32],
+    gref: &[f32],
+    m: f32,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let a = (scale * LOG2_E).min(f32::MAX);
+    let total = rescale_sums(bmax, bsum, gref, m, a, f32::NEG_INFINITY);
+    let inv = (1.0 / total) as f32;
+    let mut factor = GroupFactor::new(m, a);
+    for (g, (o, &r)) in out.chunks_mut(GROUP * BLOCK).zip(gref).enumerate() {
+        if r == m {
+            scale_in_place(o, inv);
+            continue;
+        }
+        let k = (f64::from(factor.of(r)) / total) as f32;
+        for (b, ob) in o.chunks_mut(BLOCK).enumerate() {
+            if block_is_zero(bmax[g * GROUP + b], m, a, f32::NEG_INFINITY) {
+                ob.fill(0.0);
+            } else {
+                scale_in_place(ob, k);
+            }
+        }
+    }
+}
+
+/// `o[i] = e^((blk[i] - m) * scale)` (`a = scale * log2 e`) for one block with maximum `bm`, and
+/// their sum in [`LANES`] lanes (as [`write_weights`]); zeros when the block weighs nothing.
+#[inline(always)]
+fn write_block_weights<T: Elem>(blk: &[T], bm: f32, m: f32, a: f32, o: &mut [f32]) -> f32 {
+    if block_is_zero(bm, m, a, f32::NEG_INFINITY) {
+        o.fill(0.0);
+        return 0.0;
+    }
+    let mut acc = [0.0f32; LANES];
+    for (i, (e, w)) in blk.iter().zip(o.iter_mut()).enumerate() {
+        *w = exp2_neg((e.to_f32() - m) * a);
+        acc[i % LANES] += *w;
+    }
+    reduce_sum(&acc)
 }
 
 /// Weight of one element: `e^((v - m) * scale) = 2^((v - m) * a)` if `v >= thr`, else 0.
@@ -386,16 +603,7 @@ multiversion! {
         let a = (scale * LOG2_E).min(f32::MAX);
         let mut total = 0.0f64;
         for ((blk, &bm), o) in x.chunks(BLOCK).zip(bmax).zip(out.chunks_mut(BLOCK)) {
-            if block_is_zero(bm, m, a, f32::NEG_INFINITY) {
-                o.fill(0.0);
-                continue;
-            }
-            let mut acc = [0.0f32; LANES];
-            for (i, (e, w)) in blk.iter().zip(o.iter_mut()).enumerate() {
-                *w = exp2_neg((e.to_f32() - m) * a);
-                acc[i % LANES] += *w;
-            }
-            total += f64::from(reduce_sum(&acc));
+            total += f64::from(write_block_weights(blk, bm, m, a, o));
         }
         total
     }
@@ -602,7 +810,97 @@ mod tests {
             scale_in_place(&mut out, 0.37);
             bits.extend(out.iter().map(|v| v.to_bits()));
         }
+        // The fused scans: maxima, group references, rescaled sums, total, weights.
+        let mut gref = vec![0.0; bmax.len().div_ceil(GROUP)];
+        for scale in [1.0f32, 0.37, 2.5] {
+            let (scan, total) = scan_weights(x, &mut bmax, &mut bsum, &mut gref, scale);
+            assert_eq!(scan, Scan::Max(m));
+            bits.push(total.to_bits() as u32);
+            bits.extend(bmax.iter().chain(&bsum).chain(&gref).map(|v| v.to_bits()));
+            let scan = scan_write_weights(x, &mut bmax, &mut bsum, &mut gref, scale, &mut out);
+            assert_eq!(scan, Scan::Max(m));
+            normalize_weights(&bmax, &mut bsum, &gref, m, scale, &mut out);
+            bits.extend(out.iter().chain(&bsum).map(|v| v.to_bits()));
+        }
         bits
+    }
+
+    /// The fused scans give the two-pass results up to the rescaling's rounding, and exactly
+    /// when the maximum comes first; a bad value or an all-masked row is reported as by `scan`.
+    #[test]
+    fn fused_scans_match_the_two_passes() {
+        let mut state = 99u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for len in [1usize, 63, 1024, 1025, 3000, 5000, 20000] {
+            for peak_at in [0, len / 3, len - 1] {
+                let mut x: Vec<f32> = (0..len).map(|_| next() * 20.0 - 10.0).collect();
+                x[peak_at] = 30.0;
+                if len > 4 {
+                    x[len / 2 + 1] = f32::NEG_INFINITY;
+                }
+                let nb = n_blocks(len);
+                let (mut bmax, mut bmax2) = (vec![0.0; nb], vec![0.0; nb]);
+                let (mut bsum, mut bsum2) = (vec![0.0; nb], vec![0.0; nb]);
+                let mut gref = vec![0.0; nb.div_ceil(GROUP)];
+                for scale in [0.2f32, 1.0, 2.7] {
+                    let Scan::Max(m) = scan(&x, &mut bmax) else {
+                        panic!("bad row")
+                    };
+                    let want = weight_sums(&x, &bmax, m, scale, ALL_FINITE, &mut bsum);
+                    let (got_scan, got) =
+                        scan_weights(&x, &mut bmax2, &mut bsum2, &mut gref, scale);
+                    assert_eq!(got_scan, Scan::Max(m));
+                    assert_eq!(bmax, bmax2);
+                    if peak_at == 0 {
+                        assert_eq!(got.to_bits(), want.to_bits(), "len {len} scale {scale}");
+                        assert_eq!(bsum, bsum2);
+                    }
+                    assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
+                    // A weight 2^t carries a relative error up to |t| 2^-23 (|t| <= 125) from
+                    // its f32 exponent, in either computation.
+                    let tol = 2.0 * 125.0 * f32::EPSILON / 2.0;
+                    for (a, b) in bsum.iter().zip(&bsum2) {
+                        assert_eq!(*a == 0.0, *b == 0.0);
+                        assert!((a - b).abs() <= tol * a, "{a} vs {b}");
+                    }
+                    let (mut p, mut p2) = (vec![0.0; len], vec![0.0; len]);
+                    let total = write_weights(&x, &bmax, m, scale, &mut p);
+                    scale_in_place(&mut p, (1.0 / total) as f32);
+                    let got_scan =
+                        scan_write_weights(&x, &mut bmax2, &mut bsum2, &mut gref, scale, &mut p2);
+                    assert_eq!(got_scan, Scan::Max(m));
+                    normalize_weights(&bmax2, &mut bsum2, &gref, m, scale, &mut p2);
+                    if peak_at == 0 {
+                        assert_eq!(p, p2);
+                    }
+                    // A probability below the exp cutoff (2^-125 of the maximum's) may be 0 in
+                    // one and tiny in the other: an element weighed against a smaller running
+                    // maximum, then scaled.
+                    let tiny = f32::from_bits(0x0100_0000); // 2^-125
+                    for (a, b) in p.iter().zip(&p2) {
+                        assert!((a - b).abs() <= tol * a || a.max(*b) < tiny, "{a} vs {b}");
+                    }
+                }
+            }
+        }
+        let mut gref = vec![0.0; 2];
+        let (mut bmax, mut bsum) = (vec![0.0; 17], vec![0.0; 17]);
+        let mut x = vec![f32::NEG_INFINITY; 1030];
+        assert_eq!(
+            scan_weights(&x, &mut bmax, &mut bsum, &mut gref, 1.0),
+            (Scan::Max(f32::NEG_INFINITY), 0.0)
+        );
+        x[1029] = f32::NAN;
+        x[1028] = 0.0;
+        assert!(matches!(
+            scan_weights(&x, &mut bmax, &mut bsum, &mut gref, 1.0).0,
+            Scan::Bad(1029, _)
+        ));
     }
 
     /// binary32 -> binary16 bits, round to nearest even (test data only: normal range).

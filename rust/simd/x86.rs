@@ -17,7 +17,8 @@ use std::arch::x86_64::*;
 
 use crate::kernels::elem::{Elem, Storage};
 use crate::kernels::prims::{
-    self, block_is_zero, for_live_blocks, Live, BLOCK, EXP2_POLY, LANES, LOG2_E, T_CUTOFF,
+    self, block_is_zero, for_live_blocks, Live, ALL_FINITE, BLOCK, EXP2_POLY, GROUP, LANES, LOG2_E,
+    T_CUTOFF,
 };
 
 /// Sixteen `f32` lanes.
@@ -368,15 +369,25 @@ fn tail<T: Elem>(part: &[T]) -> [f32; LANES] {
     buf
 }
 
+/// The block scan, group by group: fills `bmax`, folds the row maximum block by block (as
+/// `prims::scan_portable`) and calls `after(g, b0, maxima, r)` once group `g` ([`GROUP`] blocks
+/// from block `b0`, fewer at the end) is scanned, with `maxima` its block maxima and `r` the
+/// running maximum so far.
+/// Returns the row maximum and whether a NaN or `+inf` was seen.
 #[inline(always)]
-unsafe fn scan_k<V: V16, T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
+unsafe fn scan_groups_k<V: V16, T: Elem>(
+    x: &[T],
+    bmax: &mut [f32],
+    mut after: impl FnMut(usize, usize, &[f32], f32),
+) -> (f32, bool) {
+    const _: () = assert!(GROUP == 16, "max16 reduces sixteen blocks");
     let mut bad = V::no_mask();
     let mut row_max = f32::NEG_INFINITY;
     // Sixteen full blocks at a time, their maxima reduced together.
-    let groups = x.len() / (16 * BLOCK);
+    let groups = x.len() / (GROUP * BLOCK);
     for g in 0..groups {
-        let base = x.as_ptr().add(g * 16 * BLOCK);
-        let mut acc = [V::splat(f32::NEG_INFINITY); 16];
+        let base = x.as_ptr().add(g * GROUP * BLOCK);
+        let mut acc = [V::splat(f32::NEG_INFINITY); GROUP];
         for (b, a) in acc.iter_mut().enumerate() {
             let p = base.add(b * BLOCK);
             for c in 0..BLOCK / LANES {
@@ -385,13 +396,14 @@ unsafe fn scan_k<V: V16, T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
                 bad = V::or(bad, v.bad());
             }
         }
-        let out = &mut bmax[g * 16..(g + 1) * 16];
+        let out = &mut bmax[g * GROUP..(g + 1) * GROUP];
         V::max16(&acc).store(out.as_mut_ptr());
         for &m in out.iter() {
             row_max = if m > row_max { m } else { row_max };
         }
+        after(g, g * GROUP, out, row_max);
     }
-    let done = groups * 16;
+    let done = groups * GROUP;
     for (blk, bm) in x[done * BLOCK..].chunks(BLOCK).zip(bmax[done..].iter_mut()) {
         let mut acc = V::splat(f32::NEG_INFINITY);
         let full = blk.len() / LANES;
@@ -410,7 +422,77 @@ unsafe fn scan_k<V: V16, T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
         *bm = m;
         row_max = if m > row_max { m } else { row_max };
     }
+    if done < bmax.len() {
+        after(groups, done, &bmax[done..], row_max);
+    }
     (row_max, V::any(bad))
+}
+
+#[inline(always)]
+unsafe fn scan_k<V: V16, T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
+    scan_groups_k::<V, T>(
+        x,
+        bmax,
+        #[inline(always)]
+        |_, _, _, _| {},
+    )
+}
+
+/// Asks for block `b` of the row (if it has one) in L1. The fused scans weigh a group while it
+/// is in L1, so the next group's loads would otherwise stall on memory at every page: each
+/// block fetches the same block of the next group while it is being weighed.
+#[inline(always)]
+unsafe fn prefetch_block<T>(x: &[T], b: usize) {
+    let start = b * BLOCK;
+    if start < x.len() {
+        let p = x.as_ptr().add(start).cast::<i8>();
+        let bytes = (BLOCK.min(x.len() - start)) * std::mem::size_of::<T>();
+        for off in (0..bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(p.add(off));
+        }
+    }
+}
+
+/// `prims::scan_weights` before its rescaling (each group weighed against the running
+/// maximum), and with `out` the weights written as well (`prims::scan_write_weights`).
+#[inline(always)]
+unsafe fn scan_weights_k<V: V16, T: Elem>(
+    x: &[T],
+    bmax: &mut [f32],
+    bsum: &mut [f32],
+    gref: &mut [f32],
+    scale: f32,
+    mut out: Option<&mut [f32]>,
+) -> (f32, bool) {
+    let a = (scale * LOG2_E).min(f32::MAX);
+    let (av, tv) = (V::splat(a), V::splat(ALL_FINITE));
+    scan_groups_k::<V, T>(
+        x,
+        bmax,
+        #[inline(always)]
+        |g, b0, maxima, r| {
+            gref[g] = r;
+            let mv = V::splat(r);
+            for (b, &bm) in (b0..).zip(maxima) {
+                prefetch_block(x, b + 2 * GROUP);
+                let live = !block_is_zero(bm, r, a, ALL_FINITE);
+                let blk = prims::block(x, b);
+                bsum[b] = match out.as_deref_mut() {
+                    None if live => block_wsum(blk, mv, av, tv),
+                    None => 0.0,
+                    Some(out) => {
+                        let o = &mut out[b * BLOCK..b * BLOCK + blk.len()];
+                        if live {
+                            block_write(blk, o, mv, av)
+                        } else {
+                            o.fill(0.0);
+                            0.0
+                        }
+                    }
+                };
+            }
+        },
+    )
 }
 
 #[inline(always)]
@@ -433,21 +515,49 @@ unsafe fn weight_sums_k<V: V16, T: Elem>(
     bsum.fill(0.0);
     // Skipped blocks add exactly 0: the total has the bits of a sum over every block.
     for_live_blocks(bmax, Live::Weight { thr, m, a }, |b| {
-        let blk = prims::block(x, b);
-        let mut acc = V::splat(0.0);
-        let full = blk.len() / LANES;
-        for c in 0..full {
-            acc = acc.add(weight(V::load(blk.as_ptr().add(c * LANES)), mv, sv, tv));
-        }
-        if full * LANES < blk.len() {
-            let buf = tail(&blk[full * LANES..]);
-            acc = acc.add(weight(V::load(buf.as_ptr()), mv, sv, tv));
-        }
-        let bs = acc.reduce_sum();
+        let bs = block_wsum(prims::block(x, b), mv, sv, tv);
         bsum[b] = bs;
         total += f64::from(bs);
     });
     total
+}
+
+/// The weight sum of one block (`prims::block_weight_sum`, lane for lane).
+#[inline(always)]
+unsafe fn block_wsum<V: V16, T: Elem>(blk: &[T], mv: V, sv: V, tv: V) -> f32 {
+    let mut acc = V::splat(0.0);
+    let full = blk.len() / LANES;
+    for c in 0..full {
+        acc = acc.add(weight(V::load(blk.as_ptr().add(c * LANES)), mv, sv, tv));
+    }
+    if full * LANES < blk.len() {
+        let buf = tail(&blk[full * LANES..]);
+        acc = acc.add(weight(V::load(buf.as_ptr()), mv, sv, tv));
+    }
+    acc.reduce_sum()
+}
+
+/// Writes the weights of one live block into `o` and returns their sum
+/// (`prims::write_block_weights`, lane for lane).
+#[inline(always)]
+unsafe fn block_write<V: V16, T: Elem>(blk: &[T], o: &mut [f32], mv: V, av: V) -> f32 {
+    let mut acc = V::splat(0.0);
+    let full = blk.len() / LANES;
+    for c in 0..full {
+        let w = exp2_neg(V::load(blk.as_ptr().add(c * LANES)).sub(mv).mul(av));
+        w.store(o.as_mut_ptr().add(c * LANES));
+        acc = acc.add(w);
+    }
+    let done = full * LANES;
+    if done < blk.len() {
+        let buf = tail(&blk[done..]);
+        let w = exp2_neg(V::load(buf.as_ptr()).sub(mv).mul(av));
+        let mut res = [0.0f32; LANES];
+        w.store(res.as_mut_ptr());
+        o[done..].copy_from_slice(&res[..blk.len() - done]);
+        acc = acc.add(w);
+    }
+    acc.reduce_sum()
 }
 
 #[inline(always)]
@@ -466,23 +576,7 @@ unsafe fn write_weights_k<V: V16, T: Elem>(
             o.fill(0.0);
             continue;
         }
-        let mut acc = V::splat(0.0);
-        let full = blk.len() / LANES;
-        for c in 0..full {
-            let w = exp2_neg(V::load(blk.as_ptr().add(c * LANES)).sub(mv).mul(av));
-            w.store(o.as_mut_ptr().add(c * LANES));
-            acc = acc.add(w);
-        }
-        let done = full * LANES;
-        if done < blk.len() {
-            let buf = tail(&blk[done..]);
-            let w = exp2_neg(V::load(buf.as_ptr()).sub(mv).mul(av));
-            let mut res = [0.0f32; LANES];
-            w.store(res.as_mut_ptr());
-            o[done..].copy_from_slice(&res[..blk.len() - done]);
-            acc = acc.add(w);
-        }
-        total += f64::from(acc.reduce_sum());
+        total += f64::from(block_write(blk, o, mv, av));
     }
     total
 }
@@ -626,6 +720,33 @@ macro_rules! entry_points {
             #[target_feature(enable = $features)]
             pub unsafe fn find_eq<T: Elem>(x: &[T], m: f32) -> Option<usize> {
                 find_eq_k::<$v, T>(x, m)
+            }
+
+            /// # Safety
+            /// As [`scan`]; `bsum` has one entry per block, `gref` one per group.
+            #[target_feature(enable = $features)]
+            pub unsafe fn scan_weights<T: Elem>(
+                x: &[T],
+                bmax: &mut [f32],
+                bsum: &mut [f32],
+                gref: &mut [f32],
+                scale: f32,
+            ) -> (f32, bool) {
+                scan_weights_k::<$v, T>(x, bmax, bsum, gref, scale, None)
+            }
+
+            /// # Safety
+            /// As [`scan_weights`]; `out.len() == x.len()`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn scan_write_weights<T: Elem>(
+                x: &[T],
+                bmax: &mut [f32],
+                bsum: &mut [f32],
+                gref: &mut [f32],
+                scale: f32,
+                out: &mut [f32],
+            ) -> (f32, bool) {
+                scan_weights_k::<$v, T>(x, bmax, bsum, gref, scale, Some(out))
             }
 
             /// # Safety
