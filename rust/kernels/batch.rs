@@ -143,7 +143,7 @@ fn logprobs_of<T: Elem>(
     let scale = pipeline::scale_of(t);
     let (vmax, log_total) = match kept {
         Kept::Threshold(thr) => {
-            let (total, _) = pipeline::weight_sums(s, scale, *thr, &mut scr.bsum);
+            let (total, _) = pipeline::weight_sums(s, scale, *thr, scr);
             (s.m, total.ln())
         }
         Kept::List(l) => {

@@ -158,7 +158,7 @@ pub fn softmax<T: Elem>(
             let sums = log.then_some(scale);
             let res = pipeline::scan_with(row, &mut bmax, &mut pre, &mut scr.gref, sums).map(|s| {
                 if log {
-                    let (total, _) = pipeline::weight_sums(&s, scale, ALL_FINITE, &mut scr.bsum);
+                    let (total, _) = pipeline::weight_sums(&s, scale, ALL_FINITE, scr);
                     // With T so large that 1/T is 0 in f32 (the uniform distribution over the
                     // finite tokens), masked tokens still get -inf (`prims::finite_logprob`).
                     prims::write_log_softmax(row, s.m, scale, total.ln(), o);
@@ -522,7 +522,7 @@ pub fn logprobs<T: Elem>(
         let mut pre = std::mem::take(&mut scr.pre_bsum);
         let res =
             pipeline::scan_with(row, &mut bmax, &mut pre, &mut scr.gref, Some(1.0)).map(|s| {
-                let (total, _) = pipeline::weight_sums(&s, 1.0, ALL_FINITE, &mut scr.bsum);
+                let (total, _) = pipeline::weight_sums(&s, 1.0, ALL_FINITE, scr);
                 // (v - m) is exact in f64; subtracting ln(total) afterwards keeps large logits precise.
                 let (m, log_total) = (f64::from(s.m), total.ln());
                 let lp = |v: f32| prims::finite_logprob(v, ((f64::from(v) - m) - log_total) as f32);

@@ -127,6 +127,8 @@ pub struct Scratch {
     pub row: Vec<f32>,
     /// Block weight sums.
     pub bsum: Vec<f32>,
+    /// Counts the fillings of `bsum` (a [`Scanned`] remembers which one holds its sums).
+    pub bsum_gen: u64,
     /// Selection scratch.
     pub sel: Vec<f32>,
     /// Candidates.
@@ -169,6 +171,18 @@ pub struct Scanned<'a, T> {
     pub m: f32,
     /// The weight sums the scan took, if any.
     pub pre: Option<Pre<'a>>,
+    /// The sums of this row last put in [`Scratch::bsum`], if they are still there.
+    pub held: std::cell::Cell<Option<Held>>,
+}
+
+/// Which block weight sums of a row [`Scratch::bsum`] holds: `e^((v - m) * scale)` over the
+/// tokens `>= thr` (bits of `scale` and `thr`), their total, and the filling of `bsum`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Held {
+    scale: u32,
+    thr: u32,
+    total: f64,
+    gen: u64,
 }
 
 impl<T> Scanned<'_, T> {
@@ -200,6 +214,7 @@ pub fn scan<'a, T: Elem>(
             bmax,
             m,
             pre: None,
+            held: std::cell::Cell::new(None),
         }),
     }
 }
@@ -237,6 +252,7 @@ pub fn scan_with<'a, T: Elem>(
             bmax,
             m,
             pre: Some(Pre { scale, total, bsum }),
+            held: std::cell::Cell::new(None),
         }),
     }
 }
@@ -267,19 +283,37 @@ pub fn first_sums_scale(f: &Filters, vocab: usize) -> Option<f32> {
 }
 
 /// The total weight `e^((v - m) * scale)` of the tokens `>= thr`, and the block sums: those the
-/// scan took when they match, else computed into `bsum`.
+/// scan took, or those `scr.bsum` still holds for this row, when they match; else computed into
+/// `scr.bsum`.
 pub fn weight_sums<'s, T: Elem>(
     s: &'s Scanned<'_, T>,
     scale: f32,
     thr: f32,
-    bsum: &'s mut Vec<f32>,
+    scr: &'s mut Scratch,
 ) -> (f64, &'s [f32]) {
     if let Some(p) = s.pre_for(scale, thr) {
         return (p.total, p.bsum);
     }
-    bsum.resize(s.bmax.len(), 0.0);
-    let total = prims::weight_sums(s.x, s.bmax, s.m, scale, thr, bsum);
-    (total, &bsum[..])
+    if let Some(h) = s.held.get() {
+        if (h.scale, h.thr, h.gen) == (scale.to_bits(), thr.to_bits(), scr.bsum_gen) {
+            return (h.total, &scr.bsum[..]);
+        }
+    }
+    scr.bsum.resize(s.bmax.len(), 0.0);
+    let total = prims::weight_sums(s.x, s.bmax, s.m, scale, thr, &mut scr.bsum);
+    hold(s, scale, thr, total, scr);
+    (total, &scr.bsum[..])
+}
+
+/// Records that `scr.bsum` now holds the sums of `s` at `scale` over the tokens `>= thr`.
+fn hold<T>(s: &Scanned<'_, T>, scale: f32, thr: f32, total: f64, scr: &mut Scratch) {
+    scr.bsum_gen += 1;
+    s.held.set(Some(Held {
+        scale: scale.to_bits(),
+        thr: thr.to_bits(),
+        total,
+        gen: scr.bsum_gen,
+    }));
 }
 
 /// `1 / t` as an `f32` scale (`t > 0`), clamped to `f32::MAX`. A tiny temperature thus puts all
@@ -401,7 +435,7 @@ fn apply_top_p<T: Elem>(
             Kept::List(l)
         }
         Kept::Threshold(thr) => {
-            let (total, _) = weight_sums(s, scale, thr, &mut scr.bsum);
+            let (total, _) = weight_sums(s, scale, thr, scr);
             let target = top_p * total;
             if target <= 0.0 {
                 return keep_top(s, Kept::Threshold(thr), min_keep, scr);
@@ -444,17 +478,98 @@ fn nucleus_of_threshold<T: Elem>(
     } else {
         thr
     };
-    if let Some(f) = block_floor(s, thr, scale, target, scr) {
-        floor = floor.max(f);
-    }
+    let Some(f) = block_floor(s, thr, scale, target, scr) else {
+        return nucleus_by_rounds(s, thr, scale, target, floor, scr);
+    };
+    floor = floor.max(f);
     let (mut vals, mut ids) = (std::mem::take(&mut scr.vals), std::mem::take(&mut scr.ids));
     vals.clear();
     ids.clear();
-    select::collect_ge_soa(s.x, s.bmax, floor, &mut vals, &mut ids);
+    select::collect_range_soa(s.x, s.bmax, floor, f32::INFINITY, &mut vals, &mut ids);
     list_weights(&vals, s.m, scale, &mut scr.wts);
     let kept = nucleus_by_buckets(&vals, &ids, &scr.wts, floor, s.m, target, s, thr);
     (scr.vals, scr.ids) = (vals, ids);
     kept
+}
+
+/// Rounds of [`nucleus_by_rounds`] before the last one goes down to the floor.
+const MAX_ROUNDS: u32 = 24;
+
+/// The nucleus of a long-tailed row, whose heaviest block maxima do not reach `target` (so the
+/// nucleus reaches deep into the bulk): the tokens are collected one nat of weight at a time
+/// from the top, round `k` taking the values in `[m - k / scale, m - (k - 1) / scale)`, until the
+/// weight collected reaches `target`. Earlier rounds lie wholly inside the nucleus; only the
+/// round that crosses is ranked. No round goes below `floor`, above which the weight reaches
+/// `target` (after [`MAX_ROUNDS`] rounds the next one takes everything down to it).
+fn nucleus_by_rounds<T: Elem>(
+    s: &Scanned<'_, T>,
+    thr: f32,
+    scale: f32,
+    target: f64,
+    floor: f32,
+    scr: &mut Scratch,
+) -> Kept {
+    let (mut vals, mut ids) = (std::mem::take(&mut scr.vals), std::mem::take(&mut scr.ids));
+    let mut wts = std::mem::take(&mut scr.wts);
+    vals.clear();
+    ids.clear();
+    wts.clear();
+    let step = 1.0 / f64::from(scale);
+    let mut hi = f32::INFINITY;
+    let mut above = 0.0f64;
+    let mut round = 1u32;
+    let kept = loop {
+        let lo = if round > MAX_ROUNDS {
+            floor
+        } else {
+            ((f64::from(s.m) - f64::from(round) * step) as f32).max(floor)
+        };
+        // This round's candidates follow those of the earlier rounds.
+        let start = vals.len();
+        select::collect_range_soa(s.x, s.bmax, lo, hi, &mut vals, &mut ids);
+        wts.resize(vals.len(), 0.0);
+        prims::weights(&vals[start..], s.m, scale, &mut wts[start..]);
+        let mass: f64 = wts[start..].iter().map(|&w| f64::from(w)).sum();
+        if above + mass >= target || lo <= floor {
+            if vals.len() == start {
+                // Only rounding can leave the weight above the floor short of the target.
+                break Kept::Threshold(if hi.is_finite() { hi } else { thr });
+            }
+            let top = if hi.is_finite() { hi } else { s.m };
+            let rest = target - above;
+            let (v, i, w) = (&vals[start..], &ids[start..], &wts[start..]);
+            let kept = nucleus_by_buckets(v, i, w, lo, top, rest, s, thr);
+            if let Kept::Threshold(tau) = kept {
+                hold_candidate_sums(s, scale, tau, (&vals, &ids, &wts), scr);
+            }
+            break kept;
+        }
+        above += mass;
+        hi = lo;
+        round += 1;
+    };
+    (scr.vals, scr.ids, scr.wts) = (vals, ids, wts);
+    kept
+}
+
+/// Fills `scr.bsum` with the block sums of the candidates `>= tau` (every token `>= tau` is
+/// among them) and records them for the draw, which then need not weigh those blocks again.
+fn hold_candidate_sums<T>(
+    s: &Scanned<'_, T>,
+    scale: f32,
+    tau: f32,
+    (vals, ids, wts): (&[f32], &[u32], &[f32]),
+    scr: &mut Scratch,
+) {
+    scr.bsum.clear();
+    scr.bsum.resize(s.bmax.len(), 0.0);
+    for ((&v, &id), &w) in vals.iter().zip(ids).zip(wts) {
+        if v >= tau {
+            scr.bsum[id as usize / BLOCK] += w;
+        }
+    }
+    let total = scr.bsum.iter().map(|&b| f64::from(b)).sum();
+    hold(s, scale, tau, total, scr);
 }
 
 /// Block maxima that [`block_floor`] examines.
@@ -464,7 +579,7 @@ const FLOOR_BLOCKS: usize = 32;
 /// that the maxima `>= f` of the [`FLOOR_BLOCKS`] heaviest blocks alive (`>= thr`, with any ties)
 /// already weigh `target` (with a margin for the order of summation). The tokens `>= f` then
 /// weigh at least `target` and, being a prefix in rank order, hold the whole nucleus. `None`
-/// when those maxima weigh less (a long-tailed row: the bound of the caller applies).
+/// when those maxima weigh less (a long-tailed row: see [`nucleus_by_rounds`]).
 fn block_floor<T: Elem>(
     s: &Scanned<'_, T>,
     thr: f32,
@@ -687,7 +802,7 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
             chosen.unwrap_or(l[0].id) as usize
         }
         &Kept::Threshold(thr) => {
-            let (total, bsum) = weight_sums(s, scale, thr, &mut scr.bsum);
+            let (total, bsum) = weight_sums(s, scale, thr, scr);
             let target = u * total;
             let mut cum = 0.0f64;
             let mut last = 0;

@@ -72,7 +72,7 @@ pub fn top_k<T: Elem>(
         // threshold is known, and ids apart), then paired.
         scratch.clear();
         ids.clear();
-        collect_ge_soa(x, bmax, thr, scratch, ids);
+        collect_range_soa(x, bmax, thr, f32::INFINITY, scratch, ids);
         out.extend(
             scratch
                 .iter()
@@ -129,8 +129,8 @@ crate::simd::multiversion! {
     }
 }
 
-/// Compacts the elements `>= thr` of block `b` of `x` into `vals` and `ids` (from index 0) and
-/// returns their number.
+/// Compacts the elements `x` with `lo <= x < hi` of block `b` into `vals` and `ids` (from index
+/// 0) and returns their number.
 ///
 /// Branch-free: every element is written and the write position advances only for kept ones,
 /// so random keep/drop patterns cost no mispredictions.
@@ -138,7 +138,8 @@ crate::simd::multiversion! {
 fn compact_block<T: Elem>(
     x: &[T],
     b: usize,
-    thr: f32,
+    lo: f32,
+    hi: f32,
     vals: &mut [f32; BLOCK],
     ids: &mut [u32; BLOCK],
 ) -> usize {
@@ -148,7 +149,7 @@ fn compact_block<T: Elem>(
         let v = e.to_f32();
         vals[n] = v;
         ids[n] = base + i as u32;
-        n += usize::from(v >= thr);
+        n += usize::from(v >= lo && v < hi);
     }
     n
 }
@@ -157,30 +158,32 @@ fn compact_block<T: Elem>(
 pub fn collect_ge<T: Elem>(x: &[T], bmax: &[f32], thr: f32, out: &mut Vec<Cand>) {
     let (mut bv, mut bi) = ([0.0f32; BLOCK], [0u32; BLOCK]);
     for_live_blocks(bmax, Live::Ge(thr), |b| {
-        let n = compact_block(x, b, thr, &mut bv, &mut bi);
+        let n = compact_block(x, b, thr, f32::INFINITY, &mut bv, &mut bi);
         out.extend(bv[..n].iter().zip(&bi[..n]).map(|(&v, &id)| Cand { v, id }));
     });
 }
 
-/// [`collect_ge`] into separate value and id arrays (`thr` finite), with AVX-512 compress where
+/// Appends the elements `x` with `lo <= x < hi` (`lo` finite; in index order) to separate value
+/// and id arrays, reading only blocks whose maximum reaches `lo`, with AVX-512 compress where
 /// available.
-pub fn collect_ge_soa<T: Elem>(
+pub fn collect_range_soa<T: Elem>(
     x: &[T],
     bmax: &[f32],
-    thr: f32,
+    lo: f32,
+    hi: f32,
     vals: &mut Vec<f32>,
     ids: &mut Vec<u32>,
 ) {
-    debug_assert!(thr.is_finite());
+    debug_assert!(lo.is_finite());
     #[cfg(target_arch = "x86_64")]
     if T::STORAGE != Storage::Other && crate::simd::level() == crate::simd::Level::Avx512 {
         // SAFETY: level() returns Avx512 only after detecting AVX-512 F/BW/VL/DQ.
-        unsafe { crate::simd::x86::collect_ge_avx512(x, bmax, thr, vals, ids) };
+        unsafe { crate::simd::x86::collect_range_avx512(x, bmax, lo, hi, vals, ids) };
         return;
     }
     let (mut bv, mut bi) = ([0.0f32; BLOCK], [0u32; BLOCK]);
-    for_live_blocks(bmax, Live::Ge(thr), |b| {
-        let n = compact_block(x, b, thr, &mut bv, &mut bi);
+    for_live_blocks(bmax, Live::Ge(lo), |b| {
+        let n = compact_block(x, b, lo, hi, &mut bv, &mut bi);
         vals.extend_from_slice(&bv[..n]);
         ids.extend_from_slice(&bi[..n]);
     });

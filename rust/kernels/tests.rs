@@ -1877,3 +1877,70 @@ fn scan_gives_the_portable_bits_on_every_level() {
         });
     }
 }
+
+/// Long-tailed rows, whose nucleus reaches deep into a large bulk (the heaviest block maxima do
+/// not hold the top-p mass, so the nucleus is collected in rounds from the top): kept sets and
+/// draws as the reference, on every level and element type, with ties at the boundary.
+#[test]
+fn long_tailed_top_p_matches_the_reference() {
+    let v = 20_000;
+    for (seed, spread, grid) in [(1u64, 2.0f32, 0.0f32), (2, 3.0, 0.25), (3, 1.0, 0.0)] {
+        // A bulk of spread * (sum of three uniforms) with a few spikes above it, and on a grid
+        // (many ties) for the second row.
+        let mut x: Vec<f32> = lcg_values(seed, 3 * v)
+            .chunks_exact(3)
+            .map(|c| spread * (c[0] + c[1] + c[2]) / 30.0)
+            .collect();
+        for (i, lift) in [(17usize, 9.0f32), (9_999, 8.0), (19_000, 7.5)] {
+            x[i] = spread * 3.0 + lift;
+        }
+        if grid > 0.0 {
+            x.iter_mut().for_each(|e| *e = (*e / grid).round() * grid);
+        }
+        for ty in TYPES {
+            let b = Batch::new(ty, v, &x);
+            let row = b.row(0);
+            for (p, t) in [(0.9, 1.0), (0.5, 1.0), (0.99, 0.7), (0.9, 2.5), (0.3, 0.4)] {
+                let want = re::top_p_kept(row, p, t, 1);
+                let f = Filters {
+                    temperature: t,
+                    top_p: p,
+                    ..Filters::default()
+                };
+                let results = each_level(|level| {
+                    let mut out = vec![0.0f32; v];
+                    let m = Mask::TopP {
+                        top_p: p,
+                        temperature: t,
+                        min_keep: 1,
+                    };
+                    with_elems!(b, x => kernels::mask(x, v, m, &mut out).unwrap());
+                    let kept = mask_kept(row, &out);
+                    let len = want.accepts(&kept).unwrap_or_else(|| {
+                        panic!(
+                            "{level:?} {ty:?} seed {seed} top_p {p} t {t}: kept {}, want {} ({:?})",
+                            kept.len(),
+                            want.exact,
+                            want.lengths
+                        )
+                    });
+                    let mut toks = Vec::new();
+                    for u in [0.0, 1e-9, 0.13, 0.5, 0.77, 0.999_999] {
+                        let mut tok = [0i64];
+                        with_elems!(b, x => kernels::sample(x, v, &PerRow::All(f), &[u], &mut tok).unwrap());
+                        let d = re::draw(row, &want.ids(len), t, u);
+                        assert!(
+                            d.plausible.contains(&(tok[0] as usize)),
+                            "{level:?} {ty:?} seed {seed} top_p {p} t {t} u {u}: got {}, want {}",
+                            tok[0],
+                            d.exact
+                        );
+                        toks.push(tok[0]);
+                    }
+                    (bits(&out), toks)
+                });
+                assert_same_across("long-tailed top-p", &results);
+            }
+        }
+    }
+}

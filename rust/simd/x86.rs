@@ -581,49 +581,75 @@ unsafe fn write_weights_k<V: V16, T: Elem>(
     total
 }
 
-/// Appends the values `>= thr` (finite `thr`) of the blocks whose maximum reaches it, and their
-/// ids, with `vcompressps`: a full-width store of the compressed register, then the write
-/// position advances by the number of kept lanes.
+/// Appends the values `v` with `lo <= v < hi` (finite `lo`) of the blocks whose maximum reaches
+/// `lo`, and their ids, with `vcompressps`: a full-width store of the compressed register, then
+/// the write position advances by the number of kept lanes.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-pub unsafe fn collect_ge_avx512<T: Elem>(
+pub unsafe fn collect_range_avx512<T: Elem>(
     x: &[T],
     bmax: &[f32],
-    thr: f32,
+    lo: f32,
+    hi: f32,
     vals: &mut Vec<f32>,
     ids: &mut Vec<u32>,
 ) {
-    let tv = _mm512_set1_ps(thr);
+    let (tv, hv) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
     let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    // A NaN block maximum fails the test (never a candidate).
-    for_live_blocks(bmax, Live::Ge(thr), |b| {
-        let blk = prims::block(x, b);
-        vals.reserve(BLOCK + LANES);
-        ids.reserve(BLOCK + LANES);
-        let mut n = vals.len();
-        let (vp, ip) = (vals.as_mut_ptr(), ids.as_mut_ptr());
-        let base = (b * BLOCK) as i32;
-        let full = blk.len() / LANES;
-        for c in 0..=full {
-            let v = if c < full {
-                Z::load(blk.as_ptr().add(c * LANES)).0
-            } else if full * LANES < blk.len() {
-                let buf = tail(&blk[full * LANES..]);
-                _mm512_loadu_ps(buf.as_ptr())
-            } else {
-                break;
-            };
-            let m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, tv);
-            let id = _mm512_add_epi32(iota, _mm512_set1_epi32(base + (c * LANES) as i32));
+    // Room for every element once (the buffers are reused, so this allocates rarely), so that
+    // the blocks need no capacity check.
+    vals.reserve(x.len() + LANES);
+    ids.reserve(x.len() + LANES);
+    let (vp, ip) = (vals.as_mut_ptr(), ids.as_mut_ptr());
+    let mut n = vals.len();
+    let keep = |v: __m512| {
+        _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, tv) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, hv)
+    };
+    // Appends the kept lanes of `v` (ids from `first`).
+    let mut put = |v: __m512, m: __mmask16, first: usize| {
+        if m != 0 {
+            let id = _mm512_add_epi32(iota, _mm512_set1_epi32(first as i32));
             _mm512_storeu_ps(vp.add(n), _mm512_maskz_compress_ps(m, v));
             _mm512_storeu_si512(ip.add(n).cast(), _mm512_maskz_compress_epi32(m, id));
             n += m.count_ones() as usize;
         }
-        vals.set_len(n);
-        ids.set_len(n);
+    };
+    // A NaN block maximum fails the test (never a candidate).
+    for_live_blocks(bmax, Live::Ge(lo), |b| {
+        let blk = prims::block(x, b);
+        let base = b * BLOCK;
+        if blk.len() == BLOCK {
+            let p = blk.as_ptr();
+            let v = [
+                Z::load(p).0,
+                Z::load(p.add(LANES)).0,
+                Z::load(p.add(2 * LANES)).0,
+                Z::load(p.add(3 * LANES)).0,
+            ];
+            let m = [keep(v[0]), keep(v[1]), keep(v[2]), keep(v[3])];
+            // Sparse ranges leave most blocks without a kept element: one test for the block.
+            if (m[0] | m[1]) | (m[2] | m[3]) != 0 {
+                for c in 0..4 {
+                    put(v[c], m[c], base + c * LANES);
+                }
+            }
+            return;
+        }
+        let full = blk.len() / LANES;
+        for c in 0..full {
+            let v = Z::load(blk.as_ptr().add(c * LANES)).0;
+            put(v, keep(v), base + c * LANES);
+        }
+        if full * LANES < blk.len() {
+            let buf = tail(&blk[full * LANES..]);
+            let v = _mm512_loadu_ps(buf.as_ptr());
+            put(v, keep(v), base + full * LANES);
+        }
     });
+    vals.set_len(n);
+    ids.set_len(n);
 }
 
 /// The row maximum and whether a NaN or `+inf` was seen: four independent accumulators.
