@@ -318,6 +318,20 @@ def _u64(value: Any, name: str) -> Any:
     return np.ascontiguousarray(a, dtype=np.uint64)
 
 
+# Token ids 0, 1, ... as an int64 array: indexing it gives the np.int64 scalar of an id several
+# times faster than np.int64(id) (the one-row fast paths return one per call).
+_IDS = np.arange(0, dtype=np.int64)
+
+
+def _id_scalar(token: int, vocab: int) -> np.int64:
+    """``np.int64(token)`` for ``0 <= token < vocab``."""
+    global _IDS
+    ids = _IDS
+    if ids.shape[0] < vocab:
+        ids = _IDS = np.arange(max(vocab, 2 * ids.shape[0]), dtype=np.int64)
+    return ids[token]  # type: ignore[no-any-return]
+
+
 def _scalar_or_rows(x: _Logits, result: np.ndarray) -> Any:
     return result[0] if len(x.shape) == 1 else result
 
@@ -400,7 +414,7 @@ def argmax(logits: ArrayLike, *, dtype: str | None = None) -> Any:
         and logits.shape[0]
         and logits.flags.c_contiguous
     ):
-        return np.int64(_core.argmax_row(logits))  # one row in a decoding loop
+        return _id_scalar(_core.argmax_row(logits), logits.shape[0])  # a decoding loop
     x = _logits(logits, dtype)
     res = np.empty(x.array.shape[0], dtype=np.int64)
     _core.argmax(x.array, x.kind, res)
@@ -721,7 +735,8 @@ def sample(
     # plain scalar parameters and a seed (an integer, or a uint64 array of one per row).
     if (
         type(logits) is np.ndarray
-        and (kind := _fast_kind(logits.dtype)) is not None
+        and (known := _FAST_DTYPES.get(id(dt := logits.dtype))) is not None
+        and known[0] is dt
         and 1 <= logits.ndim <= 2
         and logits.shape[-1] > 0
         and uniforms is None
@@ -739,12 +754,13 @@ def sample(
         and 0 <= step <= _U64_MAX
         and logits.flags.c_contiguous
     ):
+        kind = known[1]
         a = logits if kind == _F32 else logits.view(np.uint16)
         if logits.ndim == 1:
             tok = _core.sample_fast(
                 a, kind, temperature, top_k, top_p, min_p, min_keep, order, seed, step
             )
-            return np.int64(tok)
+            return _id_scalar(tok, logits.shape[0])
         out = np.empty(logits.shape[0], dtype=np.int64)
         _core.sample_fast(
             a, kind, temperature, top_k, top_p, min_p, min_keep, order, seed, step, out
