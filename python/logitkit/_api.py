@@ -735,8 +735,7 @@ def sample(
     # plain scalar parameters and a seed (an integer, or a uint64 array of one per row).
     if (
         type(logits) is np.ndarray
-        and (known := _FAST_DTYPES.get(id(dt := logits.dtype))) is not None
-        and known[0] is dt
+        and (kind := _fast_kind(logits.dtype)) is not None
         and 1 <= logits.ndim <= 2
         and logits.shape[-1] > 0
         and uniforms is None
@@ -754,7 +753,6 @@ def sample(
         and 0 <= step <= _U64_MAX
         and logits.flags.c_contiguous
     ):
-        kind = known[1]
         a = logits if kind == _F32 else logits.view(np.uint16)
         if logits.ndim == 1:
             tok = _core.sample_fast(

@@ -199,29 +199,19 @@ pub fn sample_request<T: Elem>(
     let mut bmax = std::mem::take(&mut scr.bmax);
     let mut bmax2 = std::mem::take(&mut scr.bmax2);
     let mut row = std::mem::take(&mut scr.row);
-    let mut pre = std::mem::take(&mut scr.pre_bsum);
-    let mut pre2 = std::mem::take(&mut scr.pre_bsum2);
-    let bufs = (&mut bmax, &mut bmax2, &mut row, &mut pre, &mut pre2);
-    let result = sample_request_in(x, inp, bufs, scr);
-    (scr.bmax, scr.bmax2, scr.row) = (bmax, bmax2, row);
-    (scr.pre_bsum, scr.pre_bsum2) = (pre, pre2);
+    let result = sample_request_in(x, inp, &mut bmax, &mut bmax2, &mut row, scr);
+    scr.bmax = bmax;
+    scr.bmax2 = bmax2;
+    scr.row = row;
     result
 }
-
-/// Buffers of [`sample_request_in`]: block maxima of the caller's row and of the edited row,
-/// the edited row, and the weight sums that come with each scan.
-type RowBufs<'b> = (
-    &'b mut Vec<f32>,
-    &'b mut Vec<f32>,
-    &'b mut Vec<f32>,
-    &'b mut Vec<f32>,
-    &'b mut Vec<f32>,
-);
 
 fn sample_request_in<T: Elem>(
     x: &[T],
     inp: &RowInput<'_>,
-    (bmax, bmax2, row, pre, pre2): RowBufs<'_>,
+    bmax: &mut Vec<f32>,
+    bmax2: &mut Vec<f32>,
+    row: &mut Vec<f32>,
     scr: &mut Scratch,
 ) -> Result<RowResult, KernelError> {
     let req = inp.req;
@@ -236,7 +226,7 @@ fn sample_request_in<T: Elem>(
         first.or(raw_lp.then_some(1.0))
     };
     // The caller's row is checked first, so NaN/+inf errors name the caller's index.
-    let raw = pipeline::scan_with(x, bmax, pre, &mut scr.gref, raw_sums)?;
+    let raw = pipeline::scan_with(x, bmax, raw_sums, scr)?;
     let mut res = RowResult {
         logprob: f32::NAN,
         ..RowResult::default()
@@ -245,7 +235,7 @@ fn sample_request_in<T: Elem>(
         row.resize(x.len(), 0.0);
         prims::widen(x, row);
         edit_row(row, inp, scr);
-        let s = pipeline::scan_with(&row[..], bmax2, pre2, &mut scr.gref, first)?;
+        let s = pipeline::scan_with(&row[..], bmax2, first, scr)?;
         step(&s, inp, scr, &mut res);
     } else {
         step(&raw, inp, scr, &mut res);

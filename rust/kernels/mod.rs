@@ -154,9 +154,7 @@ pub fn softmax<T: Elem>(
         let res = if !log && prims::fused_pays(scale) {
             softmax_fused(row, scale, &mut bmax, o, scr)
         } else {
-            let mut pre = std::mem::take(&mut scr.pre_bsum);
-            let sums = log.then_some(scale);
-            let res = pipeline::scan_with(row, &mut bmax, &mut pre, &mut scr.gref, sums).map(|s| {
+            pipeline::scan_with(row, &mut bmax, log.then_some(scale), scr).map(|s| {
                 if log {
                     let (total, _) = pipeline::weight_sums(&s, scale, ALL_FINITE, scr);
                     // With T so large that 1/T is 0 in f32 (the uniform distribution over the
@@ -166,9 +164,7 @@ pub fn softmax<T: Elem>(
                     let total = prims::write_weights(row, s.bmax, s.m, scale, o);
                     prims::scale_in_place(o, (1.0 / total) as f32);
                 }
-            });
-            scr.pre_bsum = pre;
-            res
+            })
         };
         scr.bmax = bmax;
         res
@@ -188,31 +184,15 @@ fn softmax_fused<T: Elem>(
     bmax.resize(nb, 0.0);
     scr.bsum.resize(nb, 0.0);
     scr.gref.resize(nb.div_ceil(prims::GROUP), 0.0);
-    match prims::scan_write_weights(row, bmax, &mut scr.bsum, &mut scr.gref, scale, o) {
-        prims::Scan::Bad(index, value) => Err(KernelError::NonFinite {
-            row: 0,
-            index,
-            value,
-        }),
-        prims::Scan::Max(m) if m == f32::NEG_INFINITY => Err(KernelError::AllMasked { row: 0 }),
-        prims::Scan::Max(m) => {
-            prims::normalize_weights(bmax, &mut scr.bsum, &scr.gref, m, scale, o);
-            Ok(())
-        }
-    }
+    let scan = prims::scan_write_weights(row, bmax, &mut scr.bsum, &mut scr.gref, scale, o);
+    let m = pipeline::checked_max(scan)?;
+    prims::normalize_weights(bmax, &mut scr.bsum, &scr.gref, m, scale, o);
+    Ok(())
 }
 
 /// Checks one row (no NaN or `+inf`, at least one finite token) and returns its maximum.
 fn check_row<T: Elem>(row: &[T]) -> Result<f32, KernelError> {
-    match prims::max(row) {
-        prims::Scan::Bad(index, value) => Err(KernelError::NonFinite {
-            row: 0,
-            index,
-            value,
-        }),
-        prims::Scan::Max(m) if m == f32::NEG_INFINITY => Err(KernelError::AllMasked { row: 0 }),
-        prims::Scan::Max(m) => Ok(m),
-    }
+    pipeline::checked_max(prims::max(row))
 }
 
 /// Index of the largest logit of every row (ties: lowest index).
@@ -519,34 +499,31 @@ pub fn logprobs<T: Elem>(
     for_rows(rows_of(x, vocab), vocab, out, 1, |r, o, scr| {
         let row = &x[r * vocab..(r + 1) * vocab];
         let mut bmax = std::mem::take(&mut scr.bmax);
-        let mut pre = std::mem::take(&mut scr.pre_bsum);
-        let res =
-            pipeline::scan_with(row, &mut bmax, &mut pre, &mut scr.gref, Some(1.0)).map(|s| {
-                let (total, _) = pipeline::weight_sums(&s, 1.0, ALL_FINITE, scr);
-                // (v - m) is exact in f64; subtracting ln(total) afterwards keeps large logits precise.
-                let (m, log_total) = (f64::from(s.m), total.ln());
-                let lp = |v: f32| prims::finite_logprob(v, ((f64::from(v) - m) - log_total) as f32);
-                let res = &mut o[0];
-                res.token_logprobs.clear();
-                res.ranks.clear();
-                for &t in tokens.row(r) {
-                    let v = row[t as usize].to_f32();
-                    res.token_logprobs.push(lp(v));
-                    let larger = prims::count_ge(row, s.bmax, v.next_up()) as i64;
-                    res.ranks.push(1 + larger);
-                }
-                res.top_ids.clear();
-                res.top_logprobs.clear();
-                if top_n > 0 {
-                    let mut list = std::mem::take(&mut scr.cands);
-                    select::top_k(row, s.bmax, top_n, &mut scr.sel, &mut scr.ids, &mut list);
-                    res.top_ids.extend(list.iter().map(|c| i64::from(c.id)));
-                    res.top_logprobs.extend(list.iter().map(|c| lp(c.v)));
-                    scr.cands = list;
-                }
-            });
+        let res = pipeline::scan_with(row, &mut bmax, Some(1.0), scr).map(|s| {
+            let (total, _) = pipeline::weight_sums(&s, 1.0, ALL_FINITE, scr);
+            // (v - m) is exact in f64; subtracting ln(total) afterwards keeps large logits precise.
+            let (m, log_total) = (f64::from(s.m), total.ln());
+            let lp = |v: f32| prims::finite_logprob(v, ((f64::from(v) - m) - log_total) as f32);
+            let res = &mut o[0];
+            res.token_logprobs.clear();
+            res.ranks.clear();
+            for &t in tokens.row(r) {
+                let v = row[t as usize].to_f32();
+                res.token_logprobs.push(lp(v));
+                let larger = prims::count_ge(row, s.bmax, v.next_up()) as i64;
+                res.ranks.push(1 + larger);
+            }
+            res.top_ids.clear();
+            res.top_logprobs.clear();
+            if top_n > 0 {
+                let mut list = std::mem::take(&mut scr.cands);
+                select::top_k(row, s.bmax, top_n, &mut scr.sel, &mut scr.ids, &mut list);
+                res.top_ids.extend(list.iter().map(|c| i64::from(c.id)));
+                res.top_logprobs.extend(list.iter().map(|c| lp(c.v)));
+                scr.cands = list;
+            }
+        });
         scr.bmax = bmax;
-        scr.pre_bsum = pre;
         res
     })
 }

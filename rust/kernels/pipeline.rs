@@ -141,24 +141,8 @@ pub struct Scratch {
     pub vals: Vec<f32>,
     /// Weights of a candidate list.
     pub wts: Vec<f32>,
-    /// Block weight sums taken with the scan ([`Pre`]).
-    pub pre_bsum: Vec<f32>,
-    /// Those of a second scan (of an edited row).
-    pub pre_bsum2: Vec<f32>,
     /// Group references of the fused scan.
     pub gref: Vec<f32>,
-}
-
-/// Block weight sums over every finite token at one scale, taken in the same read as the scan
-/// ([`prims::scan_weights`]).
-#[derive(Clone, Copy)]
-pub struct Pre<'a> {
-    /// The scale of the weights.
-    pub scale: f32,
-    /// Their total.
-    pub total: f64,
-    /// Per block.
-    pub bsum: &'a [f32],
 }
 
 /// A row after its scan: the maximum is known and the row holds no NaN or `+inf`.
@@ -169,9 +153,8 @@ pub struct Scanned<'a, T> {
     pub bmax: &'a [f32],
     /// The row maximum (finite).
     pub m: f32,
-    /// The weight sums the scan took, if any.
-    pub pre: Option<Pre<'a>>,
-    /// The sums of this row last put in [`Scratch::bsum`], if they are still there.
+    /// The sums of this row last put in [`Scratch::bsum`] (by the fused scan or
+    /// [`weight_sums`]), if they are still there.
     pub held: std::cell::Cell<Option<Held>>,
 }
 
@@ -185,11 +168,19 @@ pub struct Held {
     gen: u64,
 }
 
-impl<T> Scanned<'_, T> {
-    /// The sums the scan took, when they are those of `scale` over the tokens `>= thr`.
-    fn pre_for(&self, scale: f32, thr: f32) -> Option<Pre<'_>> {
-        self.pre
-            .filter(|p| p.scale.to_bits() == scale.to_bits() && thr <= ALL_FINITE)
+/// The row maximum of a scan's result.
+///
+/// # Errors
+/// NaN or `+inf` anywhere; every element `-inf` (row number 0; the caller renumbers).
+pub fn checked_max(scan: prims::Scan) -> Result<f32, KernelError> {
+    match scan {
+        prims::Scan::Bad(index, value) => Err(KernelError::NonFinite {
+            row: 0,
+            index,
+            value,
+        }),
+        prims::Scan::Max(m) if m == f32::NEG_INFINITY => Err(KernelError::AllMasked { row: 0 }),
+        prims::Scan::Max(m) => Ok(m),
     }
 }
 
@@ -202,59 +193,43 @@ pub fn scan<'a, T: Elem>(
     bmax: &'a mut Vec<f32>,
 ) -> Result<Scanned<'a, T>, KernelError> {
     bmax.resize(n_blocks(x.len()), 0.0);
-    match prims::scan(x, bmax) {
-        prims::Scan::Bad(index, value) => Err(KernelError::NonFinite {
-            row: 0,
-            index,
-            value,
-        }),
-        prims::Scan::Max(m) if m == f32::NEG_INFINITY => Err(KernelError::AllMasked { row: 0 }),
-        prims::Scan::Max(m) => Ok(Scanned {
-            x,
-            bmax,
-            m,
-            pre: None,
-            held: std::cell::Cell::new(None),
-        }),
-    }
+    let m = checked_max(prims::scan(x, bmax))?;
+    Ok(Scanned {
+        x,
+        bmax,
+        m,
+        held: std::cell::Cell::new(None),
+    })
 }
 
 /// [`scan`], and with `sums = Some(scale)` (when [`prims::fused_pays`]) the weight sums over
-/// every finite token at `scale` in the same read, into `bsum` (`gref` is scratch).
+/// every finite token at `scale` in the same read ([`prims::scan_weights`]), held in
+/// `scr.bsum` for [`weight_sums`].
 ///
 /// # Errors
 /// As [`scan`].
 pub fn scan_with<'a, T: Elem>(
     x: &'a [T],
     bmax: &'a mut Vec<f32>,
-    bsum: &'a mut Vec<f32>,
-    gref: &mut Vec<f32>,
     sums: Option<f32>,
+    scr: &mut Scratch,
 ) -> Result<Scanned<'a, T>, KernelError> {
     let Some(scale) = sums.filter(|&sc| prims::fused_pays(sc)) else {
         return scan(x, bmax);
     };
     let nb = n_blocks(x.len());
     bmax.resize(nb, 0.0);
-    bsum.resize(nb, 0.0);
-    gref.resize(nb.div_ceil(prims::GROUP), 0.0);
-    match prims::scan_weights(x, bmax, bsum, gref, scale) {
-        (prims::Scan::Bad(index, value), _) => Err(KernelError::NonFinite {
-            row: 0,
-            index,
-            value,
-        }),
-        (prims::Scan::Max(m), _) if m == f32::NEG_INFINITY => {
-            Err(KernelError::AllMasked { row: 0 })
-        }
-        (prims::Scan::Max(m), total) => Ok(Scanned {
-            x,
-            bmax,
-            m,
-            pre: Some(Pre { scale, total, bsum }),
-            held: std::cell::Cell::new(None),
-        }),
-    }
+    scr.bsum.resize(nb, 0.0);
+    scr.gref.resize(nb.div_ceil(prims::GROUP), 0.0);
+    let (res, total) = prims::scan_weights(x, bmax, &mut scr.bsum, &mut scr.gref, scale);
+    let s = Scanned {
+        x,
+        bmax,
+        m: checked_max(res)?,
+        held: std::cell::Cell::new(None),
+    };
+    hold(&s, scale, ALL_FINITE, total, scr);
+    Ok(s)
 }
 
 /// The scale of the first weight sums that [`kept_set`] and [`draw`] take over every finite
@@ -282,18 +257,15 @@ pub fn first_sums_scale(f: &Filters, vocab: usize) -> Option<f32> {
     }
 }
 
-/// The total weight `e^((v - m) * scale)` of the tokens `>= thr`, and the block sums: those the
-/// scan took, or those `scr.bsum` still holds for this row, when they match; else computed into
-/// `scr.bsum`.
+/// The total weight `e^((v - m) * scale)` of the tokens `>= thr`, and the block sums: those
+/// `scr.bsum` still holds for this row when they match (taken by the scan or an earlier call),
+/// else computed into `scr.bsum`.
 pub fn weight_sums<'s, T: Elem>(
-    s: &'s Scanned<'_, T>,
+    s: &Scanned<'_, T>,
     scale: f32,
     thr: f32,
     scr: &'s mut Scratch,
 ) -> (f64, &'s [f32]) {
-    if let Some(p) = s.pre_for(scale, thr) {
-        return (p.total, p.bsum);
-    }
     if let Some(h) = s.held.get() {
         if (h.scale, h.thr, h.gen) == (scale.to_bits(), thr.to_bits(), scr.bsum_gen) {
             return (h.total, &scr.bsum[..]);
@@ -836,18 +808,15 @@ pub fn sample_row<T: Elem>(
     scr: &mut Scratch,
 ) -> Result<usize, KernelError> {
     let mut bmax = std::mem::take(&mut scr.bmax);
-    let mut pre = std::mem::take(&mut scr.pre_bsum);
-    let mut gref = std::mem::take(&mut scr.gref);
     let result = (|| {
-        let sums = first_sums_scale(f, x.len());
-        let s = scan_with(x, &mut bmax, &mut pre, &mut gref, sums)?;
+        let s = scan_with(x, &mut bmax, first_sums_scale(f, x.len()), scr)?;
         if f.temperature == 0.0 {
             return Ok(select::argmax(s.x, s.bmax, s.m));
         }
         let kept = kept_set(&s, f, scr);
         Ok(draw(&s, &kept, f.temperature, u, scr))
     })();
-    (scr.bmax, scr.pre_bsum, scr.gref) = (bmax, pre, gref);
+    scr.bmax = bmax;
     result
 }
 
@@ -894,8 +863,6 @@ pub fn mask_row<T: Elem>(
     scr: &mut Scratch,
 ) -> Result<(), KernelError> {
     let mut bmax = std::mem::take(&mut scr.bmax);
-    let mut pre = std::mem::take(&mut scr.pre_bsum);
-    let mut gref = std::mem::take(&mut scr.gref);
     let result = (|| {
         // Top-p weighs every finite token first.
         let sums = match mask {
@@ -904,7 +871,7 @@ pub fn mask_row<T: Elem>(
             } if top_p < 1.0 => Some(scale_of(temperature)),
             _ => None,
         };
-        let s = scan_with(x, &mut bmax, &mut pre, &mut gref, sums)?;
+        let s = scan_with(x, &mut bmax, sums, scr)?;
         let all = Kept::Threshold(ALL_FINITE);
         let kept = match mask {
             Mask::TopK(k) if k >= x.len() => all,
@@ -923,7 +890,7 @@ pub fn mask_row<T: Elem>(
         write_kept(x, &kept, out);
         Ok(())
     })();
-    (scr.bmax, scr.pre_bsum, scr.gref) = (bmax, pre, gref);
+    scr.bmax = bmax;
     result
 }
 

@@ -439,8 +439,8 @@ unsafe fn scan_k<V: V16, T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
 }
 
 /// Asks for block `b` of the row (if it has one) in L1. The fused scans weigh a group while it
-/// is in L1, so the next group's loads would otherwise stall on memory at every page: each
-/// block fetches the same block of the next group while it is being weighed.
+/// is in L1, so the following groups' loads would otherwise stall on memory at every page: each
+/// block fetches the same block two groups ahead while it is being weighed.
 #[inline(always)]
 unsafe fn prefetch_block<T>(x: &[T], b: usize) {
     let start = b * BLOCK;
@@ -607,7 +607,8 @@ pub unsafe fn collect_range_avx512<T: Elem>(
     let keep = |v: __m512| {
         _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, tv) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, hv)
     };
-    // Appends the kept lanes of `v` (ids from `first`).
+    // Appends the kept lanes of `v` (ids from `first`). Sparse ranges leave most vectors without
+    // a kept lane: those store nothing.
     let mut put = |v: __m512, m: __mmask16, first: usize| {
         if m != 0 {
             let id = _mm512_add_epi32(iota, _mm512_set1_epi32(first as i32));
@@ -620,23 +621,6 @@ pub unsafe fn collect_range_avx512<T: Elem>(
     for_live_blocks(bmax, Live::Ge(lo), |b| {
         let blk = prims::block(x, b);
         let base = b * BLOCK;
-        if blk.len() == BLOCK {
-            let p = blk.as_ptr();
-            let v = [
-                Z::load(p).0,
-                Z::load(p.add(LANES)).0,
-                Z::load(p.add(2 * LANES)).0,
-                Z::load(p.add(3 * LANES)).0,
-            ];
-            let m = [keep(v[0]), keep(v[1]), keep(v[2]), keep(v[3])];
-            // Sparse ranges leave most blocks without a kept element: one test for the block.
-            if (m[0] | m[1]) | (m[2] | m[3]) != 0 {
-                for c in 0..4 {
-                    put(v[c], m[c], base + c * LANES);
-                }
-            }
-            return;
-        }
         let full = blk.len() / LANES;
         for c in 0..full {
             let v = Z::load(blk.as_ptr().add(c * LANES)).0;
