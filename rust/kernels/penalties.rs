@@ -73,20 +73,41 @@ impl TokenCounts {
     /// Adds one occurrence of every token of `tokens`.
     fn add(&mut self, tokens: &[u32]) {
         for &t in tokens {
-            let s = self.slot[t as usize] as usize;
-            if s < self.ids.len() && self.ids[s] == t {
-                self.counts[s] += 1;
-            } else {
-                self.slot[t as usize] = self.ids.len() as u32;
-                self.ids.push(t);
-                self.counts.push(1);
+            match self.find(t) {
+                Some(s) => self.counts[s] += 1,
+                None => self.insert(t, 1),
             }
         }
+    }
+
+    /// Adds every token of `tokens` that is not in the set yet, with a count of 0.
+    fn mark(&mut self, tokens: &[u32]) {
+        for &t in tokens {
+            if self.find(t).is_none() {
+                self.insert(t, 0);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn find(&self, t: u32) -> Option<usize> {
+        let s = self.slot[t as usize] as usize;
+        (s < self.ids.len() && self.ids[s] == t).then_some(s)
+    }
+
+    #[inline(always)]
+    fn insert(&mut self, t: u32, count: u32) {
+        self.slot[t as usize] = self.ids.len() as u32;
+        self.ids.push(t);
+        self.counts.push(count);
     }
 }
 
 /// Applies repetition (over the distinct tokens of `prompt ∪ output`), then frequency and
 /// presence (from the counts in `output`). `seen` is scratch space.
+///
+/// One set holds the distinct tokens of both lists, with their counts in `output` (0 for a
+/// prompt-only token), so each list is read once. Each step rounds to `f32`, in that order.
 pub fn apply_penalties(
     row: &mut [f32],
     prompt: &[u32],
@@ -94,22 +115,24 @@ pub fn apply_penalties(
     p: &Penalties,
     seen: &mut TokenCounts,
 ) {
-    if p.repetition != 1.0 {
-        seen.clear(row.len());
-        seen.add(prompt);
-        seen.add(output);
-        let r = p.repetition;
-        for &t in &seen.ids {
-            let z = &mut row[t as usize];
+    let rep = p.repetition != 1.0;
+    let counted = p.frequency != 0.0 || p.presence != 0.0;
+    if !rep && !counted {
+        return;
+    }
+    seen.clear(row.len());
+    seen.add(output);
+    if rep {
+        seen.mark(prompt);
+    }
+    let r = p.repetition;
+    for (&t, &c) in seen.ids.iter().zip(&seen.counts) {
+        let z = &mut row[t as usize];
+        if rep {
             let v = f64::from(*z);
             *z = settle(*z, if v > 0.0 { v / r } else { v * r });
         }
-    }
-    if p.frequency != 0.0 || p.presence != 0.0 {
-        seen.clear(row.len());
-        seen.add(output);
-        for (&t, &c) in seen.ids.iter().zip(&seen.counts) {
-            let z = &mut row[t as usize];
+        if counted && c > 0 {
             *z = settle(*z, f64::from(*z) - f64::from(c) * p.frequency - p.presence);
         }
     }
