@@ -191,9 +191,23 @@ def test_temperature_zero_is_argmax(inp, case, u, seed):
     us = u if inp.ref.ndim == 1 else np.full(inp.ref.shape[0], u)
     np.testing.assert_array_equal(lk.sample(inp.array, uniforms=us, **params, **inp.kw), want)
     np.testing.assert_array_equal(lk.sample(inp.array, seed=seed, **params, **inp.kw), want)
+    np.testing.assert_array_equal(lk.sample(inp.array, **params, **inp.kw), want)
     np.testing.assert_array_equal(
         lk.sample(inp.array, seed=seed, top_k=1 + seed % 3, **params, **inp.kw), want
     )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_no_seed_draws_fresh_entropy_for_every_row_and_call(dtype):
+    # 8 rows of a uniform distribution over 1000 tokens: with one shared or repeated uniform,
+    # every row (or both calls) would give the same token; with fresh entropy the chance of
+    # that is about 1e-24.
+    x = np.zeros((8, 1000), dtype=dtype)
+    a, b = lk.sample(x), lk.sample(x)
+    assert len(set(a.tolist())) > 1
+    assert not np.array_equal(a, b)
+    row = [int(lk.sample(x[0])) for _ in range(8)]
+    assert len(set(row)) > 1
 
 
 @given(case=row_case(greedy=False), seed=st.one_of(st.none(), S.u64), step=S.u64)

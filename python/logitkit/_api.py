@@ -732,7 +732,7 @@ def sample(
     2
     """
     # Fast path: a contiguous float32 (or float16 / bfloat16 seen before) row or batch with
-    # plain scalar parameters and a seed (an integer, or a uint64 array of one per row).
+    # plain scalar parameters and a seed (None, an integer, or a uint64 array of one per row).
     if (
         type(logits) is np.ndarray
         and (kind := _fast_kind(logits.dtype)) is not None
@@ -741,7 +741,8 @@ def sample(
         and uniforms is None
         and dtype is None
         and (
-            (type(seed) is int and 0 <= seed <= _U64_MAX)
+            seed is None
+            or (type(seed) is int and 0 <= seed <= _U64_MAX)
             or (type(seed) is np.ndarray and seed.dtype == np.uint64)
         )
         and type(step) is int
@@ -754,6 +755,9 @@ def sample(
         and logits.flags.c_contiguous
     ):
         a = logits if kind == _F32 else logits.view(np.uint16)
+        if seed is None:
+            # Greedy draws use no uniform: no OS entropy to read.
+            seed = 0 if temperature == 0.0 else _seed(None, 1 if logits.ndim == 1 else len(a))
         if logits.ndim == 1:
             tok = _core.sample_fast(
                 a, kind, temperature, top_k, top_p, min_p, min_keep, order, seed, step
