@@ -186,7 +186,7 @@ fn softmax_fused<T: Elem>(
     scr.gref.resize(nb.div_ceil(prims::GROUP), 0.0);
     let scan = prims::scan_write_weights(row, bmax, &mut scr.bsum, &mut scr.gref, scale, o);
     let m = pipeline::checked_max(scan)?;
-    prims::normalize_weights(bmax, &mut scr.bsum, &scr.gref, m, scale, o);
+    prims::normalize_weights(bmax, &mut scr.bsum, &scr.gref, m, scale, o, &mut scr.wts);
     Ok(())
 }
 

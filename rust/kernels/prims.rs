@@ -371,7 +371,8 @@ pub fn scan_write_weights<T: Elem>(
 /// Divides the weights of [`scan_write_weights`] by their total, after bringing every group to
 /// the row maximum `m`: `out[i] *= e^((r - m) * scale) / total` per group (blocks zero against
 /// `m` become exactly 0). Groups weighed against `m` get the bits of [`write_weights`] and
-/// [`scale_in_place`] by `1 / total`.
+/// [`scale_in_place`] by `1 / total`. `factors` is scratch space (one factor per block, applied
+/// in one pass by [`scale_blocks`]).
 pub fn normalize_weights(
     bmax: &[f32],
     bsum: &mut [f32],
@@ -379,22 +380,47 @@ pub fn normalize_weights(
     m: f32,
     scale: f32,
     out: &mut [f32],
+    factors: &mut Vec<f32>,
 ) {
     let a = (scale * LOG2_E).min(f32::MAX);
     let total = rescale_sums(bmax, bsum, gref, m, a, f32::NEG_INFINITY);
     let inv = (1.0 / total) as f32;
     let mut factor = GroupFactor::new(m, a);
-    for (g, (o, &r)) in out.chunks_mut(GROUP * BLOCK).zip(gref).enumerate() {
+    factors.clear();
+    for (bm, &r) in bmax.chunks(GROUP).zip(gref) {
         if r == m {
-            scale_in_place(o, inv);
+            // Blocks zero against `m` already hold zeros: `0 * inv` keeps them.
+            factors.extend(bm.iter().map(|_| inv));
             continue;
         }
         let k = (f64::from(factor.of(r)) / total) as f32;
-        for (b, ob) in o.chunks_mut(BLOCK).enumerate() {
-            if block_is_zero(bmax[g * GROUP + b], m, a, f32::NEG_INFINITY) {
-                ob.fill(0.0);
+        factors.extend(bm.iter().map(|&b| {
+            if block_is_zero(b, m, a, f32::NEG_INFINITY) {
+                0.0
             } else {
-                scale_in_place(ob, k);
+                k
+            }
+        }));
+    }
+    scale_blocks(out, factors);
+}
+
+multiversion! {
+    /// `out[i] *= k[i / BLOCK]` (weights are finite and `>= 0`, so a factor of 0 gives `+0`).
+    pub fn scale_blocks<T: Elem>(out: &mut [f32], k: &[T]) -> () {
+        let full = out.len() / BLOCK;
+        let mut blocks = out.chunks_exact_mut(BLOCK);
+        for (ob, kb) in (&mut blocks).zip(k) {
+            let kb = kb.to_f32();
+            for o in ob {
+                *o *= kb;
+            }
+        }
+        let tail = blocks.into_remainder();
+        if let Some(kb) = k.get(full) {
+            let kb = kb.to_f32();
+            for o in tail {
+                *o *= kb;
             }
         }
     }
@@ -819,7 +845,7 @@ mod tests {
             bits.extend(bmax.iter().chain(&bsum).chain(&gref).map(|v| v.to_bits()));
             let scan = scan_write_weights(x, &mut bmax, &mut bsum, &mut gref, scale, &mut out);
             assert_eq!(scan, Scan::Max(m));
-            normalize_weights(&bmax, &mut bsum, &gref, m, scale, &mut out);
+            normalize_weights(&bmax, &mut bsum, &gref, m, scale, &mut out, &mut Vec::new());
             bits.extend(out.iter().chain(&bsum).map(|v| v.to_bits()));
         }
         bits
@@ -874,7 +900,15 @@ mod tests {
                     let got_scan =
                         scan_write_weights(&x, &mut bmax2, &mut bsum2, &mut gref, scale, &mut p2);
                     assert_eq!(got_scan, Scan::Max(m));
-                    normalize_weights(&bmax2, &mut bsum2, &gref, m, scale, &mut p2);
+                    normalize_weights(
+                        &bmax2,
+                        &mut bsum2,
+                        &gref,
+                        m,
+                        scale,
+                        &mut p2,
+                        &mut Vec::new(),
+                    );
                     if peak_at == 0 {
                         assert_eq!(p, p2);
                     }
