@@ -89,19 +89,21 @@ pub fn top_k<T: Elem>(
     out.sort_unstable_by(by_rank);
 }
 
-/// Values per group in [`kth_largest`].
+/// Most values per group in [`kth_largest`].
 const GROUP: usize = 16;
 
 /// The `k`-th largest of `v` (`1 <= k <= v.len()`, no NaN).
 ///
-/// When `v` is long, the `k`-th largest of its group maxima (`k` distinct values of `v`) is a
-/// lower bound of the answer, so only the values that reach it need a selection. Group `j` holds
-/// `v[j]`, `v[j + w]`, `v[j + 2w]`, ... (`w = ceil(len / GROUP)`), so all maxima come from one
+/// When `v` holds at least `4k` values, the `k`-th largest of its group maxima (`k` distinct
+/// values of `v`) is a lower bound of the answer, so only the values that reach it need a
+/// selection. With `g` values per group (up to [`GROUP`], and at least `2k` groups), group `j`
+/// holds `v[j]`, `v[j + w]`, `v[j + 2w]`, ... (`w = ceil(len / g)`), so all maxima come from one
 /// vectorised pass.
 pub(crate) fn kth_largest(v: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
     let desc = |a: &f32, b: &f32| b.partial_cmp(a).unwrap_or(Ordering::Equal);
-    if 2 * k * GROUP <= v.len() {
-        strided_group_maxima(v, scratch);
+    let g = (v.len() / (2 * k)).min(GROUP);
+    if g >= 2 {
+        strided_group_maxima(v, g, scratch);
         let (_, bound, _) = scratch.select_nth_unstable_by(k - 1, desc);
         let bound = *bound;
         scratch.clear();
@@ -115,9 +117,9 @@ pub(crate) fn kth_largest(v: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
 }
 
 crate::simd::multiversion! {
-    /// `out[j] = max(v[j], v[j + w], v[j + 2w], ...)` for `j < w = ceil(len / GROUP)`.
-    pub fn strided_group_maxima<T: Elem>(v: &[T], out: &mut Vec<f32>) -> () {
-        let w = v.len().div_ceil(GROUP);
+    /// `out[j] = max(v[j], v[j + w], v[j + 2w], ...)` for `j < w = ceil(len / g)` (`g >= 1`).
+    pub fn strided_group_maxima<T: Elem>(v: &[T], g: usize, out: &mut Vec<f32>) -> () {
+        let w = v.len().div_ceil(g);
         out.clear();
         out.extend(v[..w].iter().map(|e| e.to_f32()));
         for row in v[w..].chunks(w) {
