@@ -179,12 +179,31 @@ fn token_row(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
                 "{name}: token ids must be integers, got dtype {dtype}"
             )));
         }
+        if dtype == "uint64" {
+            // Ids of 2**63 and more would wrap around in int64: name them as they are.
+            let big: u64 = obj.call_method0("max")?.extract()?;
+            if big > i64::MAX as u64 {
+                return Err(PyValueError::new_err(format!(
+                    "{name}: token id {big} is out of range"
+                )));
+            }
+        }
         let np = obj.py().import("numpy")?;
         let a = np.call_method1("asarray", (obj, "int64"))?;
         return token_row(&a, name);
     }
-    obj.extract::<Vec<i64>>()
-        .map_err(|_| PyTypeError::new_err(format!("{name}: token ids must be integers")))
+    obj.extract::<Vec<i64>>().map_err(|_| {
+        // A sequence of ints, one of them beyond int64, holds an id out of range.
+        let big = obj.try_iter().ok().and_then(|items| {
+            items
+                .flatten()
+                .find(|t| is_int(t) && t.extract::<i64>().is_err())
+        });
+        match big {
+            Some(t) => PyValueError::new_err(format!("{name}: token id {t} is out of range")),
+            None => PyTypeError::new_err(format!("{name}: token ids must be integers")),
+        }
+    })
 }
 
 /// Reads token lists: `None`, one list (for one row), or a sequence of `rows` lists.
@@ -228,9 +247,17 @@ fn bias_row(obj: &Bound<'_, PyAny>, vocab: usize, row: Option<usize>) -> PyResul
     let mut ids = Vec::with_capacity(d.len());
     let mut vals = Vec::with_capacity(d.len());
     for (k, v) in d.iter() {
-        let id: i64 = k
-            .extract()
-            .map_err(|_| PyTypeError::new_err(format!("bias: token id {k} is not an integer")))?;
+        let id: i64 = k.extract().map_err(|_| {
+            if is_int(&k) {
+                value_error(KernelError::param(
+                    "bias",
+                    row,
+                    format!("token id {k} is outside [0, {vocab})"),
+                ))
+            } else {
+                PyTypeError::new_err(format!("bias: token id {k} is not an integer"))
+            }
+        })?;
         if id < 0 || id as u64 >= vocab as u64 {
             return Err(value_error(KernelError::param(
                 "bias",
@@ -821,7 +848,12 @@ fn sample_batch<'py>(
         s, v, &requests, &req_of, &prompt, &output, mask_slice, &u, &mut res
     )))?;
     let tokens = PyArray1::from_vec(py, res.iter().map(|r| r.token).collect());
-    let Some(n) = requests.iter().filter_map(|r| r.logprobs).max() else {
+    // A row lists at most V tokens, however many it asked for.
+    let Some(n) = requests
+        .iter()
+        .filter_map(|r| r.logprobs.map(|n| n.min(vocab)))
+        .max()
+    else {
         return Ok((tokens, None));
     };
     let mut top_ids = vec![-1i64; rows * n];

@@ -452,3 +452,51 @@ def test_failed_out_is_left_unchanged_and_input_too():
     with pytest.raises(ValueError):
         lk.softmax(x, out=out)
     assert np.isnan(x[1, 2]) and x[0, 0] == 0.5
+
+
+def test_integers_beyond_int64_mean_their_limit_or_are_named():
+    x = np.asarray([0.5, 1.0, 0.0, 2.0], dtype=np.float32)
+    xb = np.stack([x, x])
+    for logits in (x, xb):
+        for how in ({"seed": 7}, {"uniforms": 0.3 if logits.ndim == 1 else np.full(2, 0.3)}):
+            off = lk.sample(logits, **how)
+            for k in (2**63, 2**70, -(2**63) - 1):
+                np.testing.assert_array_equal(lk.sample(logits, top_k=k, **how), off)
+            keep_all = lk.sample(logits, top_p=0.0, min_keep=4, **how)
+            huge = lk.sample(logits, top_p=0.0, min_keep=2**70, **how)
+            np.testing.assert_array_equal(huge, keep_all)
+    np.testing.assert_array_equal(
+        lk.mask_top_p(x, 0.0, min_keep=2**70), lk.mask_top_p(x, 0.0, min_keep=4)
+    )
+    calls = {
+        "temperature": [lambda: lk.sample(x, seed=1, temperature=10**400),
+                        lambda: lk.softmax(x, temperature=10**400),
+                        lambda: lk.log_softmax(x, temperature=10**400)],
+        "top_p": [lambda: lk.mask_top_p(x, 10**400), lambda: lk.sample(x, seed=1, top_p=10**400)],
+        "repetition_penalty": [lambda: lk.apply_penalties(x, repetition_penalty=10**400)],
+        "presence_penalty": [lambda: lk.apply_penalties(x, presence_penalty=-(10**400))],
+    }  # fmt: skip
+    for name, fs in calls.items():
+        for f in fs:
+            with pytest.raises(ValueError, match=name):
+                f()
+
+
+@pytest.mark.parametrize("order", [None, 5, b"vllm"])
+def test_order_of_the_wrong_type_is_named(order):
+    x = np.asarray([[0.5, 1.0]], dtype=np.float32)
+    for logits, how in ((x[0], {"seed": 1}), (x, {"seed": 1}), (x[0], {"uniforms": 0.5})):
+        with pytest.raises((ValueError, TypeError), match="order"):
+            lk.sample(logits, order=order, **how)
+
+
+def test_token_ids_beyond_int64_are_out_of_range():
+    x = np.asarray([0.5, 1.0, 0.0], dtype=np.float32)
+    with pytest.raises(ValueError, match="tokens"):
+        lk.logprobs(x, [2**63])
+    with pytest.raises(ValueError, match="18446744073709551615"):
+        lk.logprobs(x, np.array([2**64 - 1], dtype=np.uint64))
+    with pytest.raises(ValueError, match="output_tokens"):
+        lk.apply_penalties(x, output_tokens=[1, 2**70], repetition_penalty=1.1)
+    with pytest.raises(ValueError, match="bias"):
+        lk.apply_logit_bias(x, {2**63: 1.0})

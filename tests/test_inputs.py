@@ -114,3 +114,37 @@ def test_zero_dimensional_uniform_for_one_row():
     assert lk.sample(X[0], uniforms=np.float32(0.3)) == lk.sample(
         X[0], uniforms=float(np.float32(0.3))
     )
+
+
+def _misaligned(values, dtype=np.float32):
+    """A C-contiguous array of ``values`` whose data starts one byte past an aligned address."""
+    a = np.asarray(values, dtype=dtype)
+    raw = np.zeros(a.nbytes + 1, dtype=np.uint8)
+    m = raw[1:].view(dtype).reshape(a.shape)
+    m[...] = a
+    assert m.flags.c_contiguous and not m.flags.aligned
+    return m
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_misaligned_arrays_are_read_and_written(dtype):
+    rng = np.random.default_rng(3)
+    for shape in ((7,), (3, 7)):
+        ref = rng.standard_normal(shape).astype(dtype)
+        x = _misaligned(ref, dtype)
+        np.testing.assert_array_equal(lk.softmax(x), lk.softmax(ref))
+        np.testing.assert_array_equal(lk.argmax(x), lk.argmax(ref))
+        want = lk.sample(ref, seed=4, top_k=3)
+        np.testing.assert_array_equal(lk.sample(x, seed=4, top_k=3), want)
+        out = _misaligned(np.zeros(shape))
+        got = lk.log_softmax(x, out=out)
+        assert got is out
+        np.testing.assert_array_equal(out, lk.log_softmax(ref))
+    y = _misaligned([0.5, 1.0, -1.0])
+    want = lk.apply_logit_bias(y.copy(), {0: 1.0})
+    assert lk.apply_logit_bias(y, {0: 1.0}, out=y) is y
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(
+        lk.sample(np.zeros((2, 4), np.float32), uniforms=_misaligned([0.1, 0.9], np.float64)),
+        [0, 3],
+    )

@@ -295,7 +295,9 @@ def test_processed_logprobs_are_over_the_kept_tempered_set(seed):
         assert res.logprobs[r] == pytest.approx(ref[tok], abs=2e-5)
         assert res.ranks[r] == 1 + int((ref > ref[tok]).sum())
         assert res.top_ids[r, :7].tolist() == kept.tolist()
-        assert res.top_ids[r, 7:].tolist() == [-1, -1, -1]
+        # The row asked for 10: the top 10 of the processed distribution holds 3 removed tokens
+        # (log-probability -inf), ties in increasing id order.
+        assert res.top_ids[r, 7:].tolist() == [t for t in range(120) if t not in kept][:3]
         assert np.isneginf(res.top_logprobs[r, 7:]).all()
         np.testing.assert_allclose(res.top_logprobs[r, :7], ref[kept], atol=2e-5)
 
@@ -345,3 +347,53 @@ def test_fields_hold_the_validated_values():
     assert p.logit_bias[5] == 1.0 and p.allowed_token_ids == [1, 2, 5]
     with pytest.raises(ValueError, match="logit_bias"):
         lk.SamplingParams(logit_bias={"5": 1.0, 5: 2.0})
+
+
+@pytest.mark.parametrize("mode", ["raw", "processed"])
+def test_top_logprobs_list_masked_tokens_before_padding(mode):
+    # SPEC §7/§8: the top n, ties to the lower id; padding only for rows that asked for fewer.
+    x = np.asarray([[3, 1, 3, -np.inf, 2], [0, 0, 0, 0, 0]], dtype=np.float32)
+    p5 = lk.SamplingParams(logprobs=5, top_k=2, seed=1, logprobs_mode=mode)
+    res = lk.sample_batch(x, [p5, lk.SamplingParams(logprobs=2, seed=1, logprobs_mode=mode)])
+    want = [0, 2, 4, 1, 3] if mode == "raw" else [0, 2, 1, 3, 4]
+    assert res.top_ids[0].tolist() == want
+    assert np.isneginf(res.top_logprobs[0, 2 if mode == "processed" else 4 :]).all()
+    assert np.isfinite(res.top_logprobs[0, :2]).all()
+    assert res.top_ids[1].tolist() == [0, 1, -1, -1, -1]
+    if mode == "raw":
+        np.testing.assert_array_equal(res.top_ids[0], lk.logprobs(x[0], [0], top_n=5).top_ids)
+
+
+@pytest.mark.parametrize("n", [6, 2**40, 2**63, 2**70])
+def test_logprobs_beyond_the_vocabulary_list_every_token_once(n):
+    x = np.asarray([[0.5, 1, 0, -np.inf, 2]], dtype=np.float32)
+    res = lk.sample_batch(x, lk.SamplingParams(logprobs=n, seed=3))
+    assert res.top_ids.shape == (1, 5)
+    assert res.top_ids[0].tolist() == [4, 1, 0, 2, 3]
+    assert res.top_logprobs[0, 4] == -np.inf
+
+
+def test_huge_integer_parameters_are_clamped_or_named():
+    x = np.asarray([[0.5, 1, 0, 2]], dtype=np.float32)
+    base = lk.sample_batch(x, lk.SamplingParams(seed=5)).tokens
+    for kw in ({"top_k": 2**63}, {"top_k": -(2**70)}, {"min_tokens": 2**70}):
+        got = lk.sample_batch(x, lk.SamplingParams(seed=5, **kw)).tokens
+        np.testing.assert_array_equal(got, base)
+    wide = lk.sample_batch(x, lk.SamplingParams(seed=5, top_p=0.0, min_keep=4)).tokens
+    huge = lk.sample_batch(x, lk.SamplingParams(seed=5, top_p=0.0, min_keep=2**70)).tokens
+    np.testing.assert_array_equal(huge, wide)
+    for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                 "frequency_penalty"):  # fmt: skip
+        with pytest.raises(ValueError, match=name):
+            lk.SamplingParams(**{name: 10**400})
+    with pytest.raises(ValueError, match="logit_bias"):
+        lk.SamplingParams(logit_bias={1: 10**400})
+    with pytest.raises(ValueError, match="temperature"):
+        lk.SamplingParams.from_openai({"temperature": 10**400})
+
+
+def test_from_openai_refuses_a_token_id_given_twice_and_negative_top_logprobs():
+    with pytest.raises(ValueError, match="logit_bias"):
+        lk.SamplingParams.from_openai({"logit_bias": {"5": 1, 5: 2}})
+    with pytest.raises(ValueError, match="top_logprobs"):
+        lk.SamplingParams.from_openai({"logprobs": True, "top_logprobs": -1})

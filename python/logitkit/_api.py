@@ -120,7 +120,8 @@ def _logits(logits: ArrayLike, dtype: str | None) -> _Logits:
     # case in a decoding loop.
     if dtype is None and type(logits) is np.ndarray:
         shape = logits.shape
-        if logits.flags.c_contiguous and shape and shape[-1] and len(shape) <= 2:
+        flags = logits.flags
+        if flags.c_contiguous and flags.aligned and shape and shape[-1] and len(shape) <= 2:
             kind = _fast_kind(logits.dtype)
             if kind is not None:
                 a = logits if kind == _F32 else logits.view(np.uint16)
@@ -179,8 +180,8 @@ def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
     if shape[-1] == 0:
         raise ValueError("logits: the vocabulary (last axis) is empty")
     source = a if kind == _F32 else None
-    if not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a)
+    if not (a.flags.c_contiguous and a.flags.aligned):
+        a = a.copy(order="C")  # a copy is contiguous and aligned
     if kind != _F32 and a.dtype != np.uint16:
         a = a.view(np.uint16)
     if a.ndim == 1:
@@ -231,24 +232,26 @@ def _out(out: np.ndarray | None, x: _Logits) -> _Out:
             in_place = True
         elif np.shares_memory(out, src):
             raise ValueError("out: overlaps logits without being the same array")
-    if out.flags.c_contiguous:
+    if _direct(out):
         return _Out(out.reshape(x.array.shape), out, in_place)
     return _Out(np.empty(x.array.shape, dtype=np.float32), out, in_place)
 
 
+def _direct(out: np.ndarray) -> bool:
+    """Whether kernels write ``out`` itself (else a scratch array, copied into it after)."""
+    flags = out.flags
+    return bool(flags.c_contiguous and flags.aligned)
+
+
 def _finish(o: _Out) -> np.ndarray:
-    if (
-        o.target.base is not o.result
-        and o.target is not o.result
-        and not o.result.flags.c_contiguous
-    ):
+    if o.target.base is not o.result and o.target is not o.result and not _direct(o.result):
         o.result[...] = o.target.reshape(o.result.shape)
     return o.result
 
 
 def _input_for(x: _Logits, o: _Out) -> np.ndarray:
     """The array the kernel reads: a snapshot when it would otherwise read what it writes."""
-    if o.in_place and o.result.flags.c_contiguous:
+    if o.in_place and _direct(o.result):
         return x.array.copy()
     return x.array
 
@@ -262,13 +265,31 @@ def _check_int(value: Any, name: str) -> int:
 def _check_float(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name}: must be a number, got {type(value).__name__}")
-    return float(value)
+    return _float(value, name)
+
+
+def _float(value: Any, name: str) -> float:
+    """``float(value)``; an integer beyond the float64 range is a ValueError naming ``name``."""
+    try:
+        return float(value)
+    except OverflowError:
+        message = "must be finite, got an integer beyond the float64 range"
+        raise ValueError(f"{name}: {message}") from None
+
+
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+def _clamp_i64(v: int) -> int:
+    """``top_k`` / ``min_keep`` beyond int64 mean the same as the int64 limit (top-k off, or
+    keep everything): clamped so that they reach the kernels."""
+    return v if _I64_MIN <= v <= _I64_MAX else (_I64_MAX if v > 0 else _I64_MIN)
 
 
 def _per_row(value: Any, name: str, integer: bool) -> Any:
     """A scalar as a Python number, or a 1-D array as a contiguous float64 / int64 array."""
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        return _check_int(value, name) if integer else float(value)
+        return _clamp_i64(_check_int(value, name)) if integer else _float(value, name)
     a = _asarray(value, name)
     if a.ndim == 0:
         if a.dtype.kind not in ("iu" if integer else "fiu"):
@@ -281,10 +302,10 @@ def _per_row(value: Any, name: str, integer: bool) -> Any:
             raise TypeError(f"{name}: must hold integers, got dtype {a.dtype}")
         if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
             raise ValueError(f"{name}: values must fit in int64")
-        return np.ascontiguousarray(a, dtype=np.int64)
+        return np.require(a, np.int64, ["C", "A"])
     if a.dtype.kind not in "fiu":
         raise TypeError(f"{name}: must hold numbers, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.float64)
+    return np.require(a, np.float64, ["C", "A"])
 
 
 def _u64(value: Any, name: str) -> Any:
@@ -315,7 +336,7 @@ def _u64(value: Any, name: str) -> Any:
         raise TypeError(f"{name}: must be an integer or a 1-D integer array, got {a.dtype}")
     if a.dtype.kind == "i" and a.size and a.min() < 0:
         raise ValueError(f"{name}: must be in [0, 2**64), got {a.min()}")
-    return np.ascontiguousarray(a, dtype=np.uint64)
+    return np.require(a, np.uint64, ["C", "A"])
 
 
 # Token ids 0, 1, ... as an int64 array: indexing it gives the np.int64 scalar of an id several
@@ -412,7 +433,8 @@ def argmax(logits: ArrayLike, *, dtype: str | None = None) -> Any:
         and logits.dtype is _F32_DTYPE
         and logits.ndim == 1
         and logits.shape[0]
-        and logits.flags.c_contiguous
+        and (flags := logits.flags).c_contiguous
+        and flags.aligned
     ):
         return _id_scalar(_core.argmax_row(logits), logits.shape[0])  # a decoding loop
     x = _logits(logits, dtype)
@@ -474,7 +496,7 @@ def _min_keep(min_keep: Any) -> int:
     mk = _check_int(min_keep, "min_keep")
     if mk < 1:
         raise ValueError(f"min_keep: must be >= 1, got {mk}")
-    return mk
+    return min(mk, _I64_MAX)
 
 
 def mask_top_p(
@@ -558,7 +580,7 @@ def apply_logit_bias(
     """
     x = _logits(logits, dtype)
     o = _out(out, x)
-    src = None if o.in_place and o.result.flags.c_contiguous else x.array
+    src = None if o.in_place and _direct(o.result) else x.array
     _core.bias_and_penalties(src, x.kind, o.target, len(x.shape) == 1, bias=_bias(bias, x))
     return _finish(o)
 
@@ -614,7 +636,7 @@ def apply_penalties(
     pres = _per_row(presence_penalty, "presence_penalty", integer=False)
     freq = _per_row(frequency_penalty, "frequency_penalty", integer=False)
     o = _out(out, x)
-    src = None if o.in_place and o.result.flags.c_contiguous else x.array
+    src = None if o.in_place and _direct(o.result) else x.array
     _core.bias_and_penalties(
         src,
         x.kind,
@@ -669,7 +691,7 @@ def _uniforms(x: _Logits, uniforms: Any) -> np.ndarray:
         raise ValueError(f"uniforms: must be an array of length {rows}, got shape {u.shape}")
     if u.dtype.kind not in "fiu":
         raise TypeError(f"uniforms: must hold floats, got dtype {u.dtype}")
-    return np.ascontiguousarray(u, dtype=np.float64)
+    return np.require(u, np.float64, ["C", "A"])
 
 
 def _seed(seed: Any, rows: int) -> Any:
@@ -685,9 +707,11 @@ def _seed(seed: Any, rows: int) -> Any:
 def _scalar_or(value: Any, name: str, integer: bool) -> Any:
     t = type(value)
     if t is float or (t is int and value is not True and value is not False):
-        if integer and t is float:
-            raise TypeError(f"{name}: must be an integer, got float")
-        return value
+        if integer:
+            if t is float:
+                raise TypeError(f"{name}: must be an integer, got float")
+            return _clamp_i64(value)
+        return value if t is float else _float(value, name)
     return _per_row(value, name, integer)
 
 
@@ -751,23 +775,28 @@ def sample(
         and type(top_p) is float
         and type(min_p) is float
         and type(min_keep) is int
+        and type(order) is str
         and 0 <= step <= _U64_MAX
-        and logits.flags.c_contiguous
+        and (flags := logits.flags).c_contiguous
+        and flags.aligned
     ):
         a = logits if kind == _F32 else logits.view(np.uint16)
         if seed is None:
             # Greedy draws use no uniform: no OS entropy to read.
             seed = 0 if temperature == 0.0 else _seed(None, 1 if logits.ndim == 1 else len(a))
-        if logits.ndim == 1:
-            tok = _core.sample_fast(
-                a, kind, temperature, top_k, top_p, min_p, min_keep, order, seed, step
+        try:
+            if logits.ndim == 1:
+                tok = _core.sample_fast(
+                    a, kind, temperature, top_k, top_p, min_p, min_keep, order, seed, step
+                )
+                return _id_scalar(tok, logits.shape[0])
+            out = np.empty(logits.shape[0], dtype=np.int64)
+            _core.sample_fast(
+                a, kind, temperature, top_k, top_p, min_p, min_keep, order, seed, step, out
             )
-            return _id_scalar(tok, logits.shape[0])
-        out = np.empty(logits.shape[0], dtype=np.int64)
-        _core.sample_fast(
-            a, kind, temperature, top_k, top_p, min_p, min_keep, order, seed, step, out
-        )
-        return out
+            return out
+        except OverflowError:
+            pass  # an int parameter beyond int64: the general path below clamps or names it
     x = _logits(logits, dtype)
     if order not in _ORDERS:
         raise ValueError(f"order: must be one of {', '.join(map(repr, _ORDERS))}, got {order!r}")

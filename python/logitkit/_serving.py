@@ -62,7 +62,16 @@ def _int(value: Any, name: str) -> int:
 def _num(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise _fail(name, f"must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise _fail(name, "must be finite, got an integer beyond the float64 range") from None
+
+
+def _i64(v: int) -> int:
+    """An int parameter for the kernels: values beyond int64 mean the same as its limit there
+    (top-k off, keep everything, no stop-token window end, every log-probability)."""
+    return max(-(2**63), min(v, 2**63 - 1))
 
 
 def _ids(value: Any, name: str) -> list[int]:
@@ -188,9 +197,9 @@ class SamplingParams:
         for name, value in normalized.items():
             object.__setattr__(self, name, value)
         native = _core.RowParams(
-            t, top_k, top_p, min_p, min_keep, self.order, rep, pres, freq, bias_ids,
-            bias_values, allowed, stop, min_tokens, seed, logprobs,
-            self.logprobs_mode == "processed",
+            t, _i64(top_k), top_p, min_p, _i64(min_keep), self.order, rep, pres, freq, bias_ids,
+            bias_values, allowed, stop, _i64(min_tokens), seed,
+            None if logprobs is None else _i64(logprobs), self.logprobs_mode == "processed",
         )  # fmt: skip
         object.__setattr__(self, "_native", native)
 
@@ -232,13 +241,18 @@ class SamplingParams:
                     tid = int(k)
                 except (TypeError, ValueError):
                     raise _fail("logit_bias", f"key {k!r} is not a token id") from None
+                if tid in parsed:
+                    raise _fail("logit_bias", f"gives token id {tid} twice")
                 parsed[tid] = _num(v, "logit_bias")
             kwargs["logit_bias"] = parsed
         lp = body.get("logprobs")
         if isinstance(lp, bool):
             if lp:
                 top = body.get("top_logprobs")
-                kwargs["logprobs"] = 0 if top is None else _int(top, "top_logprobs")
+                n = 0 if top is None else _int(top, "top_logprobs")
+                if n < 0:
+                    raise _fail("top_logprobs", f"must be >= 0, got {n}")
+                kwargs["logprobs"] = n
         elif lp is not None:
             kwargs["logprobs"] = _int(lp, "logprobs")
         return cls(**kwargs)
@@ -310,7 +324,7 @@ def sample_batch(
         words = -(-vocab // 32)
         if m.shape != (rows, words):
             raise ValueError(f"token_bitmask: must have shape ({rows}, {words}), got {m.shape}")
-        mask = np.ascontiguousarray(m)
+        mask = np.require(m, None, ["C", "A"])
     tokens, lp = _core.sample_batch(
         x.array, x.kind, natives, prompt_tokens, output_tokens, step_arg, mask
     )

@@ -185,6 +185,18 @@ fn logprobs_of<T: Elem>(
     };
     res.top_ids.extend(top.iter().map(|c| i64::from(c.id)));
     res.top_logprobs.extend(top.iter().map(|c| lp(c.v)));
+    // Fewer finite (raw) or kept (processed) tokens than asked for: the rest of the top `n` are
+    // tokens of log-probability `-inf`, ties in increasing id order.
+    let want = n.min(s.x.len());
+    if res.top_ids.len() < want {
+        let mut listed: Vec<u32> = top.iter().map(|c| c.id).collect();
+        listed.sort_unstable();
+        let missing = (0..s.x.len() as u32).filter(|id| listed.binary_search(id).is_err());
+        for id in missing.take(want - res.top_ids.len()) {
+            res.top_ids.push(i64::from(id));
+            res.top_logprobs.push(f32::NEG_INFINITY);
+        }
+    }
 }
 
 /// Samples one row of a batch step and computes its requested log-probabilities.
