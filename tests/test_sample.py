@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -362,3 +365,40 @@ def test_masked_tokens_are_never_sampled():
     for u, token in ((0.0, 5), (0.7, 5), (0.75, 40), (float(np.nextafter(1.0, 0.0)), 40)):
         assert lk.sample(x, uniforms=u) == token
         assert lk.sample(x, uniforms=u, top_k=5, top_p=0.99, min_p=0.01) == token
+
+
+def _tenths(parts, total=10):
+    """Every way to split ``total`` tenths into ``parts`` positive amounts."""
+    if parts == 1:
+        return [(total,)]
+    return [(a, *rest) for a in range(1, total) for rest in _tenths(parts - 1, total - a)]
+
+
+def test_boundaries_of_hand_made_probabilities_follow_the_exact_row():
+    # Probabilities in tenths put cumulative sums within float32 rounding of top_p and u, or
+    # exactly on them (equal logits: 0.2 + 0.3 of (0.2, 0.3, 0.3, 0.2) is 1/2). The row decides
+    # exactly (rational arithmetic on its float64 weights): the crossing token is kept when its
+    # prefix has mass >= top_p, and the draw returns the first id whose cumulative probability
+    # exceeds u (an equal one does not).
+    cases = [probs for parts in (2, 3, 4) for probs in _tenths(parts)]
+    assert len(cases) == 9 + 36 + 84
+    for probs, tenth in itertools.product(cases, range(1, 10)):
+        x = np.log(np.asarray(probs) / 10).astype(np.float32)
+        w = [Fraction(float(v)) for v in np.exp(x.astype(np.float64) - x.max())]
+        q = tenth / 10
+        order = [int(i) for i in np.argsort(-x, kind="stable")]
+        cum_rank = list(itertools.accumulate(w[i] for i in order))
+        n = next(j + 1 for j, c in enumerate(cum_rank) if c >= Fraction(q) * sum(w))
+        kept = sorted(order[:n])
+        want = np.full(len(probs), -np.inf, dtype=np.float32)
+        want[kept] = x[kept]
+        np.testing.assert_array_equal(lk.mask_top_p(x, q), want, err_msg=f"{probs} {q}")
+
+        def first_above(ids, u, w=w):
+            total = sum(w[i] for i in ids)
+            cum = itertools.accumulate(w[i] for i in ids)
+            return next(i for i, c in zip(ids, cum, strict=True) if c > Fraction(u) * total)
+
+        assert lk.sample(x, uniforms=q) == first_above(range(len(probs)), q), (probs, q)
+        assert lk.sample(x, top_p=q, uniforms=0.0) == kept[0], (probs, q)
+        assert lk.sample(x, top_p=q, uniforms=0.5) == first_above(kept, 0.5), (probs, q)

@@ -388,22 +388,117 @@ fn apply_top_k<T: Elem>(s: &Scanned<'_, T>, kept: Kept, k: i64, scr: &mut Scratc
     }
 }
 
-/// Top-p with `scale = 1 / fs`, then `min_keep`.
+/// In rows of up to this many tokens, a top-p or draw decision whose cumulative weight lies
+/// within [`NEAR`] of its target (probabilities built by hand, such as `log([0.1, 0.2, 0.7])`
+/// against `top_p = 0.7`) is taken again in `f64`, on weights `e^((v - vmax) / t)` with the `f64`
+/// temperature and error-free sums: it then falls on the side that the exact value of the row
+/// gives (and an exact tie is a tie). Longer rows, and decisions farther from their target, use
+/// the `f32` weights (summed in `f64`).
+pub const EXACT_V: usize = 1024;
+
+/// Relative distance (to the total weight) below which [`EXACT_V`] rows decide in `f64`: above
+/// the error of the `f32` weights and of their block sums.
+const NEAR: f64 = 1e-5;
+
+/// Whether the decision "the first `n` weights of `w` reach `target`" (`None`: none did) lies
+/// within [`NEAR`] of `target`, `strict` for "exceed".
+fn near_boundary(w: &[f32], n: Option<usize>, target: f64, total: f64) -> bool {
+    let Some(n) = n else { return true };
+    let cum: f64 = w[..n].iter().map(|&x| f64::from(x)).sum();
+    let before = cum - f64::from(w[n - 1]);
+    cum - target < NEAR * total || target - before < NEAR * total
+}
+
+/// Weights `e^((v - vmax) / fs)` in `f64`.
+fn exact_weights(vals: impl Iterator<Item = f32>, vmax: f32, fs: f64) -> Vec<f64> {
+    let vmax = f64::from(vmax);
+    vals.map(|v| ((f64::from(v) - vmax) / fs).exp()).collect()
+}
+
+/// A sum of `f64` values carried as `hi + lo` (error-free additions): the cumulative weights
+/// of [`EXACT_V`] rows are compared with `top_p` or `u` times the total without rounding, so a
+/// tie that holds for the weights (a cumulative probability of exactly `1/2` against
+/// `u = 0.5`) is a tie.
+#[derive(Clone, Copy, Default)]
+struct Sum2 {
+    hi: f64,
+    lo: f64,
+}
+
+impl Sum2 {
+    fn add(&mut self, x: f64) {
+        let s = self.hi + x;
+        let b = s - self.hi;
+        self.lo += (self.hi - (s - b)) + (x - b);
+        self.hi = s;
+    }
+
+    fn of(w: &[f64]) -> Self {
+        let mut t = Self::default();
+        w.iter().for_each(|&x| t.add(x));
+        t
+    }
+
+    /// `k * self` (`0 <= k <= 1`), its product rounding kept in `lo`.
+    fn times(self, k: f64) -> Self {
+        let hi = k * self.hi;
+        Self {
+            hi,
+            lo: k.mul_add(self.hi, -hi) + k * self.lo,
+        }
+    }
+
+    /// The sign of `self - o` (`self` and `o` within a factor of two of each other, or apart).
+    fn cmp(self, o: Self) -> std::cmp::Ordering {
+        let d = (self.hi - o.hi) + (self.lo - o.lo);
+        d.partial_cmp(&0.0).unwrap_or(std::cmp::Ordering::Equal)
+    }
+}
+
+/// [`nucleus_len`] in `f64` (see [`EXACT_V`]): the shortest rank-order prefix of `list` whose
+/// weight reaches `top_p` of the total.
+fn exact_nucleus_len(list: &[Cand], fs: f64, top_p: f64) -> usize {
+    let w = exact_weights(list.iter().map(|c| c.v), list[0].v, fs);
+    let target = Sum2::of(&w).times(top_p);
+    let mut cum = Sum2::default();
+    for (i, &x) in w.iter().enumerate() {
+        cum.add(x);
+        if cum.cmp(target).is_ge() {
+            return i + 1;
+        }
+    }
+    list.len()
+}
+
+/// Top-p with `scale = 1 / fs` (`scale_of(fs)`), then `min_keep`.
 fn apply_top_p<T: Elem>(
     s: &Scanned<'_, T>,
     kept: Kept,
     top_p: f64,
-    scale: f32,
+    fs: f64,
     min_keep: usize,
     scr: &mut Scratch,
 ) -> Kept {
     if top_p >= 1.0 {
         return kept;
     }
+    let scale = scale_of(fs);
+    let small = s.x.len() <= EXACT_V;
+    let exact = |mut l: Vec<Cand>| {
+        let n = exact_nucleus_len(&l, fs, top_p);
+        l.truncate(n.max(min_keep));
+        Kept::List(l)
+    };
     match kept {
         Kept::List(mut l) => {
-            let n = nucleus_len(&l, scale, top_p, &mut scr.wts).unwrap_or(l.len());
-            l.truncate(n.max(min_keep));
+            let n = nucleus_len(&l, scale, top_p, &mut scr.wts);
+            if small && top_p > 0.0 {
+                let total: f64 = scr.wts.iter().map(|&x| f64::from(x)).sum();
+                if near_boundary(&scr.wts, n, top_p * total, total) {
+                    return exact(l);
+                }
+            }
+            l.truncate(n.unwrap_or(l.len()).max(min_keep));
             Kept::List(l)
         }
         Kept::Threshold(thr) => {
@@ -413,6 +508,12 @@ fn apply_top_p<T: Elem>(
                 return keep_top(s, Kept::Threshold(thr), min_keep, scr);
             }
             let kept = nucleus_of_threshold(s, thr, scale, total, target, scr);
+            if small && nucleus_near_boundary(s, &kept, scale, target, total) {
+                let mut l = Vec::new();
+                select::collect_ge(s.x, s.bmax, thr, &mut l);
+                l.sort_unstable_by(select::by_rank);
+                return exact(l);
+            }
             // The nucleus holds at least one token, so only `min_keep > 1` needs the count.
             let count = match &kept {
                 _ if min_keep <= 1 => 1,
@@ -426,6 +527,32 @@ fn apply_top_p<T: Elem>(
             }
         }
     }
+}
+
+/// Whether the weight of the nucleus `kept` (found against `target` of `total`), or that weight
+/// less its last token's, lies within [`NEAR`] of `target`.
+fn nucleus_near_boundary<T: Elem>(
+    s: &Scanned<'_, T>,
+    kept: &Kept,
+    scale: f32,
+    target: f64,
+    total: f64,
+) -> bool {
+    let (mass, last) = match kept {
+        Kept::Threshold(tau) => {
+            let mut bsum = vec![0.0f32; s.bmax.len()];
+            let mass = prims::weight_sums(s.x, s.bmax, s.m, scale, *tau, &mut bsum);
+            (mass, *tau)
+        }
+        Kept::List(l) => {
+            let mut w = Vec::new();
+            list_weights(l, s.m, scale, &mut w);
+            (w.iter().map(|&x| f64::from(x)).sum(), l[l.len() - 1].v)
+        }
+    };
+    let mut w_last = [0.0f32];
+    prims::weights(&[last], s.m, scale, &mut w_last);
+    mass - target < NEAR * total || target - (mass - f64::from(w_last[0])) < NEAR * total
 }
 
 /// The nucleus of the tokens `>= thr` whose weights sum to `total`: the shortest rank-order
@@ -725,10 +852,9 @@ pub fn kept_set<T: Elem>(s: &Scanned<'_, T>, f: &Filters, scr: &mut Scratch) -> 
     } else {
         f.temperature
     };
-    let scale = scale_of(fs);
     let mut kept = Kept::Threshold(ALL_FINITE);
     let top_k = |k: Kept, scr: &mut Scratch| apply_top_k(s, k, f.top_k, scr);
-    let top_p = |k: Kept, scr: &mut Scratch| apply_top_p(s, k, f.top_p, scale, f.min_keep, scr);
+    let top_p = |k: Kept, scr: &mut Scratch| apply_top_p(s, k, f.top_p, fs, f.min_keep, scr);
     let min_p = |k: Kept, scr: &mut Scratch| apply_min_p(s, k, f.min_p, fs, f.min_keep, scr);
     match f.order {
         Order::Default | Order::LlamaCpp => {
@@ -749,6 +875,23 @@ pub fn kept_set<T: Elem>(s: &Scanned<'_, T>, f: &Filters, scr: &mut Scratch) -> 
 /// increasing id order, whose cumulative probability exceeds `u`.
 pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut Scratch) -> usize {
     let scale = scale_of(t);
+    if s.x.len() <= EXACT_V {
+        let (ids, vmax): (Vec<(u32, f32)>, f32) = match kept {
+            Kept::List(l) => {
+                let mut ids: Vec<(u32, f32)> = l.iter().map(|c| (c.id, c.v)).collect();
+                ids.sort_unstable_by_key(|&(id, _)| id);
+                (ids, l[0].v)
+            }
+            &Kept::Threshold(thr) => {
+                let ids = (0..s.x.len() as u32)
+                    .map(|i| (i, s.x[i as usize].to_f32()))
+                    .filter(|&(_, v)| v >= thr)
+                    .collect();
+                (ids, s.m)
+            }
+        };
+        return small_draw(&ids, vmax, t, u);
+    }
     match kept {
         Kept::List(l) => {
             let vmax = l[0].v;
@@ -795,6 +938,54 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
                 + prims::find_in_block(prims::block(s.x, last), s.m, scale, thr, target - cum)
         }
     }
+}
+
+/// [`draw`] on a row of at most [`EXACT_V`] tokens, over the kept `(id, logit)` pairs in
+/// increasing id order: with `f32` weights, or in `f64` ([`exact_draw`]) near a boundary.
+fn small_draw(ids: &[(u32, f32)], vmax: f32, t: f64, u: f64) -> usize {
+    let vals: Vec<f32> = ids.iter().map(|&(_, v)| v).collect();
+    let mut w = vec![0.0f32; vals.len()];
+    prims::weights(&vals, vmax, scale_of(t), &mut w);
+    let total: f64 = w.iter().map(|&x| f64::from(x)).sum();
+    let target = u * total;
+    let mut cum = 0.0f64;
+    let mut chosen = None;
+    for (i, &wc) in w.iter().enumerate() {
+        if wc > 0.0 {
+            let next = cum + f64::from(wc);
+            if next - target < NEAR * total && next > target - NEAR * total {
+                return exact_draw(ids, vmax, t, u);
+            }
+            cum = next;
+            chosen = Some(i);
+            if cum > target {
+                break;
+            }
+        }
+    }
+    // Past the end (rounding): the last positive weight, unless that is near the boundary too.
+    match chosen {
+        Some(i) if cum > target => ids[i].0 as usize,
+        _ => exact_draw(ids, vmax, t, u),
+    }
+}
+
+/// [`draw`] in `f64` (see [`EXACT_V`]) over the kept `(id, logit)` pairs in increasing id order.
+fn exact_draw(ids: &[(u32, f32)], vmax: f32, t: f64, u: f64) -> usize {
+    let w = exact_weights(ids.iter().map(|&(_, v)| v), vmax, t);
+    let target = Sum2::of(&w).times(u);
+    let mut cum = Sum2::default();
+    let mut chosen = ids[0].0;
+    for (&(id, _), &wc) in ids.iter().zip(&w) {
+        if wc > 0.0 {
+            cum.add(wc);
+            chosen = id;
+            if cum.cmp(target).is_gt() {
+                break;
+            }
+        }
+    }
+    chosen as usize
 }
 
 /// SPEC §4 steps 4-9 on one row.
@@ -880,7 +1071,7 @@ pub fn mask_row<T: Elem>(
                 top_p,
                 temperature,
                 min_keep,
-            } => apply_top_p(&s, all, top_p, scale_of(temperature), min_keep, scr),
+            } => apply_top_p(&s, all, top_p, temperature, min_keep, scr),
             Mask::MinP {
                 min_p,
                 temperature,
