@@ -373,3 +373,31 @@ def test_inputs_are_not_modified(inp):
     lk.apply_logit_bias(inp.array, {0: 1.0}, **inp.kw)
     np.testing.assert_array_equal(np.asarray(inp.array), before)
     np.testing.assert_array_equal(tokens, np.arange(v))
+
+
+@pytest.mark.parametrize("shape", [(50,), (3, 50)])
+def test_in_place_equals_a_new_array(shape):
+    # apply_penalties(x, out=x) (the decoding-loop form) gives the bits of the call that
+    # returns a new array, with float or integer penalties, a dict bias or none.
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[..., 7] = -np.inf
+    hist = rng.integers(0, 50, size=20)
+    hists = hist if len(shape) == 1 else [hist] * shape[0]
+    for pens, bias in (
+        ((1.3, 0.5, 0.25), {3: 1.5, 7: 2.0, 9: -np.inf}),
+        ((1.0, 0.0, 0.0), None),
+        ((2, 1, 0), {4: -1.0}),
+    ):
+        kw = dict(
+            prompt_tokens=hists,
+            output_tokens=hists,
+            repetition_penalty=pens[0],
+            presence_penalty=pens[1],
+            frequency_penalty=pens[2],
+            logit_bias=bias,
+        )
+        want = lk.apply_penalties(x, **kw)
+        y = x.copy()
+        assert lk.apply_penalties(y, out=y, **kw) is y
+        np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))

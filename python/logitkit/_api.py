@@ -631,6 +631,36 @@ def apply_penalties(
     >>> logitkit.apply_penalties(x, output_tokens=np.array([0, 1]), repetition_penalty=2.0).tolist()
     [1.0, -4.0, 1.0]
     """
+    # Fast path: in place on a contiguous float32 array, float penalties and a dict bias (or
+    # none), the form of a decoding loop.
+    if (
+        out is logits
+        and type(logits) is np.ndarray
+        and logits.dtype is _F32_DTYPE
+        and dtype is None
+        and 1 <= logits.ndim <= 2
+        and logits.shape[-1]
+        and (flags := logits.flags).c_contiguous
+        and flags.aligned
+        and flags.writeable
+        and type(repetition_penalty) is float
+        and type(presence_penalty) is float
+        and type(frequency_penalty) is float
+        and (logit_bias is None or type(logit_bias) is dict)
+    ):
+        _core.bias_and_penalties(
+            None,
+            _F32,
+            logits if logits.ndim == 2 else logits.reshape(1, -1),
+            logits.ndim == 1,
+            prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens,
+            repetition_penalty=repetition_penalty,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            bias=logit_bias,
+        )
+        return logits
     x = _logits(logits, dtype)
     rep = _per_row(repetition_penalty, "repetition_penalty", integer=False)
     pres = _per_row(presence_penalty, "presence_penalty", integer=False)
