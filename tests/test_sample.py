@@ -402,3 +402,27 @@ def test_boundaries_of_hand_made_probabilities_follow_the_exact_row():
         assert lk.sample(x, uniforms=q) == first_above(range(len(probs)), q), (probs, q)
         assert lk.sample(x, top_p=q, uniforms=0.0) == kept[0], (probs, q)
         assert lk.sample(x, top_p=q, uniforms=0.5) == first_above(kept, 0.5), (probs, q)
+
+
+def test_zero_uniform_returns_the_first_token_of_positive_probability():
+    # The exact probability of token 0 is about 3.7e-44 in both rows: more than u = 0.
+    assert lk.sample(np.asarray([0.0, 100.0], dtype=np.float32), uniforms=0.0) == 0
+    x = np.asarray([-0.1, 0.0], dtype=np.float32)
+    assert lk.sample(x, temperature=0.001, uniforms=0.0) == 0
+
+
+@pytest.mark.parametrize("pad", [0, 1100])
+def test_extreme_temperature_limits_do_not_depend_on_the_row_length(pad):
+    # README: an inverse temperature that is 0 in float32 is the uniform distribution; logits
+    # more than 3.4e38 apart weigh as if infinitely apart. Short rows (decided exactly near a
+    # boundary) and long ones agree.
+    def row(*v):
+        return np.concatenate([np.asarray(v, dtype=np.float32), np.full(pad, -np.inf, np.float32)])
+
+    x = row(1e38, -1e38)
+    assert lk.sample(x, temperature=1e46, uniforms=0.5) == 1
+    kept = lk.mask_top_p(x, float(np.nextafter(0.5, 1)), temperature=1e46)
+    assert np.isfinite(kept[:2]).all()
+    y = row(3e38, -1e38)
+    assert lk.sample(y, temperature=1e38, uniforms=0.999995) == 0
+    assert np.isneginf(lk.mask_top_p(y, 0.999995, temperature=1e38)[1])

@@ -409,10 +409,27 @@ fn near_boundary(w: &[f32], n: Option<usize>, target: f64, total: f64) -> bool {
     cum - target < NEAR * total || target - before < NEAR * total
 }
 
-/// Weights `e^((v - vmax) / fs)` in `f64`.
+/// Weights `e^((v - vmax) / fs)` in `f64`, with the limits of the `f32` weights (see
+/// [`scale_of`]): a scale `1 / fs` that is 0 in `f32` weighs every token 1 (the uniform
+/// distribution), one beyond `f32::MAX` is `f32::MAX`, and a difference `v - vmax` beyond the
+/// `f32` range weighs 0 (as if infinitely apart).
 fn exact_weights(vals: impl Iterator<Item = f32>, vmax: f32, fs: f64) -> Vec<f64> {
     let vmax = f64::from(vmax);
-    vals.map(|v| ((f64::from(v) - vmax) / fs).exp()).collect()
+    let scale = scale_of(fs);
+    let clamped = 1.0 / fs >= f64::from(f32::MAX);
+    vals.map(|v| {
+        let d = f64::from(v) - vmax;
+        if scale == 0.0 {
+            1.0
+        } else if d < -f64::from(f32::MAX) {
+            0.0
+        } else if clamped {
+            (d * f64::from(f32::MAX)).exp()
+        } else {
+            (d / fs).exp()
+        }
+    })
+    .collect()
 }
 
 /// A sum of `f64` values carried as `hi + lo` (error-free additions): the cumulative weights
@@ -948,6 +965,10 @@ fn small_draw(ids: &[(u32, f32)], vmax: f32, t: f64, u: f64) -> usize {
     prims::weights(&vals, vmax, scale_of(t), &mut w);
     let total: f64 = w.iter().map(|&x| f64::from(x)).sum();
     let target = u * total;
+    if target < NEAR * total {
+        // A tiny `u`: tokens too light for an `f32` weight may come first.
+        return exact_draw(ids, vmax, t, u);
+    }
     let mut cum = 0.0f64;
     let mut chosen = None;
     for (i, &wc) in w.iter().enumerate() {
