@@ -892,24 +892,20 @@ pub fn kept_set<T: Elem>(s: &Scanned<'_, T>, f: &Filters, scr: &mut Scratch) -> 
 /// increasing id order, whose cumulative probability exceeds `u`.
 pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut Scratch) -> usize {
     let scale = scale_of(t);
-    if s.x.len() <= EXACT_V {
-        let (ids, vmax): (Vec<(u32, f32)>, f32) = match kept {
-            Kept::List(l) => {
-                let mut ids: Vec<(u32, f32)> = l.iter().map(|c| (c.id, c.v)).collect();
-                ids.sort_unstable_by_key(|&(id, _)| id);
-                (ids, l[0].v)
-            }
-            &Kept::Threshold(thr) => {
-                let ids = (0..s.x.len() as u32)
-                    .map(|i| (i, s.x[i as usize].to_f32()))
-                    .filter(|&(_, v)| v >= thr)
-                    .collect();
-                (ids, s.m)
-            }
-        };
-        return small_draw(&ids, vmax, t, u);
-    }
+    let small = s.x.len() <= EXACT_V;
+    // The kept `(id, logit)` pairs of a threshold, in id order, for [`exact_draw`].
+    let alive = |thr: f32| -> Vec<(u32, f32)> {
+        (0..s.x.len() as u32)
+            .map(|i| (i, s.x[i as usize].to_f32()))
+            .filter(|&(_, v)| v >= thr)
+            .collect()
+    };
     match kept {
+        Kept::List(l) if small => {
+            let mut ids: Vec<(u32, f32)> = l.iter().map(|c| (c.id, c.v)).collect();
+            ids.sort_unstable_by_key(|&(id, _)| id);
+            small_draw(&ids, l[0].v, t, u)
+        }
         Kept::List(l) => {
             let vmax = l[0].v;
             let mut by_id = std::mem::take(&mut scr.cands);
@@ -936,6 +932,10 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
         &Kept::Threshold(thr) => {
             let (total, bsum) = weight_sums(s, scale, thr, scr);
             let target = u * total;
+            if small && target < NEAR * total {
+                // A tiny `u`: tokens too light for an `f32` weight may come first.
+                return exact_draw(&alive(thr), s.m, t, u);
+            }
             let mut cum = 0.0f64;
             let mut last = 0;
             let mut crossed = false;
@@ -951,8 +951,31 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
                     }
                 }
             });
-            last * BLOCK
-                + prims::find_in_block(prims::block(s.x, last), s.m, scale, thr, target - cum)
+            if !small {
+                let blk = prims::block(s.x, last);
+                return last * BLOCK + prims::find_in_block(blk, s.m, scale, thr, target - cum);
+            }
+            // Within the crossing block, with every cumulative weight checked for nearness to
+            // the target (see [`EXACT_V`]).
+            let near = |c: f64| (c - target).abs() < NEAR * total;
+            let blk = prims::block(s.x, last);
+            let mut w = [0.0f32; BLOCK];
+            prims::weights(blk, s.m, scale, &mut w[..blk.len()]);
+            if !crossed || near(cum) {
+                return exact_draw(&alive(thr), s.m, t, u);
+            }
+            for (i, (e, &wi)) in blk.iter().zip(&w).enumerate() {
+                if wi > 0.0 && e.to_f32() >= thr {
+                    cum += f64::from(wi);
+                    if near(cum) {
+                        return exact_draw(&alive(thr), s.m, t, u);
+                    }
+                    if cum > target {
+                        return last * BLOCK + i;
+                    }
+                }
+            }
+            exact_draw(&alive(thr), s.m, t, u)
         }
     }
 }
