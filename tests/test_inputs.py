@@ -148,3 +148,26 @@ def test_misaligned_arrays_are_read_and_written(dtype):
         lk.sample(np.zeros((2, 4), np.float32), uniforms=_misaligned([0.1, 0.9], np.float64)),
         [0, 3],
     )
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16", "bits"])
+def test_half_precision_logits_overlapping_out_are_refused(kind):
+    # README: an out that overlaps the logits other than as the same array raises ValueError
+    # naming out; a float32 out is never the same array as float16 / bfloat16 logits.
+    raw = bytearray(4 * 2 * 64)  # zeros: valid logits in every dtype
+    out = np.frombuffer(memoryview(raw), np.float32).reshape(2, 64)
+    dtype = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "bits": np.uint16}[kind]
+    kw = {"dtype": "bfloat16"} if kind == "bits" else {}
+    apart = np.frombuffer(memoryview(raw), dtype, count=128).reshape(2, 64)  # another base
+    same_base = out.view(dtype).reshape(-1)[:128].reshape(2, 64)
+    calls = (
+        lambda x: lk.log_softmax(x, out=out, **kw),
+        lambda x: lk.softmax(x, out=out, **kw),
+        lambda x: lk.apply_logit_bias(x, {1: 1.0}, out=out, **kw),
+        lambda x: lk.apply_penalties(x, repetition_penalty=1.5, out=out, **kw),
+        lambda x: lk.mask_top_k(x, 3, out=out, **kw),
+    )
+    for logits in (apart, same_base):
+        for f in calls:
+            with pytest.raises(ValueError, match="out: overlaps"):
+                f(logits)

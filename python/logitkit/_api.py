@@ -232,6 +232,9 @@ def _out(out: np.ndarray | None, x: _Logits) -> _Out:
             in_place = True
         elif np.shares_memory(out, src):
             raise ValueError("out: overlaps logits without being the same array")
+    elif src is None and np.may_share_memory(out, x.array) and np.shares_memory(out, x.array):
+        # float16 / bfloat16 logits read in place: a float32 out can never be the same array.
+        raise ValueError("out: overlaps the float16 / bfloat16 logits")
     if _direct(out):
         return _Out(out.reshape(x.array.shape), out, in_place)
     return _Out(np.empty(x.array.shape, dtype=np.float32), out, in_place)
