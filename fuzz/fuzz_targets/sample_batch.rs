@@ -273,14 +273,22 @@ fuzz_target!(|data: &[u8]| {
             o.logprob
         );
         assert!(o.rank >= 1, "row {r}: rank {}", o.rank);
+        // The top min(n, V): kept (processed) or finite (raw) tokens with finite
+        // log-probabilities, largest first, then the others at -inf in increasing id order.
         assert!(
-            o.top_ids.len() <= nlp && o.top_ids.len() == o.top_logprobs.len(),
+            o.top_ids.len() == nlp.min(v) && o.top_ids.len() == o.top_logprobs.len(),
             "row {r}: top lists"
         );
+        let n_fin = o
+            .top_logprobs
+            .iter()
+            .take_while(|lp| lp.is_finite())
+            .count();
         for (j, (&id, &lp)) in o.top_ids.iter().zip(&o.top_logprobs).enumerate() {
             assert!((0..v as i64).contains(&id), "row {r}: top id {id}");
             assert!(
-                lp.is_finite() && lp <= 0.0,
+                (lp.is_finite() && lp <= 0.0 && j < n_fin)
+                    || (lp == f32::NEG_INFINITY && j >= n_fin),
                 "row {r}: top log-probability {lp} of {id}"
             );
             if j > 0 {
@@ -289,13 +297,23 @@ fuzz_target!(|data: &[u8]| {
                     "row {r}: top log-probabilities not sorted"
                 );
             }
+            if j > n_fin {
+                assert!(
+                    id > o.top_ids[j - 1],
+                    "row {r}: -inf top ids not in id order"
+                );
+            }
         }
+        let mut distinct = o.top_ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), o.top_ids.len(), "row {r}: a top id twice");
         if req.processed {
             if f.temperature == 0.0 {
                 assert_eq!(o.logprob, 0.0, "row {r}: greedy processed log-probability");
                 assert_eq!(o.rank, 1);
             }
-            for &id in &o.top_ids {
+            for &id in &o.top_ids[..n_fin] {
                 assert!(
                     e[id as usize].is_finite(),
                     "row {r}: processed top id {id} is not kept"
@@ -304,7 +322,9 @@ fuzz_target!(|data: &[u8]| {
         } else {
             let raw_order = rank_order(x);
             let k = nlp.min(n_finite(x));
-            let ids: Vec<i64> = raw_order[..k].iter().map(|&i| i as i64).collect();
+            let mut ids: Vec<i64> = raw_order[..k].iter().map(|&i| i as i64).collect();
+            let rest: Vec<i64> = (0..v as i64).filter(|t| !ids.contains(t)).collect();
+            ids.extend(rest.into_iter().take(nlp.min(v) - k));
             assert_eq!(o.top_ids, ids, "row {r}: raw top ids");
             let larger = x.iter().filter(|&&z| z > x[tok]).count() as i64;
             assert_eq!(o.rank, 1 + larger, "row {r}: raw rank");
