@@ -426,3 +426,13 @@ def test_extreme_temperature_limits_do_not_depend_on_the_row_length(pad):
     y = row(3e38, -1e38)
     assert lk.sample(y, temperature=1e38, uniforms=0.999995) == 0
     assert np.isneginf(lk.mask_top_p(y, 0.999995, temperature=1e38)[1])
+
+
+@pytest.mark.parametrize("vocab", [2, 1024, 1025, 128256])
+def test_zero_uniform_does_not_depend_on_the_row_length(vocab):
+    # Token 0's probability is about 1.7e-48 (> u = 0) however many -inf tokens pad the row.
+    x = np.full(vocab, -np.inf, dtype=np.float32)
+    x[0], x[1] = -110.0, 0.0
+    assert lk.sample(x, uniforms=0.0) == 0
+    assert lk.sample(x, uniforms=1e-300) == 0
+    assert lk.sample(x, top_k=2, uniforms=0.0) == 0

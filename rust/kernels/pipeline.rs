@@ -915,6 +915,12 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
             list_weights(&by_id, vmax, scale, &mut scr.wts);
             let total: f64 = scr.wts.iter().map(|&x| f64::from(x)).sum();
             let target = u * total;
+            if target < NEAR * total {
+                // A tiny `u`: tokens too light for an `f32` weight may come first.
+                let ids: Vec<(u32, f32)> = by_id.iter().map(|c| (c.id, c.v)).collect();
+                scr.cands = by_id;
+                return exact_draw(&ids, vmax, t, u);
+            }
             let mut cum = 0.0;
             let mut chosen = None;
             for (c, &wc) in by_id.iter().zip(&scr.wts) {
@@ -932,8 +938,9 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
         &Kept::Threshold(thr) => {
             let (total, bsum) = weight_sums(s, scale, thr, scr);
             let target = u * total;
-            if small && target < NEAR * total {
-                // A tiny `u`: tokens too light for an `f32` weight may come first.
+            if target < NEAR * total {
+                // A tiny `u` (any row length; one draw in 1e5): tokens too light for an `f32`
+                // weight may come first.
                 return exact_draw(&alive(thr), s.m, t, u);
             }
             let mut cum = 0.0f64;
