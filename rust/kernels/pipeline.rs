@@ -401,7 +401,7 @@ pub const EXACT_V: usize = 1024;
 const NEAR: f64 = 1e-5;
 
 /// Whether the decision "the first `n` weights of `w` reach `target`" (`None`: none did) lies
-/// within [`NEAR`] of `target`, `strict` for "exceed".
+/// within [`NEAR`] of `target`.
 fn near_boundary(w: &[f32], n: Option<usize>, target: f64, total: f64) -> bool {
     let Some(n) = n else { return true };
     let cum: f64 = w[..n].iter().map(|&x| f64::from(x)).sum();
@@ -901,11 +901,6 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
             .collect()
     };
     match kept {
-        Kept::List(l) if small => {
-            let mut ids: Vec<(u32, f32)> = l.iter().map(|c| (c.id, c.v)).collect();
-            ids.sort_unstable_by_key(|&(id, _)| id);
-            small_draw(&ids, l[0].v, t, u)
-        }
         Kept::List(l) => {
             let vmax = l[0].v;
             let mut by_id = std::mem::take(&mut scr.cands);
@@ -915,25 +910,35 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
             list_weights(&by_id, vmax, scale, &mut scr.wts);
             let total: f64 = scr.wts.iter().map(|&x| f64::from(x)).sum();
             let target = u * total;
-            if target < NEAR * total {
-                // A tiny `u`: tokens too light for an `f32` weight may come first.
-                let ids: Vec<(u32, f32)> = by_id.iter().map(|c| (c.id, c.v)).collect();
-                scr.cands = by_id;
-                return exact_draw(&ids, vmax, t, u);
-            }
+            // In `f64` for a tiny `u` (tokens too light for an `f32` weight may come first) and,
+            // in a short row, for a cumulative weight near `u` or a walk past the end.
+            let mut exact = target < NEAR * total;
             let mut cum = 0.0;
             let mut chosen = None;
-            for (c, &wc) in by_id.iter().zip(&scr.wts) {
-                if wc > 0.0 {
-                    cum += f64::from(wc);
-                    chosen = Some(c.id);
-                    if cum > target {
-                        break;
+            if !exact {
+                for (c, &wc) in by_id.iter().zip(&scr.wts) {
+                    if wc > 0.0 {
+                        cum += f64::from(wc);
+                        if small && (cum - target).abs() < NEAR * total {
+                            exact = true;
+                            break;
+                        }
+                        chosen = Some(c.id);
+                        if cum > target {
+                            break;
+                        }
                     }
                 }
+                exact |= small && cum <= target;
             }
+            let tok = if exact {
+                let ids: Vec<(u32, f32)> = by_id.iter().map(|c| (c.id, c.v)).collect();
+                exact_draw(&ids, vmax, t, u)
+            } else {
+                chosen.unwrap_or(l[0].id) as usize
+            };
             scr.cands = by_id;
-            chosen.unwrap_or(l[0].id) as usize
+            tok
         }
         &Kept::Threshold(thr) => {
             let (total, bsum) = weight_sums(s, scale, thr, scr);
@@ -965,12 +970,12 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
             // Within the crossing block, with every cumulative weight checked for nearness to
             // the target (see [`EXACT_V`]).
             let near = |c: f64| (c - target).abs() < NEAR * total;
-            let blk = prims::block(s.x, last);
-            let mut w = [0.0f32; BLOCK];
-            prims::weights(blk, s.m, scale, &mut w[..blk.len()]);
             if !crossed || near(cum) {
                 return exact_draw(&alive(thr), s.m, t, u);
             }
+            let blk = prims::block(s.x, last);
+            let mut w = [0.0f32; BLOCK];
+            prims::weights(blk, s.m, scale, &mut w[..blk.len()]);
             for (i, (e, &wi)) in blk.iter().zip(&w).enumerate() {
                 if wi > 0.0 && e.to_f32() >= thr {
                     cum += f64::from(wi);
@@ -984,40 +989,6 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
             }
             exact_draw(&alive(thr), s.m, t, u)
         }
-    }
-}
-
-/// [`draw`] on a row of at most [`EXACT_V`] tokens, over the kept `(id, logit)` pairs in
-/// increasing id order: with `f32` weights, or in `f64` ([`exact_draw`]) near a boundary.
-fn small_draw(ids: &[(u32, f32)], vmax: f32, t: f64, u: f64) -> usize {
-    let vals: Vec<f32> = ids.iter().map(|&(_, v)| v).collect();
-    let mut w = vec![0.0f32; vals.len()];
-    prims::weights(&vals, vmax, scale_of(t), &mut w);
-    let total: f64 = w.iter().map(|&x| f64::from(x)).sum();
-    let target = u * total;
-    if target < NEAR * total {
-        // A tiny `u`: tokens too light for an `f32` weight may come first.
-        return exact_draw(ids, vmax, t, u);
-    }
-    let mut cum = 0.0f64;
-    let mut chosen = None;
-    for (i, &wc) in w.iter().enumerate() {
-        if wc > 0.0 {
-            let next = cum + f64::from(wc);
-            if next - target < NEAR * total && next > target - NEAR * total {
-                return exact_draw(ids, vmax, t, u);
-            }
-            cum = next;
-            chosen = Some(i);
-            if cum > target {
-                break;
-            }
-        }
-    }
-    // Past the end (rounding): the last positive weight, unless that is near the boundary too.
-    match chosen {
-        Some(i) if cum > target => ids[i].0 as usize,
-        _ => exact_draw(ids, vmax, t, u),
     }
 }
 
