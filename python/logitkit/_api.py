@@ -635,8 +635,8 @@ def apply_penalties(
     [1.0, -4.0, 1.0]
     """
     # Fast path: in place on a contiguous float32 array, float penalties and a dict bias (or
-    # none), the form of a decoding loop.
-    if (
+    # none), the form of a decoding loop: no argument handling beyond the kernel's own.
+    fast = (
         out is logits
         and type(logits) is np.ndarray
         and logits.dtype is _F32_DTYPE
@@ -650,39 +650,38 @@ def apply_penalties(
         and type(presence_penalty) is float
         and type(frequency_penalty) is float
         and (logit_bias is None or type(logit_bias) is dict)
-    ):
-        _core.bias_and_penalties(
-            None,
-            _F32,
-            logits if logits.ndim == 2 else logits.reshape(1, -1),
-            logits.ndim == 1,
-            prompt_tokens=prompt_tokens,
-            output_tokens=output_tokens,
-            repetition_penalty=repetition_penalty,
-            presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty,
-            bias=logit_bias,
-        )
-        return logits
-    x = _logits(logits, dtype)
-    rep = _per_row(repetition_penalty, "repetition_penalty", integer=False)
-    pres = _per_row(presence_penalty, "presence_penalty", integer=False)
-    freq = _per_row(frequency_penalty, "frequency_penalty", integer=False)
-    o = _out(out, x)
-    src = None if o.in_place and _direct(o.result) else x.array
+    )
+    rep: Any
+    pres: Any
+    freq: Any
+    bias: Any
+    if fast:
+        assert isinstance(logits, np.ndarray)
+        src, kind, one_row = None, _F32, logits.ndim == 1
+        target = logits if logits.ndim == 2 else logits.reshape(1, -1)
+        rep, pres, freq, bias = repetition_penalty, presence_penalty, frequency_penalty, logit_bias
+    else:
+        x = _logits(logits, dtype)
+        rep = _per_row(repetition_penalty, "repetition_penalty", integer=False)
+        pres = _per_row(presence_penalty, "presence_penalty", integer=False)
+        freq = _per_row(frequency_penalty, "frequency_penalty", integer=False)
+        o = _out(out, x)
+        src = None if o.in_place and _direct(o.result) else x.array
+        kind, one_row, target = x.kind, len(x.shape) == 1, o.target
+        bias = None if logit_bias is None else _bias(logit_bias, x)
     _core.bias_and_penalties(
         src,
-        x.kind,
-        o.target,
-        len(x.shape) == 1,
+        kind,
+        target,
+        one_row,
         prompt_tokens=prompt_tokens,
         output_tokens=output_tokens,
         repetition_penalty=rep,
         presence_penalty=pres,
         frequency_penalty=freq,
-        bias=None if logit_bias is None else _bias(logit_bias, x),
+        bias=bias,
     )
-    return _finish(o)
+    return logits if fast else _finish(o)
 
 
 # ---------------------------------------------------------------------------------------------
