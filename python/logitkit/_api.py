@@ -284,8 +284,9 @@ _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 def _clamp_i64(v: int) -> int:
-    """``top_k`` / ``min_keep`` beyond int64 mean the same as the int64 limit (top-k off, or
-    keep everything): clamped so that they reach the kernels."""
+    """Integer parameters beyond int64 (``top_k``, ``min_keep``, ``min_tokens``, ``logprobs``)
+    mean the same as the int64 limit (top-k off, keep everything, ...): clamped so that they
+    reach the kernels."""
     return v if _I64_MIN <= v <= _I64_MAX else (_I64_MAX if v > 0 else _I64_MIN)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._api import ArrayLike, _asarray, _logits, _u64
+from ._api import ArrayLike, _asarray, _clamp_i64, _logits, _u64
 
 __all__ = ["BatchResult", "SamplingParams", "sample_batch"]
 
@@ -66,12 +66,6 @@ def _num(value: Any, name: str) -> float:
         return float(value)
     except OverflowError:
         raise _fail(name, "must be finite, got an integer beyond the float64 range") from None
-
-
-def _i64(v: int) -> int:
-    """An int parameter for the kernels: values beyond int64 mean the same as its limit there
-    (top-k off, keep everything, no stop-token window end, every log-probability)."""
-    return max(-(2**63), min(v, 2**63 - 1))
 
 
 def _ids(value: Any, name: str) -> list[int]:
@@ -197,9 +191,9 @@ class SamplingParams:
         for name, value in normalized.items():
             object.__setattr__(self, name, value)
         native = _core.RowParams(
-            t, _i64(top_k), top_p, min_p, _i64(min_keep), self.order, rep, pres, freq, bias_ids,
-            bias_values, allowed, stop, _i64(min_tokens), seed,
-            None if logprobs is None else _i64(logprobs), self.logprobs_mode == "processed",
+            t, _clamp_i64(top_k), top_p, min_p, _clamp_i64(min_keep), self.order, rep, pres, freq,
+            bias_ids, bias_values, allowed, stop, _clamp_i64(min_tokens), seed,
+            None if logprobs is None else _clamp_i64(logprobs), self.logprobs_mode == "processed",
         )  # fmt: skip
         object.__setattr__(self, "_native", native)
 
