@@ -168,6 +168,14 @@ fn main() {
                     }
                 })),
             ),
+            (
+                "B=64 max",
+                per_row(median_us(|| {
+                    for r in batch.chunks_exact(v) {
+                        black_box(prims::max(r));
+                    }
+                })),
+            ),
         ];
         for (name, us) in mem {
             println!("  {name:<18} {us:9.2} us/row");

@@ -148,7 +148,9 @@ pub fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> Scan {
     debug_assert_eq!(bmax.len(), n_blocks(x.len()));
     let (row_max, bad) = simd_kernel!(scan(x, bmax), scan_portable(x, bmax));
     if bad {
-        return first_bad(x);
+        if let Some(found) = first_bad(x) {
+            return found;
+        }
     }
     Scan::Max(row_max)
 }
@@ -161,8 +163,9 @@ pub fn max<T: Elem>(x: &[T]) -> Scan {
         scan_portable(x, &mut bmax)
     });
     if bad {
-        let i = x.iter().position(|e| is_bad(e.to_f32())).unwrap_or(0);
-        return Scan::Bad(i, x[i].to_f32());
+        if let Some(found) = first_bad(x) {
+            return found;
+        }
     }
     Scan::Max(m)
 }
@@ -210,10 +213,11 @@ multiversion! {
     }
 }
 
-/// The first NaN or `+inf` of a row that has one.
-fn first_bad<T: Elem>(x: &[T]) -> Scan {
-    let i = x.iter().position(|e| is_bad(e.to_f32())).unwrap_or(0);
-    Scan::Bad(i, x[i].to_f32())
+/// The first NaN or `+inf` of a row, if any. The SIMD scans report a possible one (their check
+/// also fires on finite values whose sum overflows); this settles it.
+fn first_bad<T: Elem>(x: &[T]) -> Option<Scan> {
+    let i = x.iter().position(|e| is_bad(e.to_f32()))?;
+    Some(Scan::Bad(i, x[i].to_f32()))
 }
 
 /// [`scan`] and [`weight_sums`]`(x, bmax, m, scale, ALL_FINITE, bsum)` in one read of the row:
@@ -242,7 +246,9 @@ pub fn scan_weights<T: Elem>(
         scan_weights_portable(x, bmax, bsum, gref, scale, None)
     );
     if bad {
-        return (first_bad(x), 0.0);
+        if let Some(found) = first_bad(x) {
+            return (found, 0.0);
+        }
     }
     if m == f32::NEG_INFINITY {
         return (Scan::Max(m), 0.0);
@@ -363,7 +369,9 @@ pub fn scan_write_weights<T: Elem>(
         scan_weights_portable(x, bmax, bsum, gref, scale, Some(out))
     );
     if bad {
-        return first_bad(x);
+        if let Some(found) = first_bad(x) {
+            return found;
+        }
     }
     Scan::Max(m)
 }
@@ -825,6 +833,18 @@ mod tests {
             panic!("bad row")
         };
         let mut bits: Vec<u32> = bmax.iter().map(|v| v.to_bits()).collect();
+        // Candidate collection (AVX-512 compress, AVX2 permutation, portable compaction).
+        let top = if m.is_finite() { m } else { 0.0 };
+        for (lo, hi) in [
+            (top - 3.0, f32::INFINITY),
+            (-10.0, 5.0),
+            (top, f32::INFINITY),
+        ] {
+            let (mut vals, mut ids) = (vec![7.0], vec![7]);
+            crate::kernels::select::collect_range_soa(x, &bmax, lo, hi, &mut vals, &mut ids);
+            bits.push(vals.len() as u32);
+            bits.extend(vals.iter().map(|v| v.to_bits()).chain(ids));
+        }
         for (scale, thr) in [(1.0f32, f32::NEG_INFINITY), (0.37, -3.0), (4.0, m - 1.0)] {
             let total = weight_sums(x, &bmax, m, scale, thr, &mut bsum);
             bits.push(total.to_bits() as u32);
@@ -968,5 +988,62 @@ mod tests {
         v[77] = f32::NAN;
         v[150] = f32::INFINITY;
         assert!(matches!(scan(&v, &mut b), Scan::Bad(77, _)));
+    }
+
+    /// The SIMD scans' cheap check for NaN and `+inf` (lane sums) neither misses one, wherever it
+    /// sits and whatever surrounds it, nor reports one in a row of huge finite values whose sums
+    /// overflow; on every level, through every scan.
+    #[test]
+    fn bad_values_are_found_and_overflow_is_no_false_alarm() {
+        use crate::simd::{available, set_level, test_lock};
+        let _guard = test_lock();
+        let before = crate::simd::level();
+        // Bit patterns, so that a NaN compares equal to itself.
+        let key = |s: Scan| match s {
+            Scan::Max(m) => (0, 0, m.to_bits()),
+            Scan::Bad(i, v) => (1, i, v.to_bits()),
+        };
+        let check = |x: &[f32], want: Scan| {
+            let nb = n_blocks(x.len());
+            let (mut bmax, mut bsum) = (vec![0.0; nb], vec![0.0; nb]);
+            let (mut gref, mut out) = (vec![0.0; nb.div_ceil(GROUP)], vec![0.0; x.len()]);
+            let want = key(want);
+            assert_eq!(key(scan(x, &mut bmax)), want);
+            assert_eq!(key(max(x)), want);
+            let fused = scan_weights(x, &mut bmax, &mut bsum, &mut gref, 1.0).0;
+            assert_eq!(key(fused), want);
+            let fused = scan_write_weights(x, &mut bmax, &mut bsum, &mut gref, 1.0, &mut out);
+            assert_eq!(key(fused), want);
+        };
+        for level in available() {
+            set_level(level);
+            for len in [5usize, 64, 100, 1024, 1100, 2048 + 37] {
+                let huge = vec![3.0e38f32; len];
+                check(&huge, Scan::Max(3.0e38));
+                let mut neg = vec![-3.0e38f32; len];
+                neg[len / 3] = f32::NEG_INFINITY;
+                check(&neg, Scan::Max(-3.0e38));
+                check(&vec![f32::NEG_INFINITY; len], Scan::Max(f32::NEG_INFINITY));
+                for at in [0, len / 2, len - 1] {
+                    for bad in [f32::INFINITY, f32::NAN, -f32::NAN] {
+                        for fill in [0.5f32, 3.0e38, f32::NEG_INFINITY] {
+                            let mut x = vec![fill; len];
+                            x[at] = bad;
+                            if len > 1 {
+                                x[(at + 1) % len] = f32::NEG_INFINITY;
+                            }
+                            let got = scan(&x, &mut vec![0.0; n_blocks(len)]);
+                            assert!(
+                                matches!(got, Scan::Bad(i, _) if i == at),
+                                "{level:?} len {len} at {at} {bad} in {fill}: {got:?}"
+                            );
+                            let Scan::Bad(_, v) = got else { unreachable!() };
+                            check(&x, Scan::Bad(at, v));
+                        }
+                    }
+                }
+            }
+        }
+        set_level(before);
     }
 }

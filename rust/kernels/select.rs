@@ -166,8 +166,8 @@ pub fn collect_ge<T: Elem>(x: &[T], bmax: &[f32], thr: f32, out: &mut Vec<Cand>)
 }
 
 /// Appends the elements `x` with `lo <= x < hi` (`lo` finite; in index order) to separate value
-/// and id arrays, reading only blocks whose maximum reaches `lo`, with AVX-512 compress where
-/// available.
+/// and id arrays, reading only blocks whose maximum reaches `lo`, with AVX-512 compress or an
+/// AVX2 lane permutation where available.
 pub fn collect_range_soa<T: Elem>(
     x: &[T],
     bmax: &[f32],
@@ -178,10 +178,17 @@ pub fn collect_range_soa<T: Elem>(
 ) {
     debug_assert!(lo.is_finite());
     #[cfg(target_arch = "x86_64")]
-    if T::STORAGE != Storage::Other && crate::simd::level() == crate::simd::Level::Avx512 {
-        // SAFETY: level() returns Avx512 only after detecting AVX-512 F/BW/VL/DQ.
-        unsafe { crate::simd::x86::collect_range_avx512(x, bmax, lo, hi, vals, ids) };
-        return;
+    if T::STORAGE != Storage::Other {
+        use crate::simd::{x86, Level};
+        match crate::simd::level() {
+            // SAFETY: level() returns Avx512 only after detecting AVX-512 F/BW/VL/DQ.
+            Level::Avx512 => {
+                return unsafe { x86::collect_range_avx512(x, bmax, lo, hi, vals, ids) }
+            }
+            // SAFETY: level() returns Avx2 only after detecting AVX2, FMA and F16C.
+            Level::Avx2 => return unsafe { x86::collect_range_avx2(x, bmax, lo, hi, vals, ids) },
+            _ => {}
+        }
     }
     let (mut bv, mut bi) = ([0.0f32; BLOCK], [0u32; BLOCK]);
     for_live_blocks(bmax, Live::Ge(lo), |b| {

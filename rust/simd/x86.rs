@@ -38,8 +38,6 @@ trait V16: Copy {
     unsafe fn bad(self) -> Self::M;
     /// `(a > b) ? self : 0` per lane (`a >= b` when not `strict`).
     unsafe fn keep_if(self, a: Self, b: Self, strict: bool) -> Self;
-    unsafe fn no_mask() -> Self::M;
-    unsafe fn or(a: Self::M, b: Self::M) -> Self::M;
     unsafe fn any(m: Self::M) -> bool;
     /// Rounds to the nearest integer (ties even).
     unsafe fn round(self) -> Self;
@@ -53,6 +51,19 @@ trait V16: Copy {
     unsafe fn max16(acc: &[Self; 16]) -> Self;
     /// Pairwise sum of the lanes, as `prims::reduce_sum`.
     unsafe fn reduce_sum(self) -> f32;
+}
+
+/// One level of a pairwise reduction tree over vectors: `out[i] = f(src[2i], src[2i + 1])`
+/// for `i < N` (a loop, not a closure passed on, so it compiles with the caller's features).
+macro_rules! pair_up {
+    ($src:expr, $n:literal, $zero:expr, |$x:ident, $y:ident| $e:expr) => {{
+        let mut out = [$zero; $n];
+        for (i, o) in out.iter_mut().enumerate() {
+            let ($x, $y) = ($src[2 * i], $src[2 * i + 1]);
+            *o = $e;
+        }
+        out
+    }};
 }
 
 #[derive(Clone, Copy)]
@@ -118,14 +129,6 @@ impl V16 for Z {
         Z(_mm512_maskz_mov_ps(m, self.0))
     }
     #[inline(always)]
-    unsafe fn no_mask() -> __mmask16 {
-        0
-    }
-    #[inline(always)]
-    unsafe fn or(a: __mmask16, b: __mmask16) -> __mmask16 {
-        a | b
-    }
-    #[inline(always)]
     unsafe fn any(m: __mmask16) -> bool {
         m != 0
     }
@@ -151,30 +154,19 @@ impl V16 for Z {
         // wins ties) run on sixteen vectors together: each level pairs the halves of two
         // vectors with shuffles, so 15 maxima do the work of 16 x 4.
         let lo_wins = |hi: __m512, lo: __m512| _mm512_max_ps(hi, lo);
-        let mut l1 = [_mm512_setzero_ps(); 8];
-        for (i, o) in l1.iter_mut().enumerate() {
-            let (x, y) = (a[2 * i].0, a[2 * i + 1].0);
-            *o = lo_wins(
-                _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y),
-                _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y),
-            );
-        }
-        let mut l2 = [_mm512_setzero_ps(); 4];
-        for (i, o) in l2.iter_mut().enumerate() {
-            let (x, y) = (l1[2 * i], l1[2 * i + 1]);
-            *o = lo_wins(
-                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
-                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
-            );
-        }
-        let mut l3 = [_mm512_setzero_ps(); 2];
-        for (i, o) in l3.iter_mut().enumerate() {
-            let (x, y) = (l2[2 * i], l2[2 * i + 1]);
-            *o = lo_wins(
-                _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
-                _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
-            );
-        }
+        let z = _mm512_setzero_ps();
+        let l1 = pair_up!(a, 8, z, |x, y| lo_wins(
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(x.0, y.0),
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(x.0, y.0),
+        ));
+        let l2 = pair_up!(l1, 4, z, |x, y| lo_wins(
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+        ));
+        let l3 = pair_up!(l2, 2, z, |x, y| lo_wins(
+            _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+            _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+        ));
         let r = lo_wins(
             _mm512_shuffle_ps::<0b11_01_11_01>(l3[0], l3[1]),
             _mm512_shuffle_ps::<0b10_00_10_00>(l3[0], l3[1]),
@@ -307,14 +299,6 @@ impl V16 for Y {
         Y(_mm256_and_ps(self.0, m0), _mm256_and_ps(self.1, m1))
     }
     #[inline(always)]
-    unsafe fn no_mask() -> __m256 {
-        _mm256_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn or(a: __m256, b: __m256) -> __m256 {
-        _mm256_or_ps(a, b)
-    }
-    #[inline(always)]
     unsafe fn any(m: __m256) -> bool {
         _mm256_movemask_ps(m) != 0
     }
@@ -332,11 +316,32 @@ impl V16 for Y {
     }
     #[inline(always)]
     unsafe fn max16(a: &[Self; 16]) -> Self {
-        let mut m = [0.0f32; 16];
+        // `reduce_max`'s tree (lanes j and j + 8, then j + 4, j + 2, j + 1; the lower lane wins
+        // ties) on sixteen vectors at once, pairing the halves of two vectors with shuffles.
+        // (Loops, not closures: a closure would not inherit the target features.)
+        let mut m = [_mm256_setzero_ps(); 16];
         for (o, v) in m.iter_mut().zip(a) {
-            *o = v.reduce_max();
+            *o = _mm256_max_ps(v.1, v.0);
         }
-        Self::load(m.as_ptr())
+        let z = _mm256_setzero_ps();
+        let l1 = pair_up!(m, 8, z, |x, y| _mm256_max_ps(
+            _mm256_permute2f128_ps::<0x31>(x, y),
+            _mm256_permute2f128_ps::<0x20>(x, y),
+        ));
+        let l2 = pair_up!(l1, 4, z, |x, y| _mm256_max_ps(
+            _mm256_shuffle_ps::<0b11_10_11_10>(x, y),
+            _mm256_shuffle_ps::<0b01_00_01_00>(x, y),
+        ));
+        let l3 = pair_up!(l2, 2, z, |x, y| _mm256_max_ps(
+            _mm256_shuffle_ps::<0b11_01_11_01>(x, y),
+            _mm256_shuffle_ps::<0b10_00_10_00>(x, y),
+        ));
+        // Lane i of `l3[h]` holds vector 8h + ORDER[i]; put vector j in lane j.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        Y(
+            _mm256_permutevar8x32_ps(l3[0], order),
+            _mm256_permutevar8x32_ps(l3[1], order),
+        )
     }
     #[inline(always)]
     unsafe fn reduce_sum(self) -> f32 {
@@ -381,7 +386,9 @@ unsafe fn scan_groups_k<V: V16, T: Elem>(
     mut after: impl FnMut(usize, usize, &[f32], f32),
 ) -> (f32, bool) {
     const _: () = assert!(GROUP == 16, "max16 reduces sixteen blocks");
-    let mut bad = V::no_mask();
+    const _: () = assert!(BLOCK == 4 * LANES, "a block is four vectors");
+    // The check for NaN and +inf: see `sum_is_bad`.
+    let mut chk = V::splat(0.0);
     let mut row_max = f32::NEG_INFINITY;
     // Sixteen full blocks at a time, their maxima reduced together.
     let groups = x.len() / (GROUP * BLOCK);
@@ -390,11 +397,14 @@ unsafe fn scan_groups_k<V: V16, T: Elem>(
         let mut acc = [V::splat(f32::NEG_INFINITY); GROUP];
         for (b, a) in acc.iter_mut().enumerate() {
             let p = base.add(b * BLOCK);
-            for c in 0..BLOCK / LANES {
-                let v = V::load(p.add(c * LANES));
-                *a = v.max(*a);
-                bad = V::or(bad, v.bad());
-            }
+            let v = [
+                V::load(p),
+                V::load(p.add(LANES)),
+                V::load(p.add(2 * LANES)),
+                V::load(p.add(3 * LANES)),
+            ];
+            *a = v[3].max(v[2].max(v[1].max(v[0].max(*a))));
+            chk = chk.add(v[0].add(v[1]).add(v[2].add(v[3])));
         }
         let out = &mut bmax[g * GROUP..(g + 1) * GROUP];
         V::max16(&acc).store(out.as_mut_ptr());
@@ -410,13 +420,13 @@ unsafe fn scan_groups_k<V: V16, T: Elem>(
         for c in 0..full {
             let v = V::load(blk.as_ptr().add(c * LANES));
             acc = v.max(acc);
-            bad = V::or(bad, v.bad());
+            chk = chk.add(v);
         }
         if full * LANES < blk.len() {
             let buf = tail(&blk[full * LANES..]);
             let v = V::load(buf.as_ptr());
             acc = v.max(acc);
-            bad = V::or(bad, v.bad());
+            chk = chk.add(v);
         }
         let m = acc.reduce_max();
         *bm = m;
@@ -425,7 +435,16 @@ unsafe fn scan_groups_k<V: V16, T: Elem>(
     if done < bmax.len() {
         after(groups, done, &bmax[done..], row_max);
     }
-    (row_max, V::any(bad))
+    (row_max, sum_is_bad(chk))
+}
+
+/// Whether lane sums of a row may hide a NaN or `+inf`: they are NaN or `+inf` whenever the row
+/// holds one (NaN absorbs everything, `+inf` gives `+inf`, or NaN next to `-inf`). One add per
+/// vector instead of a compare and an or; finite values whose sum overflows give a false alarm,
+/// which the callers settle by looking for the element (`prims::first_bad`).
+#[inline(always)]
+unsafe fn sum_is_bad<V: V16>(chk: V) -> bool {
+    V::any(chk.bad())
 }
 
 #[inline(always)]
@@ -636,12 +655,83 @@ pub unsafe fn collect_range_avx512<T: Elem>(
     ids.set_len(n);
 }
 
-/// The row maximum and whether a NaN or `+inf` was seen: four independent accumulators.
+/// For each 8-bit lane mask, the indices of its set lanes packed from byte 0 (one byte each).
+static PACK8: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut m = 0;
+    while m < 256 {
+        let (mut n, mut i, mut v) = (0, 0, 0u64);
+        while i < 8 {
+            if (m >> i) & 1 == 1 {
+                v |= (i as u64) << (8 * n);
+                n += 1;
+            }
+            i += 1;
+        }
+        t[m] = v;
+        m += 1;
+    }
+    t
+};
+
+/// [`collect_range_avx512`] with AVX2: eight lanes at a time, the kept ones moved to the front
+/// with `vpermps` and a lane table ([`PACK8`]); the permuted lane numbers plus the vector's first
+/// id are the ids.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn collect_range_avx2<T: Elem>(
+    x: &[T],
+    bmax: &[f32],
+    lo: f32,
+    hi: f32,
+    vals: &mut Vec<f32>,
+    ids: &mut Vec<u32>,
+) {
+    let (tv, hv) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    vals.reserve(x.len() + 8);
+    ids.reserve(x.len() + 8);
+    let (vp, ip) = (vals.as_mut_ptr(), ids.as_mut_ptr());
+    let mut n = vals.len();
+    let mut put = |v: __m256, first: usize| {
+        let keep = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_GE_OQ>(v, tv),
+            _mm256_cmp_ps::<_CMP_LT_OQ>(v, hv),
+        );
+        let m = _mm256_movemask_ps(keep) as usize;
+        if m != 0 {
+            let lanes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(PACK8[m] as i64));
+            _mm256_storeu_ps(vp.add(n), _mm256_permutevar8x32_ps(v, lanes));
+            let id = _mm256_add_epi32(lanes, _mm256_set1_epi32(first as i32));
+            _mm256_storeu_si256(ip.add(n).cast(), id);
+            n += m.count_ones() as usize;
+        }
+    };
+    // A NaN block maximum fails the test (never a candidate).
+    for_live_blocks(bmax, Live::Ge(lo), |b| {
+        let blk = prims::block(x, b);
+        let base = b * BLOCK;
+        let full = blk.len() / 8;
+        for c in 0..full {
+            put(load8(blk.as_ptr().add(c * 8)), base + c * 8);
+        }
+        if full * 8 < blk.len() {
+            let buf = tail(&blk[full * 8..]);
+            put(_mm256_loadu_ps(buf.as_ptr()), base + full * 8);
+        }
+    });
+    vals.set_len(n);
+    ids.set_len(n);
+}
+
+/// The row maximum and whether a NaN or `+inf` may have been seen (`sum_is_bad`): four
+/// independent accumulators.
 #[inline(always)]
 unsafe fn max_k<V: V16, T: Elem>(x: &[T]) -> (f32, bool) {
     let ninf = V::splat(f32::NEG_INFINITY);
     let (mut a0, mut a1, mut a2, mut a3) = (ninf, ninf, ninf, ninf);
-    let mut bad = V::no_mask();
+    let mut chk = V::splat(0.0);
     let quads = x.len() / (4 * LANES);
     for q in 0..quads {
         let p = x.as_ptr().add(q * 4 * LANES);
@@ -655,25 +745,22 @@ unsafe fn max_k<V: V16, T: Elem>(x: &[T]) -> (f32, bool) {
         a1 = v1.max(a1);
         a2 = v2.max(a2);
         a3 = v3.max(a3);
-        bad = V::or(
-            bad,
-            V::or(V::or(v0.bad(), v1.bad()), V::or(v2.bad(), v3.bad())),
-        );
+        chk = chk.add(v0.add(v1).add(v2.add(v3)));
     }
     let mut i = quads * 4 * LANES;
     while i + LANES <= x.len() {
         let v = V::load(x.as_ptr().add(i));
         a0 = v.max(a0);
-        bad = V::or(bad, v.bad());
+        chk = chk.add(v);
         i += LANES;
     }
     if i < x.len() {
         let buf = tail(&x[i..]);
         let v = V::load(buf.as_ptr());
         a0 = v.max(a0);
-        bad = V::or(bad, v.bad());
+        chk = chk.add(v);
     }
-    (a0.max(a1).max(a2.max(a3)).reduce_max(), V::any(bad))
+    (a0.max(a1).max(a2.max(a3)).reduce_max(), sum_is_bad(chk))
 }
 
 /// Index of the first element equal to `m`, if any.
