@@ -6,13 +6,14 @@
 //! `uint16`, read in place).
 
 use numpy::ndarray::{Dimension, Ix1, Ix2, IxDyn};
+use numpy::npyffi::{PyArray_CheckExact, NPY_ARRAY_ALIGNED, NPY_ARRAY_C_CONTIGUOUS};
 use numpy::{
     Element, PyArray, PyArray1, PyArrayMethods, PyReadonlyArray, PyReadwriteArray,
     PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PySequence};
+use pyo3::types::{PyDict, PyFloat, PyInt, PySequence, PyString};
 
 use crate::error::KernelError;
 use crate::kernels::batch::{Request, RowResult};
@@ -578,6 +579,105 @@ fn sample_fast(
     }
 }
 
+/// `sample` in one call when its fast path applies, else `None` (the Python layer then takes
+/// its own path): an exact float32 ndarray, C-contiguous and aligned, of one or two dimensions
+/// and a non-empty last one; exact `float` temperature, top-p and min-p; exact `int` top-k and
+/// min-keep (within int64) and step (within uint64); an exact `str` order; a seed that is an
+/// exact `int` in `[0, 2**64)`, a uint64 ndarray, or `None` for a greedy call. Returns the
+/// token (an `int`) of a 1-D row or the int64 array of a batch.
+#[pyfunction]
+#[pyo3(signature = (logits, temperature, top_k, top_p, min_p, min_keep, order, seed, step))]
+#[allow(clippy::too_many_arguments)]
+fn sample_direct<'py>(
+    py: Python<'py>,
+    logits: &Bound<'py, PyAny>,
+    temperature: &Bound<'py, PyAny>,
+    top_k: &Bound<'py, PyAny>,
+    top_p: &Bound<'py, PyAny>,
+    min_p: &Bound<'py, PyAny>,
+    min_keep: &Bound<'py, PyAny>,
+    order: &Bound<'py, PyAny>,
+    seed: &Bound<'py, PyAny>,
+    step: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let floats = [temperature, top_p, min_p];
+    let ints = [top_k, min_keep, step];
+    if !(floats.iter().all(|o| o.is_exact_instance_of::<PyFloat>())
+        && ints.iter().all(|o| o.is_exact_instance_of::<PyInt>())
+        && order.is_exact_instance_of::<PyString>())
+    {
+        return Ok(None);
+    }
+    let (Ok(top_k), Ok(min_keep), Ok(step)) = (
+        top_k.extract::<i64>(),
+        min_keep.extract::<i64>(),
+        step.extract::<u64>(),
+    ) else {
+        return Ok(None);
+    };
+    let temperature: f64 = temperature.extract()?;
+    // SAFETY: `logits` is a live object; the check reads its type pointer only.
+    if unsafe { PyArray_CheckExact(py, logits.as_ptr()) } == 0 {
+        return Ok(None);
+    }
+    let Ok(arr) = logits.cast::<PyArray<f32, IxDyn>>() else {
+        return Ok(None);
+    };
+    let shape = arr.shape();
+    let aligned = NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED;
+    // SAFETY: reads the flags of a live array object.
+    let flags = unsafe { (*arr.as_array_ptr()).flags };
+    if flags & aligned != aligned || !(1..=2).contains(&shape.len()) || shape[shape.len() - 1] == 0
+    {
+        return Ok(None);
+    }
+    let zero;
+    let seed = if seed.is_none() {
+        if temperature != 0.0 {
+            return Ok(None); // fresh OS entropy: the Python layer draws it
+        }
+        // A greedy draw uses no uniform.
+        zero = 0u64.into_pyobject(py)?.into_any();
+        &zero
+    } else if seed.is_exact_instance_of::<PyInt>() {
+        if seed.extract::<u64>().is_err() {
+            return Ok(None);
+        }
+        seed
+    } else if seed.cast::<PyArray<u64, IxDyn>>().is_ok()
+        // SAFETY: `seed` is a live object; the check reads its type pointer only.
+        && unsafe { PyArray_CheckExact(py, seed.as_ptr()) } != 0
+    {
+        seed
+    } else {
+        return Ok(None);
+    };
+    let (top_p, min_p): (f64, f64) = (top_p.extract()?, min_p.extract()?);
+    let order = order.cast::<PyString>()?.to_str()?;
+    let run = |out| {
+        sample_fast(
+            py,
+            logits,
+            0,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            min_keep,
+            order,
+            seed,
+            step,
+            out,
+        )
+    };
+    if shape.len() == 1 {
+        return Ok(Some(run(None)?.into_pyobject(py)?.into_any()));
+    }
+    let out = PyArray1::<i64>::zeros(py, shape[0], false);
+    run(Some(out.as_any()))?;
+    Ok(Some(out.into_any()))
+}
+
 /// The body of [`sample_fast`] on the logits as a slice.
 fn sample_fast_on<T: Elem>(
     py: Python<'_>,
@@ -961,6 +1061,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sample, m)?)?;
     m.add_function(wrap_pyfunction!(uniforms, m)?)?;
     m.add_function(wrap_pyfunction!(sample_fast, m)?)?;
+    m.add_function(wrap_pyfunction!(sample_direct, m)?)?;
     m.add_class::<RowParams>()?;
     m.add_function(wrap_pyfunction!(sample_batch, m)?)?;
     m.add_function(wrap_pyfunction!(uniform, m)?)?;

@@ -171,3 +171,38 @@ def test_half_precision_logits_overlapping_out_are_refused(kind):
         for f in calls:
             with pytest.raises(ValueError, match="out: overlaps"):
                 f(logits)
+
+
+def test_the_direct_path_agrees_with_the_general_path_and_declines_the_rest():
+    """`sample`'s one-call path (checks in Rust) gives the tokens of the general path (reached
+    here through NumPy scalar parameters), and declines every input it does not handle."""
+    kw = dict(temperature=0.7, top_k=20, top_p=0.9, min_p=0.01, min_keep=1, order="default")
+    for x in (X, X[1], X[:1]):
+        for seed in (0, 2**64 - 1, np.arange(len(x), dtype=np.uint64) if x.ndim == 2 else 9):
+            args = (kw["temperature"], kw["top_k"], kw["top_p"], kw["min_p"], 1, "default")
+            got = _core.sample_direct(x, *args, seed, 3)
+            assert got is not None
+            general = dict(kw, top_k=np.int64(kw["top_k"]))
+            want = lk.sample(x, seed=seed, step=3, **general)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(lk.sample(x, seed=seed, step=3, **kw), want)
+    greedy = _core.sample_direct(X, 0.0, 0, 1.0, 0.0, 1, "default", None, 0)
+    np.testing.assert_array_equal(greedy, X.argmax(axis=1))
+    plain = (X, 0.7, 20, 0.9, 0.01, 1, "default", 5, 0)
+    declined = {
+        0: [X.tolist(), X[:, ::2], X.astype(">f4"), X.astype(np.float16), np.empty((2, 0), "f4")],
+        1: [1, np.float64(0.7), True],
+        2: [np.int64(20), True, 2**63, 20.0],
+        5: [True, 2**63],
+        7: [None, -1, 2**64, np.uint64(5), np.array([5, 6, 7]), "5"],
+        8: [-1, 2**64, np.int64(0)],
+    }
+    for at, values in declined.items():
+        for v in values:
+            args = list(plain)
+            args[at] = v
+            assert _core.sample_direct(*args) is None, (at, v)
+    with pytest.raises(ValueError, match="min_keep"):
+        _core.sample_direct(X, 0.7, 20, 0.9, 0.01, 0, "default", 5, 0)
+    with pytest.raises(ValueError, match="order"):
+        _core.sample_direct(X, 0.7, 20, 0.9, 0.01, 1, "nope", 5, 0)

@@ -788,6 +788,14 @@ def sample(
     >>> int(logitkit.sample(x, top_k=1, seed=7))
     2
     """
+    # Fastest path: the whole check and the call in Rust (float32 logits, plain scalar
+    # parameters and an integer seed, a uint64 array of one per row, or None for a greedy call).
+    if uniforms is None and dtype is None:
+        r = _core.sample_direct(
+            logits, temperature, top_k, top_p, min_p, min_keep, order, seed, step
+        )
+        if r is not None:
+            return _id_scalar(r, logits.shape[0]) if type(r) is int else r
     # Fast path: a contiguous float32 (or float16 / bfloat16 seen before) row or batch with
     # plain scalar parameters and a seed (None, an integer, or a uint64 array of one per row).
     if (

@@ -30,6 +30,7 @@ __all__ = [
     "philox4x32_10",
     "sample",
     "sample_batch",
+    "sample_direct",
     "sample_fast",
     "set_num_threads",
     "set_simd_level",
@@ -135,6 +136,23 @@ def sample_fast(
     """:func:`sample` for a C-contiguous row or batch (``kind`` as above) with scalar parameters.
 
     Returns the token of a 1-D row; for a batch, fills ``out`` and returns 0.
+    """
+
+def sample_direct(
+    logits: object,
+    temperature: object,
+    top_k: object,
+    top_p: object,
+    min_p: object,
+    min_keep: object,
+    order: object,
+    seed: object,
+    step: object,
+) -> int | _I64 | None:
+    """:func:`sample` when its fast path applies (float32 logits, exact scalar types, an integer
+    or uint64-array seed, or None for a greedy call), else None.
+
+    Returns the token of a 1-D row, or the int64 tokens of a batch.
     """
 
 def uniforms(seed: _PerRowU64, step: _PerRowU64, rows: int) -> _F64:
