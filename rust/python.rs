@@ -536,26 +536,7 @@ fn sample_fast(
     step: u64,
     out: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<i64> {
-    let order = Order::parse(order).ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "order: must be 'default', 'vllm' or 'llama.cpp', got {order:?}"
-        ))
-    })?;
-    if min_keep < 1 {
-        return Err(value_error(KernelError::param(
-            "min_keep",
-            None,
-            format!("must be >= 1, got {min_keep}"),
-        )));
-    }
-    let filters = PerRow::All(Filters {
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        min_keep: usize::try_from(min_keep).unwrap_or(usize::MAX),
-        order,
-    });
+    let filters = fast_filters(temperature, top_k, top_p, min_p, min_keep, order)?;
     if kind == 0 {
         let x = read::<f32, IxDyn>(x, "logits")?;
         sample_fast_on(
@@ -577,6 +558,38 @@ fn sample_fast(
             sample_fast_on(py, as_bf16(bits), vocab, &filters, seed, step, out)
         }
     }
+}
+
+/// The shared filters of [`sample_fast`] and [`sample_direct`], with `order` and `min_keep`
+/// checked.
+fn fast_filters(
+    temperature: f64,
+    top_k: i64,
+    top_p: f64,
+    min_p: f64,
+    min_keep: i64,
+    order: &str,
+) -> PyResult<PerRow<Filters>> {
+    let order = Order::parse(order).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "order: must be 'default', 'vllm' or 'llama.cpp', got {order:?}"
+        ))
+    })?;
+    if min_keep < 1 {
+        return Err(value_error(KernelError::param(
+            "min_keep",
+            None,
+            format!("must be >= 1, got {min_keep}"),
+        )));
+    }
+    Ok(PerRow::All(Filters {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        min_keep: usize::try_from(min_keep).unwrap_or(usize::MAX),
+        order,
+    }))
 }
 
 /// `sample` in one call when its fast path applies, else `None` (the Python layer then takes
@@ -652,29 +665,24 @@ fn sample_direct<'py>(
     } else {
         return Ok(None);
     };
-    let (top_p, min_p): (f64, f64) = (top_p.extract()?, min_p.extract()?);
     let order = order.cast::<PyString>()?.to_str()?;
-    let run = |out| {
-        sample_fast(
-            py,
-            logits,
-            0,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            min_keep,
-            order,
-            seed,
-            step,
-            out,
-        )
-    };
+    let filters = fast_filters(
+        temperature,
+        top_k,
+        top_p.extract()?,
+        min_p.extract()?,
+        min_keep,
+        order,
+    )?;
+    let vocab = shape[shape.len() - 1];
+    let x = arr.try_readonly().map_err(|_| in_use("logits"))?;
+    let x = x.as_slice()?;
     if shape.len() == 1 {
-        return Ok(Some(run(None)?.into_pyobject(py)?.into_any()));
+        let tok = sample_fast_on(py, x, vocab, &filters, seed, step, None)?;
+        return Ok(Some(tok.into_pyobject(py)?.into_any()));
     }
     let out = PyArray1::<i64>::zeros(py, shape[0], false);
-    run(Some(out.as_any()))?;
+    sample_fast_on(py, x, vocab, &filters, seed, step, Some(out.as_any()))?;
     Ok(Some(out.into_any()))
 }
 

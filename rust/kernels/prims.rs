@@ -147,10 +147,8 @@ fn reduce_sum(acc: &[f32; LANES]) -> f32 {
 pub fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> Scan {
     debug_assert_eq!(bmax.len(), n_blocks(x.len()));
     let (row_max, bad) = simd_kernel!(scan(x, bmax), scan_portable(x, bmax));
-    if bad {
-        if let Some(found) = first_bad(x) {
-            return found;
-        }
+    if let Some(found) = first_bad(x, bad) {
+        return found;
     }
     Scan::Max(row_max)
 }
@@ -162,10 +160,8 @@ pub fn max<T: Elem>(x: &[T]) -> Scan {
         let mut bmax = vec![0.0; n_blocks(x.len())];
         scan_portable(x, &mut bmax)
     });
-    if bad {
-        if let Some(found) = first_bad(x) {
-            return found;
-        }
+    if let Some(found) = first_bad(x, bad) {
+        return found;
     }
     Scan::Max(m)
 }
@@ -213,9 +209,12 @@ multiversion! {
     }
 }
 
-/// The first NaN or `+inf` of a row, if any. The SIMD scans report a possible one (their check
-/// also fires on finite values whose sum overflows); this settles it.
-fn first_bad<T: Elem>(x: &[T]) -> Option<Scan> {
+/// The first NaN or `+inf` of a row whose scan reported `maybe` one, if there is one: the SIMD
+/// scans' check also fires on finite values whose sum overflows, and this settles it.
+fn first_bad<T: Elem>(x: &[T], maybe: bool) -> Option<Scan> {
+    if !maybe {
+        return None;
+    }
     let i = x.iter().position(|e| is_bad(e.to_f32()))?;
     Some(Scan::Bad(i, x[i].to_f32()))
 }
@@ -245,10 +244,8 @@ pub fn scan_weights<T: Elem>(
         scan_weights(x, bmax, bsum, gref, scale),
         scan_weights_portable(x, bmax, bsum, gref, scale, None)
     );
-    if bad {
-        if let Some(found) = first_bad(x) {
-            return (found, 0.0);
-        }
+    if let Some(found) = first_bad(x, bad) {
+        return (found, 0.0);
     }
     if m == f32::NEG_INFINITY {
         return (Scan::Max(m), 0.0);
@@ -368,10 +365,8 @@ pub fn scan_write_weights<T: Elem>(
         scan_write_weights(x, bmax, bsum, gref, scale, out),
         scan_weights_portable(x, bmax, bsum, gref, scale, Some(out))
     );
-    if bad {
-        if let Some(found) = first_bad(x) {
-            return found;
-        }
+    if let Some(found) = first_bad(x, bad) {
+        return found;
     }
     Scan::Max(m)
 }
