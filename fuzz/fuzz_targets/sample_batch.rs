@@ -323,8 +323,11 @@ fuzz_target!(|data: &[u8]| {
             let raw_order = rank_order(x);
             let k = nlp.min(n_finite(x));
             let mut ids: Vec<i64> = raw_order[..k].iter().map(|&i| i as i64).collect();
-            let rest: Vec<i64> = (0..v as i64).filter(|t| !ids.contains(t)).collect();
-            ids.extend(rest.into_iter().take(nlp.min(v) - k));
+            // The others in increasing id order (a mark per id: k can be the whole vocabulary).
+            let mut listed = vec![false; v];
+            raw_order[..k].iter().for_each(|&i| listed[i] = true);
+            let rest = (0..v).filter(|&t| !listed[t]).map(|t| t as i64);
+            ids.extend(rest.take(nlp.min(v) - k));
             assert_eq!(o.top_ids, ids, "row {r}: raw top ids");
             let larger = x.iter().filter(|&&z| z > x[tok]).count() as i64;
             assert_eq!(o.rank, 1 + larger, "row {r}: raw rank");
