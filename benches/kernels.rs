@@ -5,6 +5,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use logitkit::kernels::elem::as_bf16;
 use logitkit::kernels::{self, prims, Filters, Order, PerRow};
 use logitkit::simd;
 
@@ -51,6 +52,14 @@ fn main() {
         .flat_map(|r| x.iter().map(move |&e| e + r as f32 * 1e-3))
         .collect();
     let mut tok = vec![0i64; 1];
+    // The same row in bfloat16 (rounded to nearest even).
+    let halves: Vec<u16> = x
+        .iter()
+        .map(|e| {
+            let b = e.to_bits();
+            ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+        })
+        .collect();
     for level in simd::available() {
         simd::set_level(level);
         println!("level {:>7}  V={v}", level.name());
@@ -225,6 +234,35 @@ fn main() {
             let f = PerRow::All(f);
             let us = median_us(|| kernels::sample(row, v, &f, &[0.37], &mut tok).unwrap());
             println!("  {:<18} {us:9.2} us", format!("sample {name}"));
+        }
+        let chain = PerRow::All(Filters {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            order: Order::LlamaCpp,
+            ..Filters::default()
+        });
+        let hrow = as_bf16(&halves);
+        for (name, us) in [
+            (
+                "bf16 scan",
+                median_us(|| {
+                    black_box(prims::scan(black_box(hrow), &mut bmax));
+                }),
+            ),
+            (
+                "bf16 max",
+                median_us(|| {
+                    black_box(prims::max(black_box(hrow)));
+                }),
+            ),
+            (
+                "bf16 llama chain",
+                median_us(|| kernels::sample(hrow, v, &chain, &[0.37], &mut tok).unwrap()),
+            ),
+        ] {
+            println!("  {name:<18} {us:9.2} us");
         }
     }
 }

@@ -92,6 +92,31 @@ pub fn as_bf16(bits: &[u16]) -> &[Bf16] {
     unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<Bf16>(), bits.len()) }
 }
 
+/// The bits of a bfloat16 row (`None` for other element types).
+#[inline(always)]
+#[must_use]
+pub fn bf16_bits<T: Elem>(x: &[T]) -> Option<&[u16]> {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<Bf16>() {
+        return None;
+    }
+    // SAFETY: T is Bf16, repr(transparent) over u16.
+    Some(unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) })
+}
+
+/// The order key of bfloat16 bits: an `i16` ordered as the values are, with `-0 < +0`, positive
+/// NaNs above `+inf` and negative NaNs below `-inf`. Its own inverse.
+#[inline(always)]
+#[must_use]
+pub fn bf16_key(h: u16) -> i16 {
+    let s = h as i16;
+    s ^ ((s >> 15) & 0x7fff)
+}
+
+/// The key of `+inf`: keys at or above it are `+inf` or a positive NaN.
+pub const BF16_KEY_INF: i16 = 0x7f80;
+/// Bits above `-inf` (`0xff80`) in unsigned order are negative NaNs.
+pub const BF16_NEG_INF: u16 = 0xff80;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +145,33 @@ mod tests {
             } else {
                 assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
             }
+        }
+    }
+
+    #[test]
+    fn bf16_keys_follow_the_values() {
+        let mut finite: Vec<u16> = (0..=u16::MAX)
+            .filter(|&h| !Bf16(h).to_f32().is_nan())
+            .collect();
+        finite.sort_by_key(|&h| bf16_key(h));
+        for w in finite.windows(2) {
+            let (a, b) = (Bf16(w[0]).to_f32(), Bf16(w[1]).to_f32());
+            assert!(
+                a < b || (a == 0.0 && b == 0.0 && w[0] == 0x8000),
+                "{:#06x} {:#06x}",
+                w[0],
+                w[1]
+            );
+        }
+        for h in 0..=u16::MAX {
+            let k = bf16_key(h);
+            assert_eq!(bf16_key(k as u16) as u16, h, "inverse of {h:#06x}");
+            let v = Bf16(h).to_f32();
+            assert_eq!(
+                k >= BF16_KEY_INF,
+                v.is_nan() && h < 0x8000 || v == f32::INFINITY
+            );
+            assert_eq!(h > BF16_NEG_INF, v.is_nan() && h >= 0x8000);
         }
     }
 

@@ -4,7 +4,7 @@
 //! [`BLOCK`] elements with [`LANES`] independent accumulators, the same layout on every level, so
 //! sums are bit-identical whichever level runs them.
 
-use super::elem::{Elem, Storage};
+use super::elem::{bf16_bits, bf16_key, Elem, Storage, BF16_KEY_INF, BF16_NEG_INF};
 use crate::simd::{multiversion, Level};
 
 /// Elements per block. Block maxima (one `f32` per block) let later steps skip whole blocks.
@@ -194,9 +194,60 @@ fn block_max<T: Elem>(blk: &[T], bad: &mut [u32; LANES]) -> f32 {
     reduce_max(&acc)
 }
 
+/// The largest order key ([`bf16_key`]) of a bfloat16 block and the unsigned maximum of its
+/// bits. Every level computes bfloat16 block maxima and row maxima from keys (so `+0` wins over
+/// `-0` whatever their order): the SIMD scans compare 16-bit keys, 32 or 16 to a register,
+/// instead of widening every element to `f32`.
+#[inline(always)]
+#[must_use]
+pub fn bf16_block_key(blk: &[u16]) -> (i16, u16) {
+    let (mut key, mut raw) = (i16::MIN, 0u16);
+    for &h in blk {
+        key = key.max(bf16_key(h));
+        raw = raw.max(h);
+    }
+    (key, raw)
+}
+
+/// The value of a bfloat16 order key, widened.
+#[inline(always)]
+#[must_use]
+pub fn bf16_key_value(key: i16) -> f32 {
+    f32::from_bits(u32::from(bf16_key(key as u16) as u16) << 16)
+}
+
+/// Whether the largest key and the unsigned maximum of the bits show a NaN or `+inf`.
+#[inline(always)]
+#[must_use]
+pub fn bf16_bad(key: i16, raw: u16) -> bool {
+    key >= BF16_KEY_INF || raw > BF16_NEG_INF
+}
+
+/// [`scan`] of a bfloat16 row from block `done` on, block by block: the row's largest key and
+/// unsigned maximum so far in `acc`, returned with the rest folded in.
+#[inline(always)]
+pub fn scan_bf16_blocks(x: &[u16], done: usize, bmax: &mut [f32], acc: (i16, u16)) -> (f32, bool) {
+    let (mut top, mut raw) = acc;
+    for (blk, bm) in x[done * BLOCK..].chunks(BLOCK).zip(bmax[done..].iter_mut()) {
+        let (k, r) = bf16_block_key(blk);
+        *bm = bf16_key_value(k);
+        top = top.max(k);
+        raw = raw.max(r);
+    }
+    let row_max = if x.is_empty() {
+        f32::NEG_INFINITY
+    } else {
+        bf16_key_value(top)
+    };
+    (row_max, bf16_bad(top, raw))
+}
+
 multiversion! {
     /// [`scan`] in portable code: the row maximum and whether a NaN or `+inf` was seen.
     pub fn scan_portable<T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
+        if let Some(h) = bf16_bits(x) {
+            return scan_bf16_blocks(h, 0, bmax, (i16::MIN, 0));
+        }
         // `bad` lanes stay 0 unless an element is NaN or +inf; checked once per row.
         let mut bad = [0u32; LANES];
         let mut row_max = f32::NEG_INFINITY;
@@ -990,6 +1041,7 @@ mod tests {
     /// overflow; on every level, through every scan.
     #[test]
     fn bad_values_are_found_and_overflow_is_no_false_alarm() {
+        use crate::kernels::elem::{as_bf16, Bf16};
         use crate::simd::{available, set_level, test_lock};
         let _guard = test_lock();
         let before = crate::simd::level();
@@ -998,17 +1050,37 @@ mod tests {
             Scan::Max(m) => (0, 0, m.to_bits()),
             Scan::Bad(i, v) => (1, i, v.to_bits()),
         };
-        let check = |x: &[f32], want: Scan| {
+        fn check_t<T: Elem>(
+            x: &[T],
+            want: (u8, usize, u32),
+            key: impl Fn(Scan) -> (u8, usize, u32),
+        ) {
             let nb = n_blocks(x.len());
             let (mut bmax, mut bsum) = (vec![0.0; nb], vec![0.0; nb]);
             let (mut gref, mut out) = (vec![0.0; nb.div_ceil(GROUP)], vec![0.0; x.len()]);
-            let want = key(want);
             assert_eq!(key(scan(x, &mut bmax)), want);
             assert_eq!(key(max(x)), want);
             let fused = scan_weights(x, &mut bmax, &mut bsum, &mut gref, 1.0).0;
             assert_eq!(key(fused), want);
             let fused = scan_write_weights(x, &mut bmax, &mut bsum, &mut gref, 1.0, &mut out);
             assert_eq!(key(fused), want);
+        }
+        // The same row in bfloat16 (truncated), against a plain loop over its values.
+        let check_bf16 = |h: &[u16]| {
+            let first_bad = h.iter().position(|&b| is_bad(Bf16(b).to_f32()));
+            let want = match first_bad {
+                Some(i) => Scan::Bad(i, Bf16(h[i]).to_f32()),
+                None => Scan::Max(
+                    h.iter()
+                        .fold(f32::NEG_INFINITY, |a, &b| a.max(Bf16(b).to_f32())),
+                ),
+            };
+            check_t(as_bf16(h), key(want), key);
+        };
+        let check = |x: &[f32], want: Scan| {
+            check_t(x, key(want), key);
+            let h: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+            check_bf16(&h);
         };
         for level in available() {
             set_level(level);
@@ -1034,6 +1106,18 @@ mod tests {
                             );
                             let Scan::Bad(_, v) = got else { unreachable!() };
                             check(&x, Scan::Bad(at, v));
+                        }
+                    }
+                    // Every kind of bfloat16 NaN and +inf, next to -inf and the largest finite
+                    // values of both signs.
+                    for bad in [0x7f80u16, 0x7f81, 0x7fc0, 0x7fff, 0xff81, 0xffc0, 0xffff] {
+                        for fill in [0x3f00u16, 0x7f7f, 0xff7f, 0xff80, 0x8000] {
+                            let mut h = vec![fill; len];
+                            h[at] = bad;
+                            if len > 1 {
+                                h[(at + 1) % len] = 0xff80;
+                            }
+                            check_bf16(&h);
                         }
                     }
                 }

@@ -1837,15 +1837,36 @@ fn argmax_across_chunks() {
 }
 
 /// The block maxima and the row maximum of `scan` are the portable code's, bit for bit, on every
-/// level: sixteen blocks reduced together included, with `-0.0` / `+0.0` ties and a tail.
+/// level: sixteen blocks reduced together included, with `-0.0` / `+0.0` ties and a tail; in
+/// f32 and in bfloat16 (whose block maxima compare order keys: `+0` wins over `-0`).
 #[test]
 fn scan_gives_the_portable_bits_on_every_level() {
     use super::prims;
+    fn check<T: Elem>(x: &[T], what: &str) -> Vec<f32> {
+        let mut want = vec![0.0f32; prims::n_blocks(x.len())];
+        let (m, bad) = prims::scan_portable(x, &mut want);
+        assert!(!bad);
+        each_level(|level| {
+            let mut got = vec![1.0f32; want.len()];
+            let prims::Scan::Max(gm) = prims::scan(x, &mut got) else {
+                panic!("{level:?}: bad row");
+            };
+            assert_eq!(gm.to_bits(), m.to_bits(), "{level:?} {what} row max");
+            assert!(
+                bits(&got) == bits(&want),
+                "{level:?} {what} block maxima, len {}",
+                x.len()
+            );
+        });
+        want
+    }
     for (len, seed) in [
         (64 * 16 * 3 + 64 * 5 + 17, 1u64),
         (64 * 16, 2),
         (1000, 3),
         (64 * 16 * 7, 4),
+        (64 * 16 * 2 + 64, 5),
+        (40, 6),
     ] {
         let mut s = seed;
         let x: Vec<f32> = (0..len)
@@ -1857,24 +1878,29 @@ fn scan_gives_the_portable_bits_on_every_level() {
                     0 => -0.0,
                     1 => 0.0,
                     2 => f32::NEG_INFINITY,
-                    _ => ((s >> 40) % 64) as f32 * 0.25 - 16.0,
+                    // Mostly negative, so that many blocks top out at a zero.
+                    _ => ((s >> 40) % 64) as f32 * 0.25 - 16.0 + f32::from(seed == 5) * 15.0,
                 }
             })
             .collect();
-        let mut want = vec![0.0f32; prims::n_blocks(len)];
-        let (m, bad) = prims::scan_portable(&x, &mut want);
-        assert!(!bad);
-        each_level(|level| {
-            let mut got = vec![1.0f32; want.len()];
-            let prims::Scan::Max(gm) = prims::scan(&x, &mut got) else {
-                panic!("{level:?}: bad row");
-            };
-            assert_eq!(gm.to_bits(), m.to_bits(), "{level:?} row max");
-            assert!(
-                bits(&got) == bits(&want),
-                "{level:?} block maxima, len {len}"
+        check(&x, "f32");
+        // Exact in bfloat16 (multiples of 1/4 below 64 in magnitude, zeros and -inf).
+        let h: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+        let bmax = check(as_bf16(&h), "bf16");
+        for (b, blk) in x.chunks(prims::BLOCK).enumerate() {
+            let top = blk.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            let plus_zero = blk.iter().any(|v| v.to_bits() == 0);
+            let want = if top == 0.0 && plus_zero { 0.0 } else { top };
+            assert_eq!(
+                bmax[b].to_bits(),
+                if top == 0.0 && !plus_zero {
+                    (-0.0f32).to_bits()
+                } else {
+                    want.to_bits()
+                },
+                "bf16 block {b} of {len}"
             );
-        });
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! code in `prims.rs`, in the same order and with the same lane layout (`max(v, acc)`, fused
 //! multiply-adds where it uses `mul_add`, pairwise lane reductions), so their results are
 //! bit-identical to it. f16 rows are widened with `vcvtph2ps` and bf16 rows with a 16-bit
-//! shift, in registers.
+//! shift, in registers; the block scan of a bf16 row widens nothing: it compares 16-bit order
+//! keys (`prims::bf16_block_key`), twice as many per register.
 //!
 //! Every function here is `unsafe`: it must only run on a CPU with the features of its ISA,
 //! which [`super::level`] guarantees, and pointers must cover 16 readable elements.
@@ -15,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::elem::{Elem, Storage};
+use crate::kernels::elem::{bf16_bits, Elem, Storage};
 use crate::kernels::prims::{
     self, block_is_zero, for_live_blocks, Live, ALL_FINITE, BLOCK, EXP2_POLY, GROUP, LANES, LOG2_E,
     T_CUTOFF,
@@ -51,6 +52,9 @@ trait V16: Copy {
     unsafe fn max16(acc: &[Self; 16]) -> Self;
     /// Pairwise sum of the lanes, as `prims::reduce_sum`.
     unsafe fn reduce_sum(self) -> f32;
+    /// `prims::scan` of a bfloat16 row: the block maxima of `prims::bf16_block_max`, compared
+    /// as 16-bit order keys.
+    unsafe fn scan_bf16(x: &[u16], bmax: &mut [f32]) -> (f32, bool);
 }
 
 /// One level of a pairwise reduction tree over vectors: `out[i] = f(src[2i], src[2i + 1])`
@@ -180,6 +184,64 @@ impl V16 for Z {
         let lo = _mm512_castps512_ps256(self.0);
         let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self.0)));
         reduce8_sum(_mm256_add_ps(lo, hi))
+    }
+    #[inline(always)]
+    unsafe fn scan_bf16(x: &[u16], bmax: &mut [f32]) -> (f32, bool) {
+        // A block is two registers of 32 keys; the sixteen blocks of a group are reduced
+        // together by a tree of shuffles (halves, quarters, then 64- and 32-bit lanes, then the
+        // two keys of a 32-bit lane), so that lane j ends with block j's largest key.
+        let c7fff = _mm512_set1_epi16(0x7fff);
+        // bits <-> key (an involution): h ^ ((h >> 15) & 0x7fff).
+        let key =
+            |h: __m512i| _mm512_ternarylogic_epi32::<0x78>(h, _mm512_srai_epi16::<15>(h), c7fff);
+        let mut raw = _mm512_setzero_si512(); // unsigned maximum of the bits: negative NaNs
+        let mut top = _mm512_set1_epi16(i16::MIN); // largest key: +inf and positive NaNs
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let groups = x.len() / (GROUP * BLOCK);
+        for g in 0..groups {
+            let base = x.as_ptr().add(g * GROUP * BLOCK);
+            let mut k = [_mm512_setzero_si512(); GROUP];
+            for (b, kb) in k.iter_mut().enumerate() {
+                let p = base.add(b * BLOCK);
+                let h0 = _mm512_loadu_si512(p.cast());
+                let h1 = _mm512_loadu_si512(p.add(32).cast());
+                *kb = _mm512_max_epi16(key(h0), key(h1));
+                raw = _mm512_max_epu16(raw, _mm512_max_epu16(h0, h1));
+            }
+            let z = _mm512_setzero_si512();
+            let l1 = pair_up!(k, 8, z, |a, b| _mm512_max_epi16(
+                _mm512_shuffle_i32x4::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_i32x4::<0b11_10_11_10>(a, b),
+            ));
+            let l2 = pair_up!(l1, 4, z, |a, b| _mm512_max_epi16(
+                _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
+            ));
+            let l3 = pair_up!(l2, 2, z, |a, b| _mm512_max_epi16(
+                _mm512_unpacklo_epi64(a, b),
+                _mm512_unpackhi_epi64(a, b),
+            ));
+            let (a, b) = (_mm512_castsi512_ps(l3[0]), _mm512_castsi512_ps(l3[1]));
+            let l4 = _mm512_max_epi16(
+                _mm512_castps_si512(_mm512_shuffle_ps::<0b10_00_10_00>(a, b)),
+                _mm512_castps_si512(_mm512_shuffle_ps::<0b11_01_11_01>(a, b)),
+            );
+            // The low key of 32-bit lane i = 4c + d is block c + 4d's (the high one is
+            // shifted out below, and left out of `top`).
+            let l5 = _mm512_max_epi16(l4, _mm512_srli_epi32::<16>(l4));
+            top = _mm512_mask_max_epi16(top, 0x5555_5555, top, l5);
+            let f = _mm512_slli_epi32::<16>(key(l5));
+            let m = _mm512_permutexvar_epi32(order, f);
+            _mm512_storeu_si512(bmax.as_mut_ptr().add(g * GROUP).cast(), m);
+        }
+        let (mut t, mut r) = ([0i16; 32], [0u16; 32]);
+        _mm512_storeu_si512(t.as_mut_ptr().cast(), top);
+        _mm512_storeu_si512(r.as_mut_ptr().cast(), raw);
+        let acc = (
+            t.iter().copied().fold(i16::MIN, i16::max),
+            r.iter().copied().fold(0, u16::max),
+        );
+        prims::scan_bf16_blocks(x, groups * GROUP, bmax, acc)
     }
 }
 
@@ -346,6 +408,72 @@ impl V16 for Y {
     #[inline(always)]
     unsafe fn reduce_sum(self) -> f32 {
         reduce8_sum(_mm256_add_ps(self.0, self.1))
+    }
+    #[inline(always)]
+    unsafe fn scan_bf16(x: &[u16], bmax: &mut [f32]) -> (f32, bool) {
+        // As `Z::scan_bf16` with four registers of 16 keys per block: the tree pairs halves,
+        // then 64-bit lanes, then 32-bit lanes, then the two keys of a 32-bit lane.
+        let c7fff = _mm256_set1_epi16(0x7fff);
+        let key =
+            |h: __m256i| _mm256_xor_si256(h, _mm256_and_si256(_mm256_srai_epi16::<15>(h), c7fff));
+        let mut raw = _mm256_setzero_si256();
+        let mut top = _mm256_set1_epi16(i16::MIN);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let low = _mm256_set1_epi16(i16::MIN);
+        let groups = x.len() / (GROUP * BLOCK);
+        for g in 0..groups {
+            let base = x.as_ptr().add(g * GROUP * BLOCK);
+            let mut k = [_mm256_setzero_si256(); GROUP];
+            for (b, kb) in k.iter_mut().enumerate() {
+                let p = base.add(b * BLOCK);
+                let h = [
+                    _mm256_loadu_si256(p.cast()),
+                    _mm256_loadu_si256(p.add(16).cast()),
+                    _mm256_loadu_si256(p.add(32).cast()),
+                    _mm256_loadu_si256(p.add(48).cast()),
+                ];
+                *kb = _mm256_max_epi16(
+                    _mm256_max_epi16(key(h[0]), key(h[1])),
+                    _mm256_max_epi16(key(h[2]), key(h[3])),
+                );
+                let r =
+                    _mm256_max_epu16(_mm256_max_epu16(h[0], h[1]), _mm256_max_epu16(h[2], h[3]));
+                raw = _mm256_max_epu16(raw, r);
+            }
+            let z = _mm256_setzero_si256();
+            let l1 = pair_up!(k, 8, z, |a, b| _mm256_max_epi16(
+                _mm256_permute2x128_si256::<0x20>(a, b),
+                _mm256_permute2x128_si256::<0x31>(a, b),
+            ));
+            let l2 = pair_up!(l1, 4, z, |a, b| _mm256_max_epi16(
+                _mm256_unpacklo_epi64(a, b),
+                _mm256_unpackhi_epi64(a, b),
+            ));
+            let l3 = pair_up!(l2, 2, z, |a, b| {
+                let (a, b) = (_mm256_castsi256_ps(a), _mm256_castsi256_ps(b));
+                _mm256_max_epi16(
+                    _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(a, b)),
+                    _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(a, b)),
+                )
+            });
+            // The low key of 32-bit lane i = 4c + d of l3[h] is block 8h + c + 2d's (the high
+            // one is shifted out below, and left out of `top`).
+            for (h, &v) in l3.iter().enumerate() {
+                let l4 = _mm256_max_epi16(v, _mm256_srli_epi32::<16>(v));
+                top = _mm256_max_epi16(top, _mm256_blend_epi16::<0b0101_0101>(low, l4));
+                let f = _mm256_slli_epi32::<16>(key(l4));
+                let m = _mm256_permutevar8x32_epi32(f, order);
+                _mm256_storeu_si256(bmax.as_mut_ptr().add(g * GROUP + 8 * h).cast(), m);
+            }
+        }
+        let (mut t, mut r) = ([0i16; 16], [0u16; 16]);
+        _mm256_storeu_si256(t.as_mut_ptr().cast(), top);
+        _mm256_storeu_si256(r.as_mut_ptr().cast(), raw);
+        let acc = (
+            t.iter().copied().fold(i16::MIN, i16::max),
+            r.iter().copied().fold(0, u16::max),
+        );
+        prims::scan_bf16_blocks(x, groups * GROUP, bmax, acc)
     }
 }
 
@@ -788,6 +916,9 @@ macro_rules! entry_points {
             /// The CPU must support the features of this ISA; `bmax` has one entry per block.
             #[target_feature(enable = $features)]
             pub unsafe fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> (f32, bool) {
+                if let Some(h) = bf16_bits(x) {
+                    return <$v>::scan_bf16(h, bmax);
+                }
                 scan_k::<$v, T>(x, bmax)
             }
 
