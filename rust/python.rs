@@ -6,10 +6,12 @@
 //! `uint16`, read in place).
 
 use numpy::ndarray::{Dimension, Ix1, Ix2, IxDyn};
-use numpy::npyffi::{PyArray_CheckExact, NPY_ARRAY_ALIGNED, NPY_ARRAY_C_CONTIGUOUS};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use numpy::npyffi::{PyArray_CheckExact, NPY_ARRAY_ALIGNED, NPY_ARRAY_C_CONTIGUOUS, NPY_TYPES};
 use numpy::{
-    Element, PyArray, PyArray1, PyArrayMethods, PyReadonlyArray, PyReadwriteArray,
-    PyUntypedArrayMethods,
+    Element, PyArray, PyArray1, PyArrayDescr, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray,
+    PyReadwriteArray, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -592,8 +594,46 @@ fn fast_filters(
     }))
 }
 
+/// The bfloat16 dtype of `register_bfloat16` (a descriptor kept alive for good), or 0.
+static BF16_DESCR: AtomicUsize = AtomicUsize::new(0);
+
+/// Tells [`sample_direct`] which dtype object is bfloat16 (the Python layer recognises it by
+/// name and calls this once).
+#[pyfunction]
+fn register_bfloat16(dtype: &Bound<'_, PyArrayDescr>) {
+    if dtype.itemsize() == 2 {
+        // The reference is never released, so the address stays this descriptor's.
+        let ptr = dtype.clone().unbind().into_ptr() as usize;
+        if BF16_DESCR
+            .compare_exchange(0, ptr, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // SAFETY: the reference taken above, not stored; the GIL is held.
+            unsafe { pyo3::ffi::Py_DECREF(ptr as *mut pyo3::ffi::PyObject) };
+        }
+    }
+}
+
+/// The element kind of an ndarray that `sample_direct` reads in place: 0 = float32, 1 = native
+/// float16, 2 = the registered bfloat16; `None` for anything else.
+fn direct_kind(arr: &Bound<'_, PyUntypedArray>) -> Option<u8> {
+    let dt = arr.dtype();
+    if dt.as_ptr() as usize == BF16_DESCR.load(Ordering::Acquire) {
+        return Some(2);
+    }
+    if dt.is_native_byteorder() == Some(false) {
+        return None;
+    }
+    match dt.num() {
+        n if n == NPY_TYPES::NPY_FLOAT as i32 => Some(0),
+        n if n == NPY_TYPES::NPY_HALF as i32 => Some(1),
+        _ => None,
+    }
+}
+
 /// `sample` in one call when its fast path applies, else `None` (the Python layer then takes
-/// its own path): an exact float32 ndarray, C-contiguous and aligned, of one or two dimensions
+/// its own path): an exact float32, float16 or (registered) bfloat16 ndarray, C-contiguous and
+/// aligned, of one or two dimensions
 /// and a non-empty last one; exact `float` temperature, top-p and min-p; exact `int` top-k and
 /// min-keep (within int64) and step (within uint64); an exact `str` order; a seed that is an
 /// exact `int` in `[0, 2**64)`, a uint64 ndarray, or `None` for a greedy call. Returns the
@@ -633,7 +673,9 @@ fn sample_direct<'py>(
     if unsafe { PyArray_CheckExact(py, logits.as_ptr()) } == 0 {
         return Ok(None);
     }
-    let Ok(arr) = logits.cast::<PyArray<f32, IxDyn>>() else {
+    // SAFETY: checked above to be an ndarray.
+    let arr = unsafe { logits.cast_unchecked::<PyUntypedArray>() };
+    let Some(kind) = direct_kind(arr) else {
         return Ok(None);
     };
     let shape = arr.shape();
@@ -675,15 +717,28 @@ fn sample_direct<'py>(
         order,
     )?;
     let vocab = shape[shape.len() - 1];
-    let x = arr.try_readonly().map_err(|_| in_use("logits"))?;
-    let x = x.as_slice()?;
-    if shape.len() == 1 {
-        let tok = sample_fast_on(py, x, vocab, &filters, seed, step, None)?;
-        return Ok(Some(tok.into_pyobject(py)?.into_any()));
+    let out = (shape.len() == 2).then(|| PyArray1::<i64>::zeros(py, shape[0], false));
+    let out_any = out.as_ref().map(|o| o.as_any());
+    let tok = if kind == 0 {
+        // SAFETY: a float32 ndarray (`direct_kind`).
+        let arr = unsafe { logits.cast_unchecked::<PyArray<f32, IxDyn>>() };
+        let x = arr.try_readonly().map_err(|_| in_use("logits"))?;
+        sample_fast_on(py, x.as_slice()?, vocab, &filters, seed, step, out_any)?
+    } else {
+        // SAFETY: 2-byte float16 or bfloat16 elements, read as their bits (every u16 is valid).
+        let arr = unsafe { logits.cast_unchecked::<PyArray<u16, IxDyn>>() };
+        let x = arr.try_readonly().map_err(|_| in_use("logits"))?;
+        let bits = x.as_slice()?;
+        if kind == 1 {
+            sample_fast_on(py, as_f16(bits), vocab, &filters, seed, step, out_any)?
+        } else {
+            sample_fast_on(py, as_bf16(bits), vocab, &filters, seed, step, out_any)?
+        }
+    };
+    match out {
+        Some(o) => Ok(Some(o.into_any())),
+        None => Ok(Some(tok.into_pyobject(py)?.into_any())),
     }
-    let out = PyArray1::<i64>::zeros(py, shape[0], false);
-    sample_fast_on(py, x, vocab, &filters, seed, step, Some(out.as_any()))?;
-    Ok(Some(out.into_any()))
 }
 
 /// The body of [`sample_fast`] on the logits as a slice.
@@ -1077,6 +1132,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logprobs, m)?)?;
     m.add_function(wrap_pyfunction!(exp_sum_floor, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(register_bfloat16, m)?)?;
     m.add_function(wrap_pyfunction!(available_simd_levels, m)?)?;
     m.add_function(wrap_pyfunction!(set_simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;

@@ -190,7 +190,17 @@ def test_the_direct_path_agrees_with_the_general_path_and_declines_the_rest():
     np.testing.assert_array_equal(greedy, X.argmax(axis=1))
     plain = (X, 0.7, 20, 0.9, 0.01, 1, "default", 5, 0)
     declined = {
-        0: [X.tolist(), X[:, ::2], X.astype(">f4"), X.astype(np.float16), np.empty((2, 0), "f4")],
+        0: [
+            X.tolist(),
+            X[:, ::2],
+            X.astype(">f4"),
+            X.astype(">f2"),
+            X.astype(np.float64),
+            X.astype(np.float16).view(np.uint16),
+            X.astype(np.float16).view(np.int16),
+            X.astype(np.float16)[:, ::2],
+            np.empty((2, 0), "f4"),
+        ],
         1: [1, np.float64(0.7), True],
         2: [np.int64(20), True, 2**63, 20.0],
         5: [True, 2**63],
@@ -204,5 +214,15 @@ def test_the_direct_path_agrees_with_the_general_path_and_declines_the_rest():
             assert _core.sample_direct(*args) is None, (at, v)
     with pytest.raises(ValueError, match="min_keep"):
         _core.sample_direct(X, 0.7, 20, 0.9, 0.01, 0, "default", 5, 0)
+    # float16 and bfloat16 (once the Python layer has seen the dtype) are read in place: the
+    # tokens of the same bits passed as uint16 with dtype=, through the general path.
+    for x in (X, X[1]):
+        h = x.astype(np.float16)
+        want = lk.sample(h, seed=5, step=0, **dict(kw, top_k=np.int64(20)))
+        np.testing.assert_array_equal(_core.sample_direct(h, *plain[1:]), want)
+        b = x.astype(ml_dtypes.bfloat16)
+        want = lk.sample(b.view(np.uint16), dtype="bfloat16", seed=5, step=0, **kw)
+        np.testing.assert_array_equal(lk.sample(b, seed=5, step=0, **kw), want)
+        np.testing.assert_array_equal(_core.sample_direct(b, *plain[1:]), want)
     with pytest.raises(ValueError, match="order"):
         _core.sample_direct(X, 0.7, 20, 0.9, 0.01, 1, "nope", 5, 0)

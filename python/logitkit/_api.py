@@ -163,7 +163,9 @@ def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
         _FAST_DTYPES.setdefault(id(dt), (dt, kind))
     elif dt.name == "bfloat16" and dt.itemsize == 2:
         kind = _BF16
-        _FAST_DTYPES.setdefault(id(dt), (dt, kind))
+        if id(dt) not in _FAST_DTYPES:
+            _FAST_DTYPES[id(dt)] = (dt, kind)
+            _core.register_bfloat16(dt)
     elif dt.kind == "f":
         a = a.astype(np.float32)
         kind = _F32
@@ -788,8 +790,9 @@ def sample(
     >>> int(logitkit.sample(x, top_k=1, seed=7))
     2
     """
-    # Fastest path: the whole check and the call in Rust (float32 logits, plain scalar
-    # parameters and an integer seed, a uint64 array of one per row, or None for a greedy call).
+    # Fastest path: the whole check and the call in Rust (float32, float16 or a bfloat16 dtype
+    # seen before, plain scalar parameters and an integer seed, a uint64 array of one per row,
+    # or None for a greedy call).
     if uniforms is None and dtype is None:
         r = _core.sample_direct(
             logits, temperature, top_k, top_p, min_p, min_keep, order, seed, step

@@ -9,7 +9,7 @@ Logits arrays are ``(B, V)`` and C-contiguous, with ``kind`` 0 = float32, 1 = fl
 """
 
 from collections.abc import Sequence
-from typing import Final, TypeAlias, final
+from typing import Any, Final, TypeAlias, final
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,7 @@ __all__ = [
     "logprobs",
     "mask",
     "philox4x32_10",
+    "register_bfloat16",
     "sample",
     "sample_batch",
     "sample_direct",
@@ -138,6 +139,10 @@ def sample_fast(
     Returns the token of a 1-D row; for a batch, fills ``out`` and returns 0.
     """
 
+def register_bfloat16(dtype: np.dtype[Any]) -> None:
+    """Marks ``dtype`` (2-byte elements) as the bfloat16 dtype that :func:`sample_direct` reads
+    in place; the first one registered is kept."""
+
 def sample_direct(
     logits: object,
     temperature: object,
@@ -149,8 +154,9 @@ def sample_direct(
     seed: object,
     step: object,
 ) -> int | _I64 | None:
-    """:func:`sample` when its fast path applies (float32 logits, exact scalar types, an integer
-    or uint64-array seed, or None for a greedy call), else None.
+    """:func:`sample` when its fast path applies (float32, native float16 or registered bfloat16
+    logits, exact scalar types, an integer or uint64-array seed, or None for a greedy call), else
+    None.
 
     Returns the token of a 1-D row, or the int64 tokens of a batch.
     """
