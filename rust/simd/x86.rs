@@ -52,7 +52,7 @@ trait V16: Copy {
     unsafe fn max16(acc: &[Self; 16]) -> Self;
     /// Pairwise sum of the lanes, as `prims::reduce_sum`.
     unsafe fn reduce_sum(self) -> f32;
-    /// `prims::scan` of a bfloat16 row: the block maxima of `prims::bf16_block_max`, compared
+    /// `prims::scan` of a bfloat16 row: the block maxima of `prims::bf16_block_key`, compared
     /// as 16-bit order keys.
     unsafe fn scan_bf16(x: &[u16], bmax: &mut [f32]) -> (f32, bool);
 }
