@@ -52,6 +52,14 @@ fn main() {
         .flat_map(|r| x.iter().map(move |&e| e + r as f32 * 1e-3))
         .collect();
     let mut tok = vec![0i64; 1];
+    let chain = Filters {
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.05,
+        order: Order::LlamaCpp,
+        ..Filters::default()
+    };
     // The same row in bfloat16 (rounded to nearest even).
     let halves: Vec<u16> = x
         .iter()
@@ -205,17 +213,7 @@ fn main() {
                     ..Filters::default()
                 },
             ),
-            (
-                "llama chain",
-                Filters {
-                    temperature: 0.8,
-                    top_k: 40,
-                    top_p: 0.95,
-                    min_p: 0.05,
-                    order: Order::LlamaCpp,
-                    ..Filters::default()
-                },
-            ),
+            ("llama chain", chain),
             (
                 "top-p 0.9",
                 Filters {
@@ -235,14 +233,7 @@ fn main() {
             let us = median_us(|| kernels::sample(row, v, &f, &[0.37], &mut tok).unwrap());
             println!("  {:<18} {us:9.2} us", format!("sample {name}"));
         }
-        let chain = PerRow::All(Filters {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            min_p: 0.05,
-            order: Order::LlamaCpp,
-            ..Filters::default()
-        });
+        let chain = PerRow::All(chain);
         let hrow = as_bf16(&halves);
         for (name, us) in [
             (

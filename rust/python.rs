@@ -5,9 +5,9 @@
 //! strided input) with a `kind`: 0 = float32, 1 = float16 bits, 2 = bfloat16 bits (both as
 //! `uint16`, read in place).
 
-use numpy::ndarray::{Dimension, Ix1, Ix2, IxDyn};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use numpy::ndarray::{Dimension, Ix1, Ix2, IxDyn};
 use numpy::npyffi::{PyArray_CheckExact, NPY_ARRAY_ALIGNED, NPY_ARRAY_C_CONTIGUOUS, NPY_TYPES};
 use numpy::{
     Element, PyArray, PyArray1, PyArrayDescr, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray,
@@ -541,24 +541,31 @@ fn sample_fast(
     let filters = fast_filters(temperature, top_k, top_p, min_p, min_keep, order)?;
     if kind == 0 {
         let x = read::<f32, IxDyn>(x, "logits")?;
-        sample_fast_on(
-            py,
-            x.as_slice()?,
-            *x.shape().last().unwrap_or(&0),
-            &filters,
-            seed,
-            step,
-            out,
-        )
+        let vocab = *x.shape().last().unwrap_or(&0);
+        sample_fast_on(py, x.as_slice()?, vocab, &filters, seed, step, out)
     } else {
         let x = read::<u16, IxDyn>(x, "logits")?;
         let vocab = *x.shape().last().unwrap_or(&0);
-        let bits = x.as_slice()?;
-        if kind == 1 {
-            sample_fast_on(py, as_f16(bits), vocab, &filters, seed, step, out)
-        } else {
-            sample_fast_on(py, as_bf16(bits), vocab, &filters, seed, step, out)
-        }
+        sample_fast_halves(py, x.as_slice()?, kind, vocab, &filters, seed, step, out)
+    }
+}
+
+/// [`sample_fast_on`] on the bits of float16 (`kind` 1) or bfloat16 (`kind` 2) logits.
+#[allow(clippy::too_many_arguments)]
+fn sample_fast_halves(
+    py: Python<'_>,
+    bits: &[u16],
+    kind: u8,
+    vocab: usize,
+    filters: &PerRow<Filters>,
+    seed: &Bound<'_, PyAny>,
+    step: u64,
+    out: Option<&Bound<'_, PyAny>>,
+) -> PyResult<i64> {
+    if kind == 1 {
+        sample_fast_on(py, as_f16(bits), vocab, filters, seed, step, out)
+    } else {
+        sample_fast_on(py, as_bf16(bits), vocab, filters, seed, step, out)
     }
 }
 
@@ -633,8 +640,7 @@ fn direct_kind(arr: &Bound<'_, PyUntypedArray>) -> Option<u8> {
 
 /// `sample` in one call when its fast path applies, else `None` (the Python layer then takes
 /// its own path): an exact float32, float16 or (registered) bfloat16 ndarray, C-contiguous and
-/// aligned, of one or two dimensions
-/// and a non-empty last one; exact `float` temperature, top-p and min-p; exact `int` top-k and
+/// aligned, of one or two dimensions and a non-empty last one; exact `float` temperature, top-p and min-p; exact `int` top-k and
 /// min-keep (within int64) and step (within uint64); an exact `str` order; a seed that is an
 /// exact `int` in `[0, 2**64)`, a uint64 ndarray, or `None` for a greedy call. Returns the
 /// token (an `int`) of a 1-D row or the int64 array of a batch.
@@ -728,12 +734,16 @@ fn sample_direct<'py>(
         // SAFETY: 2-byte float16 or bfloat16 elements, read as their bits (every u16 is valid).
         let arr = unsafe { logits.cast_unchecked::<PyArray<u16, IxDyn>>() };
         let x = arr.try_readonly().map_err(|_| in_use("logits"))?;
-        let bits = x.as_slice()?;
-        if kind == 1 {
-            sample_fast_on(py, as_f16(bits), vocab, &filters, seed, step, out_any)?
-        } else {
-            sample_fast_on(py, as_bf16(bits), vocab, &filters, seed, step, out_any)?
-        }
+        sample_fast_halves(
+            py,
+            x.as_slice()?,
+            kind,
+            vocab,
+            &filters,
+            seed,
+            step,
+            out_any,
+        )?
     };
     match out {
         Some(o) => Ok(Some(o.into_any())),

@@ -417,9 +417,9 @@ impl V16 for Y {
         let key =
             |h: __m256i| _mm256_xor_si256(h, _mm256_and_si256(_mm256_srai_epi16::<15>(h), c7fff));
         let mut raw = _mm256_setzero_si256();
-        let mut top = _mm256_set1_epi16(i16::MIN);
-        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let low = _mm256_set1_epi16(i16::MIN);
+        let mut top = low;
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let groups = x.len() / (GROUP * BLOCK);
         for g in 0..groups {
             let base = x.as_ptr().add(g * GROUP * BLOCK);
