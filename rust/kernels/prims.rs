@@ -156,10 +156,7 @@ pub fn scan<T: Elem>(x: &[T], bmax: &mut [f32]) -> Scan {
 /// The row maximum, or the first NaN / `+inf`: one read, no block maxima.
 #[must_use]
 pub fn max<T: Elem>(x: &[T]) -> Scan {
-    let (m, bad) = simd_kernel!(max(x), {
-        let mut bmax = vec![0.0; n_blocks(x.len())];
-        scan_portable(x, &mut bmax)
-    });
+    let (m, bad) = simd_kernel!(max(x), max_portable(x));
     if let Some(found) = first_bad(x, bad) {
         return found;
     }
@@ -194,17 +191,17 @@ fn block_max<T: Elem>(blk: &[T], bad: &mut [u32; LANES]) -> f32 {
     reduce_max(&acc)
 }
 
-/// The largest order key ([`bf16_key`]) of a bfloat16 block and the unsigned maximum of its
-/// bits. Every level computes bfloat16 block maxima and row maxima from keys (so `+0` wins over
-/// `-0` whatever their order): the SIMD scans compare 16-bit keys, 32 or 16 to a register,
-/// instead of widening every element to `f32`.
+/// The largest order key ([`bf16_key`]) of bfloat16 bits (a block, or a row) and their unsigned
+/// maximum. Every level computes bfloat16 block and row maxima from keys (so `+0` wins over `-0`
+/// whatever their order): the SIMD scans compare 16-bit keys, 32 or 16 to a register, instead of
+/// widening every element to `f32`.
 #[inline(always)]
 #[must_use]
-pub fn bf16_block_key(blk: &[u16]) -> (i16, u16) {
+pub fn bf16_top_key(h: &[u16]) -> (i16, u16) {
     let (mut key, mut raw) = (i16::MIN, 0u16);
-    for &h in blk {
-        key = key.max(bf16_key(h));
-        raw = raw.max(h);
+    for &b in h {
+        key = key.max(bf16_key(b));
+        raw = raw.max(b);
     }
     (key, raw)
 }
@@ -216,11 +213,17 @@ pub fn bf16_key_value(key: i16) -> f32 {
     f32::from_bits(u32::from(bf16_key(key as u16) as u16) << 16)
 }
 
-/// Whether the largest key and the unsigned maximum of the bits show a NaN or `+inf`.
+/// The maximum of a bfloat16 row of `len` elements (`-inf` when empty) and whether it may hold a
+/// NaN or `+inf`, from its largest key and the unsigned maximum of its bits.
 #[inline(always)]
 #[must_use]
-pub fn bf16_bad(key: i16, raw: u16) -> bool {
-    key >= BF16_KEY_INF || raw > BF16_NEG_INF
+pub fn bf16_row(len: usize, top: i16, raw: u16) -> (f32, bool) {
+    let m = if len == 0 {
+        f32::NEG_INFINITY
+    } else {
+        bf16_key_value(top)
+    };
+    (m, top >= BF16_KEY_INF || raw > BF16_NEG_INF)
 }
 
 /// [`scan`] of a bfloat16 row from block `done` on, block by block: the row's largest key and
@@ -229,17 +232,22 @@ pub fn bf16_bad(key: i16, raw: u16) -> bool {
 pub fn scan_bf16_blocks(x: &[u16], done: usize, bmax: &mut [f32], acc: (i16, u16)) -> (f32, bool) {
     let (mut top, mut raw) = acc;
     for (blk, bm) in x[done * BLOCK..].chunks(BLOCK).zip(bmax[done..].iter_mut()) {
-        let (k, r) = bf16_block_key(blk);
+        let (k, r) = bf16_top_key(blk);
         *bm = bf16_key_value(k);
         top = top.max(k);
         raw = raw.max(r);
     }
-    let row_max = if x.is_empty() {
-        f32::NEG_INFINITY
-    } else {
-        bf16_key_value(top)
-    };
-    (row_max, bf16_bad(top, raw))
+    bf16_row(x.len(), top, raw)
+}
+
+/// [`max`] in portable code (bfloat16 rows by order keys, as [`scan`]).
+fn max_portable<T: Elem>(x: &[T]) -> (f32, bool) {
+    if let Some(h) = bf16_bits(x) {
+        let (top, raw) = bf16_top_key(h);
+        return bf16_row(h.len(), top, raw);
+    }
+    let mut bmax = vec![0.0; n_blocks(x.len())];
+    scan_portable(x, &mut bmax)
 }
 
 multiversion! {

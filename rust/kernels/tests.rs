@@ -1887,6 +1887,17 @@ fn scan_gives_the_portable_bits_on_every_level() {
         // Exact in bfloat16 (multiples of 1/4 below 64 in magnitude, zeros and -inf).
         let h: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
         let bmax = check(as_bf16(&h), "bf16");
+        // `max` of a bfloat16 row follows the same key rule on every level.
+        let mut scratch = vec![0.0f32; bmax.len()];
+        let prims::Scan::Max(row) = prims::scan(as_bf16(&h), &mut scratch) else {
+            panic!("bad row")
+        };
+        each_level(|level| {
+            let prims::Scan::Max(m) = prims::max(as_bf16(&h)) else {
+                panic!("{level:?}: bad row");
+            };
+            assert_eq!(m.to_bits(), row.to_bits(), "{level:?} bf16 max, len {len}");
+        });
         for (b, blk) in x.chunks(prims::BLOCK).enumerate() {
             let top = blk.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
             let plus_zero = blk.iter().any(|v| v.to_bits() == 0);

@@ -7,7 +7,7 @@
 //! multiply-adds where it uses `mul_add`, pairwise lane reductions), so their results are
 //! bit-identical to it. f16 rows are widened with `vcvtph2ps` and bf16 rows with a 16-bit
 //! shift, in registers; the block scan of a bf16 row widens nothing: it compares 16-bit order
-//! keys (`prims::bf16_block_key`), twice as many per register.
+//! keys (`prims::bf16_top_key`), twice as many per register.
 //!
 //! Every function here is `unsafe`: it must only run on a CPU with the features of its ISA,
 //! which [`super::level`] guarantees, and pointers must cover 16 readable elements.
@@ -52,9 +52,38 @@ trait V16: Copy {
     unsafe fn max16(acc: &[Self; 16]) -> Self;
     /// Pairwise sum of the lanes, as `prims::reduce_sum`.
     unsafe fn reduce_sum(self) -> f32;
-    /// `prims::scan` of a bfloat16 row: the block maxima of `prims::bf16_block_key`, compared
+    /// `prims::scan` of a bfloat16 row: the block maxima of `prims::bf16_top_key`, compared
     /// as 16-bit order keys.
     unsafe fn scan_bf16(x: &[u16], bmax: &mut [f32]) -> (f32, bool);
+    /// `prims::max` of a bfloat16 row, by order keys.
+    unsafe fn max_bf16(x: &[u16]) -> (f32, bool);
+}
+
+/// bfloat16 bits to order keys and back (`prims::bf16_key`, an involution), 32 lanes.
+#[inline(always)]
+unsafe fn key512(h: __m512i) -> __m512i {
+    let c7fff = _mm512_set1_epi16(0x7fff);
+    // h ^ ((h >> 15) & 0x7fff)
+    _mm512_ternarylogic_epi32::<0x78>(h, _mm512_srai_epi16::<15>(h), c7fff)
+}
+
+/// [`key512`] on 16 lanes.
+#[inline(always)]
+unsafe fn key256(h: __m256i) -> __m256i {
+    let c7fff = _mm256_set1_epi16(0x7fff);
+    _mm256_xor_si256(h, _mm256_and_si256(_mm256_srai_epi16::<15>(h), c7fff))
+}
+
+/// The largest key and the unsigned maximum of the bits over the lanes of `top` and `raw`.
+#[inline(always)]
+unsafe fn fold_keys<V: Copy, const N: usize>(top: V, raw: V) -> (i16, u16) {
+    const { assert!(std::mem::size_of::<V>() == 2 * N) };
+    let t: [i16; N] = std::mem::transmute_copy(&top);
+    let r: [u16; N] = std::mem::transmute_copy(&raw);
+    (
+        t.iter().copied().fold(i16::MIN, i16::max),
+        r.iter().copied().fold(0, u16::max),
+    )
 }
 
 /// One level of a pairwise reduction tree over vectors: `out[i] = f(src[2i], src[2i + 1])`
@@ -190,10 +219,6 @@ impl V16 for Z {
         // A block is two registers of 32 keys; the sixteen blocks of a group are reduced
         // together by a tree of shuffles (halves, quarters, then 64- and 32-bit lanes, then the
         // two keys of a 32-bit lane), so that lane j ends with block j's largest key.
-        let c7fff = _mm512_set1_epi16(0x7fff);
-        // bits <-> key (an involution): h ^ ((h >> 15) & 0x7fff).
-        let key =
-            |h: __m512i| _mm512_ternarylogic_epi32::<0x78>(h, _mm512_srai_epi16::<15>(h), c7fff);
         let mut raw = _mm512_setzero_si512(); // unsigned maximum of the bits: negative NaNs
         let mut top = _mm512_set1_epi16(i16::MIN); // largest key: +inf and positive NaNs
         let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -205,7 +230,7 @@ impl V16 for Z {
                 let p = base.add(b * BLOCK);
                 let h0 = _mm512_loadu_si512(p.cast());
                 let h1 = _mm512_loadu_si512(p.add(32).cast());
-                *kb = _mm512_max_epi16(key(h0), key(h1));
+                *kb = _mm512_max_epi16(key512(h0), key512(h1));
                 raw = _mm512_max_epu16(raw, _mm512_max_epu16(h0, h1));
             }
             let z = _mm512_setzero_si512();
@@ -230,18 +255,32 @@ impl V16 for Z {
             // shifted out below, and left out of `top`).
             let l5 = _mm512_max_epi16(l4, _mm512_srli_epi32::<16>(l4));
             top = _mm512_mask_max_epi16(top, 0x5555_5555, top, l5);
-            let f = _mm512_slli_epi32::<16>(key(l5));
+            let f = _mm512_slli_epi32::<16>(key512(l5));
             let m = _mm512_permutexvar_epi32(order, f);
             _mm512_storeu_si512(bmax.as_mut_ptr().add(g * GROUP).cast(), m);
         }
-        let (mut t, mut r) = ([0i16; 32], [0u16; 32]);
-        _mm512_storeu_si512(t.as_mut_ptr().cast(), top);
-        _mm512_storeu_si512(r.as_mut_ptr().cast(), raw);
-        let acc = (
-            t.iter().copied().fold(i16::MIN, i16::max),
-            r.iter().copied().fold(0, u16::max),
-        );
-        prims::scan_bf16_blocks(x, groups * GROUP, bmax, acc)
+        prims::scan_bf16_blocks(x, groups * GROUP, bmax, fold_keys::<_, 32>(top, raw))
+    }
+    #[inline(always)]
+    unsafe fn max_bf16(x: &[u16]) -> (f32, bool) {
+        let (mut t0, mut t1) = (_mm512_set1_epi16(i16::MIN), _mm512_set1_epi16(i16::MIN));
+        let (mut r0, mut r1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        let pairs = x.len() / 64;
+        for i in 0..pairs {
+            let p = x.as_ptr().add(64 * i);
+            let (h0, h1) = (
+                _mm512_loadu_si512(p.cast()),
+                _mm512_loadu_si512(p.add(32).cast()),
+            );
+            t0 = _mm512_max_epi16(t0, key512(h0));
+            t1 = _mm512_max_epi16(t1, key512(h1));
+            r0 = _mm512_max_epu16(r0, h0);
+            r1 = _mm512_max_epu16(r1, h1);
+        }
+        let (top, raw) = (_mm512_max_epi16(t0, t1), _mm512_max_epu16(r0, r1));
+        let (t, r) = fold_keys::<_, 32>(top, raw);
+        let (tr, rr) = prims::bf16_top_key(&x[pairs * 64..]);
+        prims::bf16_row(x.len(), t.max(tr), r.max(rr))
     }
 }
 
@@ -413,9 +452,6 @@ impl V16 for Y {
     unsafe fn scan_bf16(x: &[u16], bmax: &mut [f32]) -> (f32, bool) {
         // As `Z::scan_bf16` with four registers of 16 keys per block: the tree pairs halves,
         // then 64-bit lanes, then 32-bit lanes, then the two keys of a 32-bit lane.
-        let c7fff = _mm256_set1_epi16(0x7fff);
-        let key =
-            |h: __m256i| _mm256_xor_si256(h, _mm256_and_si256(_mm256_srai_epi16::<15>(h), c7fff));
         let mut raw = _mm256_setzero_si256();
         let low = _mm256_set1_epi16(i16::MIN);
         let mut top = low;
@@ -433,8 +469,8 @@ impl V16 for Y {
                     _mm256_loadu_si256(p.add(48).cast()),
                 ];
                 *kb = _mm256_max_epi16(
-                    _mm256_max_epi16(key(h[0]), key(h[1])),
-                    _mm256_max_epi16(key(h[2]), key(h[3])),
+                    _mm256_max_epi16(key256(h[0]), key256(h[1])),
+                    _mm256_max_epi16(key256(h[2]), key256(h[3])),
                 );
                 let r =
                     _mm256_max_epu16(_mm256_max_epu16(h[0], h[1]), _mm256_max_epu16(h[2], h[3]));
@@ -461,19 +497,33 @@ impl V16 for Y {
             for (h, &v) in l3.iter().enumerate() {
                 let l4 = _mm256_max_epi16(v, _mm256_srli_epi32::<16>(v));
                 top = _mm256_max_epi16(top, _mm256_blend_epi16::<0b0101_0101>(low, l4));
-                let f = _mm256_slli_epi32::<16>(key(l4));
+                let f = _mm256_slli_epi32::<16>(key256(l4));
                 let m = _mm256_permutevar8x32_epi32(f, order);
                 _mm256_storeu_si256(bmax.as_mut_ptr().add(g * GROUP + 8 * h).cast(), m);
             }
         }
-        let (mut t, mut r) = ([0i16; 16], [0u16; 16]);
-        _mm256_storeu_si256(t.as_mut_ptr().cast(), top);
-        _mm256_storeu_si256(r.as_mut_ptr().cast(), raw);
-        let acc = (
-            t.iter().copied().fold(i16::MIN, i16::max),
-            r.iter().copied().fold(0, u16::max),
-        );
-        prims::scan_bf16_blocks(x, groups * GROUP, bmax, acc)
+        prims::scan_bf16_blocks(x, groups * GROUP, bmax, fold_keys::<_, 16>(top, raw))
+    }
+    #[inline(always)]
+    unsafe fn max_bf16(x: &[u16]) -> (f32, bool) {
+        let (mut t0, mut t1) = (_mm256_set1_epi16(i16::MIN), _mm256_set1_epi16(i16::MIN));
+        let (mut r0, mut r1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let pairs = x.len() / 32;
+        for i in 0..pairs {
+            let p = x.as_ptr().add(32 * i);
+            let (h0, h1) = (
+                _mm256_loadu_si256(p.cast()),
+                _mm256_loadu_si256(p.add(16).cast()),
+            );
+            t0 = _mm256_max_epi16(t0, key256(h0));
+            t1 = _mm256_max_epi16(t1, key256(h1));
+            r0 = _mm256_max_epu16(r0, h0);
+            r1 = _mm256_max_epu16(r1, h1);
+        }
+        let (top, raw) = (_mm256_max_epi16(t0, t1), _mm256_max_epu16(r0, r1));
+        let (t, r) = fold_keys::<_, 16>(top, raw);
+        let (tr, rr) = prims::bf16_top_key(&x[pairs * 32..]);
+        prims::bf16_row(x.len(), t.max(tr), r.max(rr))
     }
 }
 
@@ -940,6 +990,9 @@ macro_rules! entry_points {
             /// The CPU must support the features of this ISA.
             #[target_feature(enable = $features)]
             pub unsafe fn max<T: Elem>(x: &[T]) -> (f32, bool) {
+                if let Some(h) = bf16_bits(x) {
+                    return <$v>::max_bf16(h);
+                }
                 max_k::<$v, T>(x)
             }
 
