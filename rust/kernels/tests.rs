@@ -1913,6 +1913,15 @@ fn scan_gives_the_portable_bits_on_every_level() {
             );
         }
     }
+    // A row maximum of zero whose first zero block (21: group 1, position 5) lies after a zero
+    // block at a lower position of a later group (34: group 2, position 2): the sign of the first
+    // one counts, whichever order the SIMD levels keep their running maxima in.
+    for (first, later) in [(-0.0f32, 0.0f32), (0.0, -0.0)] {
+        let mut x = vec![-1.0f32; 64 * 16 * 3 + 40];
+        x[21 * 64 + 7] = first;
+        x[34 * 64 + 50] = later;
+        check(&x, "f32 zero row maximum");
+    }
 }
 
 /// Long-tailed rows, whose nucleus reaches deep into a large bulk (the heaviest block maxima do

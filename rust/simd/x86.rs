@@ -57,6 +57,9 @@ trait V16: Copy {
     unsafe fn scan_bf16(x: &[u16], bmax: &mut [f32]) -> (f32, bool);
     /// `prims::max` of a bfloat16 row, by order keys.
     unsafe fn max_bf16(x: &[u16]) -> (f32, bool);
+    /// `self`, held in registers at this point of the program: a scheduling fence that keeps
+    /// the compiler from hoisting the loads of later blocks above it (which spills them).
+    unsafe fn settle(self) -> Self;
 }
 
 /// bfloat16 bits to order keys and back (`prims::bf16_key`, an involution), 32 lanes.
@@ -104,6 +107,13 @@ struct Z(__m512);
 
 impl V16 for Z {
     type M = __mmask16;
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn settle(self) -> Self {
+        let mut v = self.0;
+        std::arch::asm!("/* {0} */", inout(zmm_reg) v, options(nomem, nostack, preserves_flags));
+        Z(v)
+    }
     #[inline(always)]
     unsafe fn first_eq(self, o: Self) -> Option<usize> {
         let m = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(self.0, o.0);
@@ -332,6 +342,18 @@ unsafe fn round8(v: __m256) -> __m256 {
 }
 
 impl V16 for Y {
+    #[inline]
+    #[target_feature(enable = "avx")]
+    unsafe fn settle(self) -> Self {
+        let (mut a, mut b) = (self.0, self.1);
+        std::arch::asm!(
+            "/* {0} {1} */",
+            inout(ymm_reg) a,
+            inout(ymm_reg) b,
+            options(nomem, nostack, preserves_flags)
+        );
+        Y(a, b)
+    }
     type M = __m256;
     #[inline(always)]
     unsafe fn first_eq(self, o: Self) -> Option<usize> {
@@ -567,12 +589,16 @@ unsafe fn scan_groups_k<V: V16, T: Elem>(
     const _: () = assert!(BLOCK == 4 * LANES, "a block is four vectors");
     // The check for NaN and +inf: see `sum_is_bad`.
     let mut chk = V::splat(0.0);
-    let mut row_max = f32::NEG_INFINITY;
+    // The running maximum of each block position (lane j: blocks j, j + 16, ...).
+    let mut run = V::splat(f32::NEG_INFINITY);
     // Sixteen full blocks at a time, their maxima reduced together.
     let groups = x.len() / (GROUP * BLOCK);
     for g in 0..groups {
         let base = x.as_ptr().add(g * GROUP * BLOCK);
-        let mut acc = [V::splat(f32::NEG_INFINITY); GROUP];
+        // Every entry is written below (the first of equal values kept in each lane, as
+        // `prims::block_max` from its `-inf` start), block by block: `settle` keeps each
+        // block's loads next to their use.
+        let mut acc = [chk; GROUP];
         for (b, a) in acc.iter_mut().enumerate() {
             let p = base.add(b * BLOCK);
             let v = [
@@ -581,16 +607,17 @@ unsafe fn scan_groups_k<V: V16, T: Elem>(
                 V::load(p.add(2 * LANES)),
                 V::load(p.add(3 * LANES)),
             ];
-            *a = v[3].max(v[2].max(v[1].max(v[0].max(*a))));
-            chk = chk.add(v[0].add(v[1]).add(v[2].add(v[3])));
+            chk = chk.add(v[0].add(v[1]).add(v[2].add(v[3]))).settle();
+            *a = v[3].max(v[2].max(v[1].max(v[0]))).settle();
         }
         let out = &mut bmax[g * GROUP..(g + 1) * GROUP];
-        V::max16(&acc).store(out.as_mut_ptr());
-        for &m in out.iter() {
-            row_max = if m > row_max { m } else { row_max };
-        }
-        after(g, g * GROUP, out, row_max);
+        let maxima = V::max16(&acc);
+        maxima.store(out.as_mut_ptr());
+        // Lane by lane: no chain of sixteen scalar compares per group.
+        run = maxima.max(run);
+        after(g, g * GROUP, out, run.reduce_max());
     }
+    let mut row_max = run.reduce_max();
     let done = groups * GROUP;
     for (blk, bm) in x[done * BLOCK..].chunks(BLOCK).zip(bmax[done..].iter_mut()) {
         let mut acc = V::splat(f32::NEG_INFINITY);
@@ -612,6 +639,13 @@ unsafe fn scan_groups_k<V: V16, T: Elem>(
     }
     if done < bmax.len() {
         after(groups, done, &bmax[done..], row_max);
+    }
+    if row_max == 0.0 {
+        // Which zero: the first block maximum equal to the row maximum, as `prims::scan_portable`
+        // folds them (the lane-wise maxima above keep either zero).
+        row_max = bmax
+            .iter()
+            .fold(f32::NEG_INFINITY, |r, &m| if m > r { m } else { r });
     }
     (row_max, sum_is_bad(chk))
 }
