@@ -175,6 +175,7 @@ fn logprobs_of<T: Elem>(
                 n.min(s.x.len()),
                 &mut scr.sel,
                 &mut scr.ids,
+                &mut scr.keys,
                 &mut list,
             );
             let t: Vec<Cand> = list.iter().copied().filter(|c| c.v >= *thr).collect();

@@ -261,7 +261,15 @@ pub fn top_k<T: Elem>(
         let mut bmax = std::mem::take(&mut scr.bmax);
         let res = pipeline::scan(row, &mut bmax).map(|s| {
             let mut list = std::mem::take(&mut scr.cands);
-            select::top_k(row, s.bmax, k, &mut scr.sel, &mut scr.ids, &mut list);
+            select::top_k(
+                row,
+                s.bmax,
+                k,
+                &mut scr.sel,
+                &mut scr.ids,
+                &mut scr.keys,
+                &mut list,
+            );
             o.copy_from_slice(&list);
             scr.cands = list;
         });
@@ -517,7 +525,15 @@ pub fn logprobs<T: Elem>(
             res.top_logprobs.clear();
             if top_n > 0 {
                 let mut list = std::mem::take(&mut scr.cands);
-                select::top_k(row, s.bmax, top_n, &mut scr.sel, &mut scr.ids, &mut list);
+                select::top_k(
+                    row,
+                    s.bmax,
+                    top_n,
+                    &mut scr.sel,
+                    &mut scr.ids,
+                    &mut scr.keys,
+                    &mut list,
+                );
                 res.top_ids.extend(list.iter().map(|c| i64::from(c.id)));
                 res.top_logprobs.extend(list.iter().map(|c| lp(c.v)));
                 scr.cands = list;

@@ -135,6 +135,8 @@ pub struct Scratch {
     pub cands: Vec<Cand>,
     /// Candidate ids.
     pub ids: Vec<u32>,
+    /// Rank keys of candidates.
+    pub keys: Vec<u64>,
     /// Token counts of the penalties.
     pub seen: super::penalties::TokenCounts,
     /// Candidate values.
@@ -353,7 +355,15 @@ fn from_order_key(k: i64) -> f32 {
 fn top_alive<T: Elem>(s: &Scanned<'_, T>, k: usize, thr: f32, scr: &mut Scratch) -> Vec<Cand> {
     let k = k.min(s.x.len());
     let mut out = std::mem::take(&mut scr.cands);
-    select::top_k(s.x, s.bmax, k, &mut scr.sel, &mut scr.ids, &mut out);
+    select::top_k(
+        s.x,
+        s.bmax,
+        k,
+        &mut scr.sel,
+        &mut scr.ids,
+        &mut scr.keys,
+        &mut out,
+    );
     let list: Vec<Cand> = out.iter().copied().filter(|c| c.v >= thr).collect();
     scr.cands = out;
     list
@@ -710,7 +720,7 @@ fn block_floor<T: Elem>(
     if sel.len() > FLOOR_BLOCKS {
         // The heaviest FLOOR_BLOCKS maxima, and any tied with the last of them (more maxima
         // only tighten the floor).
-        let kth = select::kth_largest(sel, FLOOR_BLOCKS, &mut scr.wts);
+        let kth = select::kth_largest(sel, FLOOR_BLOCKS, &mut scr.ids);
         sel.retain(|&b| b >= kth);
     }
     sel.sort_unstable_by(desc);

@@ -38,6 +38,13 @@ pub fn by_rank(a: &Cand, b: &Cand) -> Ordering {
         .then(a.id.cmp(&b.id))
 }
 
+/// An integer that sorts as [`by_rank`] (ascending key: larger value first, then lower id).
+#[inline(always)]
+#[must_use]
+pub fn rank_key(c: &Cand) -> u64 {
+    (value_rank(c.v) << 32) | u64::from(c.id)
+}
+
 /// Index of the first element equal to the row maximum `m` (ties go to the lowest index).
 #[must_use]
 pub fn argmax<T: Elem>(x: &[T], bmax: &[f32], m: f32) -> usize {
@@ -51,81 +58,116 @@ pub fn argmax<T: Elem>(x: &[T], bmax: &[f32], m: f32) -> usize {
 
 /// The `k` highest-ranked elements of the row, in rank order (`1 <= k <= x.len()`).
 ///
-/// `scratch` and `ids` are reused between calls to avoid allocation.
+/// `scratch`, `ids` and `keys` are reused between calls to avoid allocation.
 pub fn top_k<T: Elem>(
     x: &[T],
     bmax: &[f32],
     k: usize,
     scratch: &mut Vec<f32>,
     ids: &mut Vec<u32>,
+    keys: &mut Vec<u64>,
     out: &mut Vec<Cand>,
 ) {
     debug_assert!(k >= 1 && k <= x.len());
     out.clear();
     let thr = if k <= bmax.len() {
-        kth_largest(bmax, k, scratch)
+        kth_largest(bmax, k, ids)
     } else {
         f32::NEG_INFINITY
     };
-    if thr.is_finite() {
-        // Candidates by SIMD compress where available (values, in `scratch` now that the
-        // threshold is known, and ids apart), then paired.
-        scratch.clear();
-        ids.clear();
-        collect_range_soa(x, bmax, thr, f32::INFINITY, scratch, ids);
-        out.extend(
-            scratch
-                .iter()
-                .zip(ids.iter())
-                .map(|(&v, &id)| Cand { v, id }),
-        );
-    } else {
+    if !thr.is_finite() {
         collect_ge(x, bmax, thr, out);
+        if out.len() > k {
+            out.select_nth_unstable_by_key(k - 1, rank_key);
+            out.truncate(k);
+        }
+        out.sort_unstable_by_key(rank_key);
+        return;
     }
-    if out.len() > k {
-        out.select_nth_unstable_by(k - 1, by_rank);
-        out.truncate(k);
+    // Candidates by SIMD compress where available (values and ids apart, in index order), then
+    // ranked by integer keys: the rank of the value above the candidate's position (index
+    // order, so equal values keep the lower id first).
+    scratch.clear();
+    ids.clear();
+    collect_range_soa(x, bmax, thr, f32::INFINITY, scratch, ids);
+    keys.clear();
+    keys.extend(
+        scratch
+            .iter()
+            .zip(0u64..)
+            .map(|(&v, i)| (value_rank(v) << 32) | i),
+    );
+    if keys.len() > k {
+        keys.select_nth_unstable(k - 1);
+        keys.truncate(k);
     }
-    out.sort_unstable_by(by_rank);
+    keys.sort_unstable();
+    out.extend(keys.iter().map(|&key| {
+        let i = (key & 0xffff_ffff) as usize;
+        Cand {
+            v: scratch[i],
+            id: ids[i],
+        }
+    }));
+}
+
+/// A `u32` that orders values from the largest down (`-0.0` just after `0.0`, NaN excluded).
+#[inline(always)]
+fn desc_key(v: f32) -> u32 {
+    let b = v.to_bits() as i32;
+    !(((b ^ (((b >> 31) as u32) >> 1) as i32) as u32) ^ 0x8000_0000)
+}
+
+/// The inverse of [`desc_key`].
+#[inline(always)]
+fn from_desc_key(k: u32) -> f32 {
+    let o = (!k ^ 0x8000_0000) as i32;
+    f32::from_bits((o ^ (((o >> 31) as u32) >> 1) as i32) as u32)
+}
+
+/// [`desc_key`] with `-0.0` and `0.0` one key (a tie, as in [`by_rank`]).
+#[inline(always)]
+fn value_rank(v: f32) -> u64 {
+    u64::from(desc_key(v + 0.0))
 }
 
 /// Most values per group in [`kth_largest`].
 const GROUP: usize = 16;
 
-/// The `k`-th largest of `v` (`1 <= k <= v.len()`, no NaN).
+/// The `k`-th largest of `v` (`1 <= k <= v.len()`, no NaN; `-0.0` ranks just below `0.0`).
 ///
 /// When `v` holds at least `4k` values, the `k`-th largest of its group maxima (`k` distinct
 /// values of `v`) is a lower bound of the answer, so only the values that reach it need a
 /// selection. With `g` values per group (up to [`GROUP`], and at least `2k` groups), group `j`
 /// holds `v[j]`, `v[j + w]`, `v[j + 2w]`, ... (`w = ceil(len / g)`), so all maxima come from one
-/// vectorised pass.
-pub(crate) fn kth_largest(v: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
-    let desc = |a: &f32, b: &f32| b.partial_cmp(a).unwrap_or(Ordering::Equal);
+/// vectorised pass. The selections run on integer keys ([`desc_key`]) in `keys`.
+pub fn kth_largest(v: &[f32], k: usize, keys: &mut Vec<u32>) -> f32 {
     let g = (v.len() / (2 * k)).min(GROUP);
+    keys.clear();
     if g >= 2 {
-        strided_group_maxima(v, g, scratch);
-        let (_, bound, _) = scratch.select_nth_unstable_by(k - 1, desc);
-        let bound = *bound;
-        scratch.clear();
-        for_live_blocks(v, Live::Ge(bound), |i| scratch.push(v[i]));
+        strided_group_keys(v, g, keys);
+        let (_, bound, _) = keys.select_nth_unstable(k - 1);
+        // Every value numerically `>=` the bound: all those ranked up to it, and more.
+        let bound = from_desc_key(*bound);
+        keys.clear();
+        for_live_blocks(v, Live::Ge(bound), |i| keys.push(desc_key(v[i])));
     } else {
-        scratch.clear();
-        scratch.extend_from_slice(v);
+        keys.extend(v.iter().map(|&e| desc_key(e)));
     }
-    let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, desc);
-    *kth
+    let (_, kth, _) = keys.select_nth_unstable(k - 1);
+    from_desc_key(*kth)
 }
 
 crate::simd::multiversion! {
-    /// `out[j] = max(v[j], v[j + w], v[j + 2w], ...)` for `j < w = ceil(len / g)` (`g >= 1`).
-    pub fn strided_group_maxima<T: Elem>(v: &[T], g: usize, out: &mut Vec<f32>) -> () {
+    /// `out[j] = min(key(v[j]), key(v[j + w]), ...)` ([`desc_key`]: the key of the maximum) for
+    /// `j < w = ceil(len / g)` (`g >= 1`).
+    pub fn strided_group_keys<T: Elem>(v: &[T], g: usize, out: &mut Vec<u32>) -> () {
         let w = v.len().div_ceil(g);
         out.clear();
-        out.extend(v[..w].iter().map(|e| e.to_f32()));
+        out.extend(v[..w].iter().map(|e| desc_key(e.to_f32())));
         for row in v[w..].chunks(w) {
             for (o, e) in out.iter_mut().zip(row) {
-                let x = e.to_f32();
-                *o = if x > *o { x } else { *o };
+                *o = (*o).min(desc_key(e.to_f32()));
             }
         }
     }
@@ -214,6 +256,17 @@ mod tests {
             let mut sorted = v.clone();
             sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
             prop_assert_eq!(kth_largest(&v, k, &mut Vec::new()), sorted[k - 1]);
+        }
+
+        #[test]
+        fn rank_keys_sort_as_by_rank(
+            a in prop_oneof![any::<f32>().prop_filter("no NaN", |v| !v.is_nan()), Just(0.0f32), Just(-0.0f32), Just(f32::INFINITY), Just(f32::NEG_INFINITY)],
+            b in prop_oneof![any::<f32>().prop_filter("no NaN", |v| !v.is_nan()), Just(0.0f32), Just(-0.0f32), Just(f32::INFINITY), Just(f32::NEG_INFINITY)],
+            ia in 0u32..4,
+            ib in 0u32..4,
+        ) {
+            let (ca, cb) = (Cand { v: a, id: ia }, Cand { v: b, id: ib });
+            prop_assert_eq!(rank_key(&ca).cmp(&rank_key(&cb)), by_rank(&ca, &cb));
         }
     }
 }
