@@ -876,6 +876,20 @@ mod tests {
                 assert_eq!(run(), want, "level {level:?}, len {len}");
             }
         }
+        // A zero row maximum whose first zero block (1, group 0) and a later one of the
+        // other sign (8, a lower position of the tree that reduces a group) disagree: the
+        // group references of the fused scans and the row maximum keep the first one's sign.
+        for (first, later) in [(-0.0f32, 0.0f32), (0.0, -0.0)] {
+            let mut x = vec![-1.0f32; 2 * GROUP * BLOCK + 40];
+            x[BLOCK] = first;
+            x[8 * BLOCK] = later;
+            set_level(Level::Scalar);
+            let want = run_all(&x);
+            for level in available() {
+                set_level(level);
+                assert_eq!(run_all(&x), want, "level {level:?}, zero maximum {first}");
+            }
+        }
         set_level(available()[0]);
     }
 

@@ -574,10 +574,10 @@ fn tail<T: Elem>(part: &[T]) -> [f32; LANES] {
     buf
 }
 
-/// The block scan, group by group: fills `bmax`, folds the row maximum block by block (as
-/// `prims::scan_portable`) and calls `after(g, b0, maxima, r)` once group `g` ([`GROUP`] blocks
-/// from block `b0`, fewer at the end) is scanned, with `maxima` its block maxima and `r` the
-/// running maximum so far.
+/// The block scan, group by group: fills `bmax`, keeps the running maximum `r` (the bits of
+/// `prims::scan_portable`'s block-by-block fold, so a zero maximum has the sign of the first zero
+/// block maximum) and calls `after(g, b0, maxima, r)` once group `g` ([`GROUP`] blocks from
+/// block `b0`, fewer at the end) is scanned, with `maxima` its block maxima.
 /// Returns the row maximum and whether a NaN or `+inf` was seen.
 #[inline(always)]
 unsafe fn scan_groups_k<V: V16, T: Elem>(
@@ -589,15 +589,20 @@ unsafe fn scan_groups_k<V: V16, T: Elem>(
     const _: () = assert!(BLOCK == 4 * LANES, "a block is four vectors");
     // The check for NaN and +inf: see `sum_is_bad`.
     let mut chk = V::splat(0.0);
-    // The running maximum of each block position (lane j: blocks j, j + 16, ...).
+    // The running maximum of each block position (lane j: blocks j, j + 16, ...), folded lane
+    // by lane (no chain of sixteen scalar compares per group), and the running maximum `r`.
     let mut run = V::splat(f32::NEG_INFINITY);
+    let mut r = f32::NEG_INFINITY;
+    // The first zero block maximum, once the running maximum is zero (the lanes keep either
+    // zero; the portable fold keeps the first).
+    let mut zero = None;
     // Sixteen full blocks at a time, their maxima reduced together.
     let groups = x.len() / (GROUP * BLOCK);
     for g in 0..groups {
         let base = x.as_ptr().add(g * GROUP * BLOCK);
-        // Every entry is written below (the first of equal values kept in each lane, as
-        // `prims::block_max` from its `-inf` start), block by block: `settle` keeps each
-        // block's loads next to their use.
+        // Every entry is written below (in a row without NaN, the first of equal values kept in
+        // each lane, as `prims::block_max` from its `-inf` start), block by block: `settle`
+        // keeps each block's loads next to their use.
         let mut acc = [chk; GROUP];
         for (b, a) in acc.iter_mut().enumerate() {
             let p = base.add(b * BLOCK);
@@ -613,11 +618,15 @@ unsafe fn scan_groups_k<V: V16, T: Elem>(
         let out = &mut bmax[g * GROUP..(g + 1) * GROUP];
         let maxima = V::max16(&acc);
         maxima.store(out.as_mut_ptr());
-        // Lane by lane: no chain of sixteen scalar compares per group.
         run = maxima.max(run);
-        after(g, g * GROUP, out, run.reduce_max());
+        r = run.reduce_max();
+        if r == 0.0 {
+            // Earlier groups all topped out below zero: the first zero block is in this one.
+            r = *zero.get_or_insert_with(|| out.iter().copied().find(|&m| m == 0.0).unwrap_or(r));
+        }
+        after(g, g * GROUP, out, r);
     }
-    let mut row_max = run.reduce_max();
+    let mut row_max = r;
     let done = groups * GROUP;
     for (blk, bm) in x[done * BLOCK..].chunks(BLOCK).zip(bmax[done..].iter_mut()) {
         let mut acc = V::splat(f32::NEG_INFINITY);
@@ -639,13 +648,6 @@ unsafe fn scan_groups_k<V: V16, T: Elem>(
     }
     if done < bmax.len() {
         after(groups, done, &bmax[done..], row_max);
-    }
-    if row_max == 0.0 {
-        // Which zero: the first block maximum equal to the row maximum, as `prims::scan_portable`
-        // folds them (the lane-wise maxima above keep either zero).
-        row_max = bmax
-            .iter()
-            .fold(f32::NEG_INFINITY, |r, &m| if m > r { m } else { r });
     }
     (row_max, sum_is_bad(chk))
 }
