@@ -364,7 +364,8 @@ fn top_alive<T: Elem>(s: &Scanned<'_, T>, k: usize, thr: f32, scr: &mut Scratch)
         &mut scr.keys,
         &mut out,
     );
-    let list: Vec<Cand> = out.iter().copied().filter(|c| c.v >= thr).collect();
+    let mut list = Vec::with_capacity(out.len());
+    list.extend(out.iter().copied().filter(|c| c.v >= thr));
     scr.cands = out;
     list
 }
