@@ -640,10 +640,10 @@ fn direct_kind(arr: &Bound<'_, PyUntypedArray>) -> Option<u8> {
 
 /// `sample` in one call when its fast path applies, else `None` (the Python layer then takes
 /// its own path): an exact float32, float16 or (registered) bfloat16 ndarray, C-contiguous and
-/// aligned, of one or two dimensions and a non-empty last one; exact `float` temperature, top-p and min-p; exact `int` top-k and
-/// min-keep (within int64) and step (within uint64); an exact `str` order; a seed that is an
-/// exact `int` in `[0, 2**64)`, a uint64 ndarray, or `None` for a greedy call. Returns the
-/// token (an `int`) of a 1-D row or the int64 array of a batch.
+/// aligned, of one or two dimensions and a non-empty last one; exact `float` temperature, top-p
+/// and min-p; exact `int` top-k and min-keep (within int64) and step (within uint64); an exact
+/// `str` order; a seed that is an exact `int` in `[0, 2**64)`, a uint64 ndarray, or `None` for a
+/// greedy call. Returns the token (an `int`) of a 1-D row or the int64 array of a batch.
 #[pyfunction]
 #[pyo3(signature = (logits, temperature, top_k, top_p, min_p, min_keep, order, seed, step))]
 #[allow(clippy::too_many_arguments)]

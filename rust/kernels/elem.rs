@@ -112,6 +112,22 @@ pub fn bf16_key(h: u16) -> i16 {
     s ^ ((s >> 15) & 0x7fff)
 }
 
+/// The order key of an `f32`: an `i32` ordered as the values are (NaN aside), with `-0 < +0`.
+/// Its own inverse (the sign bit is kept, the rest of a negative value's bits flipped).
+#[inline(always)]
+#[must_use]
+pub fn f32_key(v: f32) -> i32 {
+    let b = v.to_bits() as i32;
+    b ^ (((b >> 31) as u32) >> 1) as i32
+}
+
+/// The value of an [`f32_key`].
+#[inline(always)]
+#[must_use]
+pub fn f32_of_key(k: i32) -> f32 {
+    f32::from_bits((k ^ (((k >> 31) as u32) >> 1) as i32) as u32)
+}
+
 /// The key of `+inf`: keys at or above it are `+inf` or a positive NaN.
 pub const BF16_KEY_INF: i16 = 0x7f80;
 /// Bits above `-inf` (`0xff80`) in unsigned order are negative NaNs.

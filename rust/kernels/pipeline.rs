@@ -10,7 +10,7 @@
 //!
 //! Weights are `e^((v - v_max) * scale)` computed by [`prims::exp2_neg`] and summed in `f64`.
 
-use super::elem::Elem;
+use super::elem::{f32_key, f32_of_key, Elem};
 use super::prims::{self, n_blocks, BLOCK};
 use super::select::{self, Cand};
 use crate::error::KernelError;
@@ -339,16 +339,14 @@ fn min_p_threshold(vmax: f32, fs: f64, ln_min_p: f64) -> f32 {
     from_order_key(hi)
 }
 
-/// An integer that orders finite `f32` values as numbers (`-0.0` just below `0.0`).
+/// [`f32_key`] widened, so that the bisection's midpoints cannot overflow.
 fn order_key(v: f32) -> i64 {
-    let b = v.to_bits() as i32;
-    i64::from(b ^ (((b >> 31) as u32) >> 1) as i32)
+    i64::from(f32_key(v))
 }
 
 /// The inverse of [`order_key`].
 fn from_order_key(k: i64) -> f32 {
-    let k = k as i32;
-    f32::from_bits((k ^ (((k >> 31) as u32) >> 1) as i32) as u32)
+    f32_of_key(k as i32)
 }
 
 /// The top `k` tokens with `logit >= thr` (`k` clamped to `V`).

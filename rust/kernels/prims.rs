@@ -240,14 +240,28 @@ pub fn scan_bf16_blocks(x: &[u16], done: usize, bmax: &mut [f32], acc: (i16, u16
     bf16_row(x.len(), top, raw)
 }
 
-/// [`max`] in portable code (bfloat16 rows by order keys, as [`scan`]).
+/// [`max`] in portable code (bfloat16 rows by order keys, as [`scan`]; no block maxima kept).
 fn max_portable<T: Elem>(x: &[T]) -> (f32, bool) {
     if let Some(h) = bf16_bits(x) {
         let (top, raw) = bf16_top_key(h);
         return bf16_row(h.len(), top, raw);
     }
-    let mut bmax = vec![0.0; n_blocks(x.len())];
-    scan_portable(x, &mut bmax)
+    fold_blocks(x, |_, _| {})
+}
+
+/// The block maxima of a float32 or float16 row in order, each passed to `each(b, max)`, folded
+/// into the row maximum (the first of equal maxima kept); and whether a NaN or `+inf` was seen.
+#[inline(always)]
+fn fold_blocks<T: Elem>(x: &[T], mut each: impl FnMut(usize, f32)) -> (f32, bool) {
+    // `bad` lanes stay 0 unless an element is NaN or +inf; checked once per row.
+    let mut bad = [0u32; LANES];
+    let mut row_max = f32::NEG_INFINITY;
+    for (b, blk) in x.chunks(BLOCK).enumerate() {
+        let m = block_max(blk, &mut bad);
+        each(b, m);
+        row_max = if m > row_max { m } else { row_max };
+    }
+    (row_max, bad.iter().any(|&b| b != 0))
 }
 
 multiversion! {
@@ -256,15 +270,7 @@ multiversion! {
         if let Some(h) = bf16_bits(x) {
             return scan_bf16_blocks(h, 0, bmax, (i16::MIN, 0));
         }
-        // `bad` lanes stay 0 unless an element is NaN or +inf; checked once per row.
-        let mut bad = [0u32; LANES];
-        let mut row_max = f32::NEG_INFINITY;
-        for (blk, bm) in x.chunks(BLOCK).zip(bmax.iter_mut()) {
-            let m = block_max(blk, &mut bad);
-            *bm = m;
-            row_max = if m > row_max { m } else { row_max };
-        }
-        (row_max, bad.iter().any(|&b| b != 0))
+        fold_blocks(x, |b, m| bmax[b] = m)
     }
 }
 

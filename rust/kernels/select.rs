@@ -9,7 +9,7 @@
 
 use std::cmp::Ordering;
 
-use super::elem::{Elem, Storage};
+use super::elem::{f32_key, f32_of_key, Elem, Storage};
 use super::prims::{self, for_live_blocks, Live, BLOCK};
 
 /// A token and its logit.
@@ -111,18 +111,17 @@ pub fn top_k<T: Elem>(
     }));
 }
 
-/// A `u32` that orders values from the largest down (`-0.0` just after `0.0`, NaN excluded).
+/// A `u32` that orders values from the largest down ([`f32_key`] made unsigned and reversed:
+/// `-0.0` just after `0.0`, NaN excluded).
 #[inline(always)]
 fn desc_key(v: f32) -> u32 {
-    let b = v.to_bits() as i32;
-    !(((b ^ (((b >> 31) as u32) >> 1) as i32) as u32) ^ 0x8000_0000)
+    !(f32_key(v) as u32 ^ 0x8000_0000)
 }
 
 /// The inverse of [`desc_key`].
 #[inline(always)]
 fn from_desc_key(k: u32) -> f32 {
-    let o = (!k ^ 0x8000_0000) as i32;
-    f32::from_bits((o ^ (((o >> 31) as u32) >> 1) as i32) as u32)
+    f32_of_key((!k ^ 0x8000_0000) as i32)
 }
 
 /// [`desc_key`] with `-0.0` and `0.0` one key (a tie, as in [`by_rank`]).
@@ -141,7 +140,7 @@ const GROUP: usize = 16;
 /// selection. With `g` values per group (up to [`GROUP`], and at least `2k` groups), group `j`
 /// holds `v[j]`, `v[j + w]`, `v[j + 2w]`, ... (`w = ceil(len / g)`), so all maxima come from one
 /// vectorised pass. The selections run on integer keys ([`desc_key`]) in `keys`.
-pub fn kth_largest(v: &[f32], k: usize, keys: &mut Vec<u32>) -> f32 {
+pub(crate) fn kth_largest(v: &[f32], k: usize, keys: &mut Vec<u32>) -> f32 {
     let g = (v.len() / (2 * k)).min(GROUP);
     keys.clear();
     if g >= 2 {

@@ -603,7 +603,7 @@ unsafe fn scan_groups_k<V: V16, T: Elem>(
         // Every entry is written below (in a row without NaN, the first of equal values kept in
         // each lane, as `prims::block_max` from its `-inf` start), block by block: `settle`
         // keeps each block's loads next to their use.
-        let mut acc = [chk; GROUP];
+        let mut acc = [V::splat(f32::NEG_INFINITY); GROUP];
         for (b, a) in acc.iter_mut().enumerate() {
             let p = base.add(b * BLOCK);
             let v = [
