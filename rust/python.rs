@@ -151,20 +151,30 @@ fn is_all<V>(p: &PerRow<V>) -> bool {
     matches!(p, PerRow::All(_))
 }
 
-/// Reads one token list: an integer array or a sequence of ints.
-fn token_row(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
-    if obj.cast::<PyArray1<i64>>().is_ok() {
-        let a = read::<i64, Ix1>(obj, name)?;
-        return Ok(a.as_array().to_vec());
+/// Reads one token list, an integer array or a sequence of ints, into `lists` (its ids checked
+/// against `vocab`).
+fn token_row(
+    obj: &Bound<'_, PyAny>,
+    name: &'static str,
+    vocab: usize,
+    lists: &mut TokenLists,
+) -> PyResult<()> {
+    // Integer arrays are read in place (a copy only when strided).
+    macro_rules! array_of {
+        ($t:ty) => {
+            if obj.cast::<PyArray1<$t>>().is_ok() {
+                let a = read::<$t, Ix1>(obj, name)?;
+                let pushed = match a.as_slice() {
+                    Ok(ids) => lists.push_row(name, ids, vocab),
+                    Err(_) => lists.push_row(name, &a.as_array().to_vec(), vocab),
+                };
+                return pushed.map_err(value_error);
+            }
+        };
     }
-    if obj.cast::<PyArray1<i32>>().is_ok() {
-        let a = read::<i32, Ix1>(obj, name)?;
-        return Ok(a.as_array().iter().map(|&v| i64::from(v)).collect());
-    }
-    if obj.cast::<PyArray1<u32>>().is_ok() {
-        let a = read::<u32, Ix1>(obj, name)?;
-        return Ok(a.as_array().iter().map(|&v| i64::from(v)).collect());
-    }
+    array_of!(i64);
+    array_of!(i32);
+    array_of!(u32);
     if obj.hasattr("dtype")? {
         let dtype = obj.getattr("dtype")?.str()?.to_string();
         let ndim: usize = obj.getattr("ndim")?.extract()?;
@@ -175,7 +185,7 @@ fn token_row(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
         }
         // An empty array holds no ids whatever its dtype (`np.array([])` is float64).
         if obj.getattr("size")?.extract::<usize>()? == 0 {
-            return Ok(Vec::new());
+            return lists.push_row::<i64>(name, &[], vocab).map_err(value_error);
         }
         if !["int8", "int16", "uint8", "uint16", "uint64"].contains(&dtype.as_str()) {
             return Err(PyTypeError::new_err(format!(
@@ -193,9 +203,9 @@ fn token_row(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
         }
         let np = obj.py().import("numpy")?;
         let a = np.call_method1("asarray", (obj, "int64"))?;
-        return token_row(&a, name);
+        return token_row(&a, name, vocab, lists);
     }
-    obj.extract::<Vec<i64>>().map_err(|_| {
+    let ids = obj.extract::<Vec<i64>>().map_err(|_| {
         // A sequence of ints, one of them beyond int64, holds an id out of range.
         let big = obj.try_iter().ok().and_then(|items| {
             items
@@ -206,7 +216,8 @@ fn token_row(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
             Some(t) => PyValueError::new_err(format!("{name}: token id {t} is out of range")),
             None => PyTypeError::new_err(format!("{name}: token ids must be integers")),
         }
-    })
+    })?;
+    lists.push_row(name, &ids, vocab).map_err(value_error)
 }
 
 /// Reads token lists: `None`, one list (for one row), or a sequence of `rows` lists.
@@ -220,27 +231,28 @@ fn token_lists(
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
         return Ok(TokenLists::empty(rows));
     };
-    let lists = if one_row {
-        vec![token_row(obj, name)?]
-    } else {
-        // A sequence of rows, or a 2-D integer array (one row of ids per logits row).
-        let is_2d = obj.hasattr("ndim")? && obj.getattr("ndim")?.extract::<usize>().ok() == Some(2);
-        if !is_2d && obj.cast::<PySequence>().is_err() {
-            return Err(PyTypeError::new_err(format!(
-                "{name}: must be a sequence of {rows} token arrays"
-            )));
-        }
-        let n = obj.len()?;
-        if n != rows {
-            return Err(PyValueError::new_err(format!(
-                "{name}: has {n} token lists for {rows} rows"
-            )));
-        }
-        (0..n)
-            .map(|i| token_row(&obj.get_item(i)?, name))
-            .collect::<PyResult<Vec<_>>>()?
-    };
-    TokenLists::new(name, lists, vocab).map_err(value_error)
+    let mut lists = TokenLists::empty(0);
+    if one_row {
+        token_row(obj, name, vocab, &mut lists)?;
+        return Ok(lists);
+    }
+    // A sequence of rows, or a 2-D integer array (one row of ids per logits row).
+    let is_2d = obj.hasattr("ndim")? && obj.getattr("ndim")?.extract::<usize>().ok() == Some(2);
+    if !is_2d && obj.cast::<PySequence>().is_err() {
+        return Err(PyTypeError::new_err(format!(
+            "{name}: must be a sequence of {rows} token arrays"
+        )));
+    }
+    let n = obj.len()?;
+    if n != rows {
+        return Err(PyValueError::new_err(format!(
+            "{name}: has {n} token lists for {rows} rows"
+        )));
+    }
+    for i in 0..n {
+        token_row(&obj.get_item(i)?, name, vocab, &mut lists)?;
+    }
+    Ok(lists)
 }
 
 fn bias_row(obj: &Bound<'_, PyAny>, vocab: usize, row: Option<usize>) -> PyResult<Bias> {

@@ -49,23 +49,42 @@ impl TokenLists {
     /// # Errors
     /// [`KernelError::InvalidParam`] naming `name` and the row.
     pub fn new(name: &'static str, rows: Vec<Vec<i64>>, vocab: usize) -> Result<Self, KernelError> {
-        let mut ids = Vec::with_capacity(rows.iter().map(Vec::len).sum());
-        let mut offsets = Vec::with_capacity(rows.len() + 1);
-        offsets.push(0);
-        for (r, row) in rows.iter().enumerate() {
-            for &t in row {
-                if t < 0 || t as u64 >= vocab as u64 {
-                    return Err(KernelError::param(
-                        name,
-                        Some(r),
-                        format!("token id {t} is outside [0, {vocab})"),
-                    ));
-                }
-                ids.push(t as u32);
-            }
-            offsets.push(ids.len());
+        let mut lists = Self::empty(0);
+        lists.ids.reserve(rows.iter().map(Vec::len).sum());
+        for row in &rows {
+            lists.push_row(name, row, vocab)?;
         }
-        Ok(Self { ids, offsets })
+        Ok(lists)
+    }
+
+    /// Appends one row of ids after checking that every id is in `[0, vocab)`.
+    ///
+    /// # Errors
+    /// [`KernelError::InvalidParam`] naming `name`, the new row and its first id out of range
+    /// (nothing is appended then).
+    pub fn push_row<I: Copy + Into<i64>>(
+        &mut self,
+        name: &'static str,
+        row: &[I],
+        vocab: usize,
+    ) -> Result<(), KernelError> {
+        // One branch-free pass checks the row (a negative id is a huge `u64`); only a bad row
+        // looks for the id to name.
+        let in_range = |t: I| (t.into() as u64) < vocab as u64;
+        if !row.iter().fold(true, |ok, &t| ok & in_range(t)) {
+            let bad = row
+                .iter()
+                .map(|&t| t.into())
+                .find(|&t| (t as u64) >= vocab as u64);
+            return Err(KernelError::param(
+                name,
+                Some(self.rows()),
+                format!("token id {} is outside [0, {vocab})", bad.unwrap_or(-1)),
+            ));
+        }
+        self.ids.extend(row.iter().map(|&t| t.into() as u32));
+        self.offsets.push(self.ids.len());
+        Ok(())
     }
 
     /// No tokens for `rows` rows.
