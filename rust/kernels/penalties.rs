@@ -58,6 +58,8 @@ pub struct TokenCounts {
     slot: Vec<u32>,
     ids: Vec<u32>,
     counts: Vec<u32>,
+    /// The logits of `ids`, gathered for [`penalize`].
+    vals: Vec<f32>,
 }
 
 impl TokenCounts {
@@ -70,36 +72,28 @@ impl TokenCounts {
         self.counts.clear();
     }
 
-    /// Adds one occurrence of every token of `tokens`.
-    fn add(&mut self, tokens: &[u32]) {
+    /// Adds `inc` occurrences of every token of `tokens` (a token not in the set yet enters it
+    /// with a count of `inc`, so `inc = 0` only marks tokens as seen).
+    fn add(&mut self, tokens: &[u32], inc: u32) {
+        // The new ids go to room made in advance, counted in a local: the loop keeps the length
+        // in a register rather than in the vectors.
+        let mut n = self.ids.len();
+        self.ids.resize(n + tokens.len(), 0);
+        self.counts.resize(n + tokens.len(), 0);
+        let (slot, ids, counts) = (&mut self.slot[..], &mut self.ids[..], &mut self.counts[..]);
         for &t in tokens {
-            match self.find(t) {
-                Some(s) => self.counts[s] += 1,
-                None => self.insert(t, 1),
+            let s = slot[t as usize] as usize;
+            if s < n && ids[s] == t {
+                counts[s] += inc;
+            } else {
+                slot[t as usize] = n as u32;
+                ids[n] = t;
+                counts[n] = inc;
+                n += 1;
             }
         }
-    }
-
-    /// Adds every token of `tokens` that is not in the set yet, with a count of 0.
-    fn mark(&mut self, tokens: &[u32]) {
-        for &t in tokens {
-            if self.find(t).is_none() {
-                self.insert(t, 0);
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn find(&self, t: u32) -> Option<usize> {
-        let s = self.slot[t as usize] as usize;
-        (s < self.ids.len() && self.ids[s] == t).then_some(s)
-    }
-
-    #[inline(always)]
-    fn insert(&mut self, t: u32, count: u32) {
-        self.slot[t as usize] = self.ids.len() as u32;
-        self.ids.push(t);
-        self.counts.push(count);
+        self.ids.truncate(n);
+        self.counts.truncate(n);
     }
 }
 
@@ -121,19 +115,39 @@ pub fn apply_penalties(
         return;
     }
     seen.clear(row.len());
-    seen.add(output);
+    seen.add(output, 1);
     if rep {
-        seen.mark(prompt);
+        seen.add(prompt, 0);
     }
-    let r = p.repetition;
-    for (&t, &c) in seen.ids.iter().zip(&seen.counts) {
-        let z = &mut row[t as usize];
-        if rep {
-            let v = f64::from(*z);
-            *z = settle(*z, if v > 0.0 { v / r } else { v * r });
-        }
-        if counted && c > 0 {
-            *z = settle(*z, f64::from(*z) - f64::from(c) * p.frequency - p.presence);
+    // Gathered, updated in one vectorised pass (selects instead of branches: signs and counts
+    // follow no pattern), and written back.
+    let TokenCounts {
+        ids, counts, vals, ..
+    } = seen;
+    vals.clear();
+    vals.extend(ids.iter().map(|&t| row[t as usize]));
+    penalize(vals, counts, p, rep, counted);
+    for (&t, &y) in ids.iter().zip(vals.iter()) {
+        row[t as usize] = y;
+    }
+}
+
+crate::simd::multiversion! {
+    /// [`apply_penalties`] on gathered logits: repetition (when `rep`), then frequency and
+    /// presence for a count above 0 (when `counted`), each step rounded by [`settle`].
+    pub fn penalize(vals: &mut [f32], counts: &[u32], p: &Penalties, rep: bool, counted: bool) -> () {
+        let (r, freq, pres) = (p.repetition, p.frequency, p.presence);
+        for (z, &c) in vals.iter_mut().zip(counts) {
+            let mut y = *z;
+            if rep {
+                let v = f64::from(y);
+                y = settle(y, if v > 0.0 { v / r } else { v * r });
+            }
+            if counted {
+                let w = settle(y, f64::from(y) - f64::from(c) * freq - pres);
+                y = if c > 0 { w } else { y };
+            }
+            *z = y;
         }
     }
 }
@@ -175,5 +189,85 @@ mod tests {
         );
         assert_eq!(row[0].to_bits(), (-0.0f32).to_bits());
         assert_eq!(row[1], 1.5);
+    }
+
+    /// The definition token by token, in plain code.
+    fn by_definition(row: &mut [f32], prompt: &[u32], output: &[u32], p: &Penalties) {
+        let mut ids: Vec<u32> = output.iter().chain(prompt).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for t in ids {
+            let z = &mut row[t as usize];
+            let c = output.iter().filter(|&&o| o == t).count();
+            if p.repetition != 1.0 {
+                let v = f64::from(*z);
+                *z = settle(
+                    *z,
+                    if v > 0.0 {
+                        v / p.repetition
+                    } else {
+                        v * p.repetition
+                    },
+                );
+            }
+            if c > 0 && (p.frequency != 0.0 || p.presence != 0.0) {
+                *z = settle(*z, f64::from(*z) - c as f64 * p.frequency - p.presence);
+            }
+        }
+    }
+
+    #[test]
+    fn every_level_follows_the_definition_bit_for_bit() {
+        use crate::simd::{available, set_level, test_lock};
+        let _guard = test_lock();
+        let mut state = 99u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            state >> 33
+        };
+        let v = 300;
+        let specials = [
+            0.0f32,
+            -0.0,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -f32::MAX,
+            1e-30,
+            -1e-30,
+        ];
+        let row: Vec<f32> = (0..v)
+            .map(|i| match i % 10 {
+                0 => specials[(i / 10) % specials.len()],
+                _ => (next() as f32 / (1u64 << 31) as f32) * 40.0 - 20.0,
+            })
+            .collect();
+        let prompt: Vec<u32> = (0..150).map(|_| (next() % v as u64) as u32).collect();
+        let output: Vec<u32> = (0..200).map(|_| (next() % v as u64) as u32).collect();
+        let params = [
+            (1.3, 0.0, 0.0),
+            (0.7, 0.4, 0.25),
+            (1.0, -0.5, 1.5),
+            (1e-30, 0.0, 0.0),
+            (2.0, 1e38, -3e38),
+        ];
+        let mut seen = TokenCounts::default();
+        for (repetition, presence, frequency) in params {
+            let p = Penalties {
+                repetition,
+                presence,
+                frequency,
+            };
+            let mut want = row.clone();
+            by_definition(&mut want, &prompt, &output, &p);
+            for level in available() {
+                set_level(level);
+                let mut got = row.clone();
+                apply_penalties(&mut got, &prompt, &output, &p, &mut seen);
+                let bits = |r: &[f32]| r.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "level {level:?}, {p:?}");
+            }
+        }
     }
 }

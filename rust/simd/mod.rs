@@ -145,30 +145,31 @@ pub fn set_level(level: Level) -> bool {
     }
 }
 
-/// Defines `pub fn $name` that runs one body compiled for the level chosen by [`level`].
+/// Defines `pub fn $name` (generic over `T: Elem` or not) that runs one body compiled for the
+/// level chosen by [`level`].
 ///
 /// The body is written once; the AVX2 and AVX-512 copies are the same code inside
 /// `#[target_feature]` functions, which lets LLVM vectorise it for that level.
 macro_rules! multiversion {
     (
         $(#[$meta:meta])*
-        pub fn $name:ident<T: Elem>($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty $body:block
+        pub fn $name:ident$(<$t:ident: $bound:ident>)?($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty $body:block
     ) => {
         $(#[$meta])*
         #[inline]
-        pub fn $name<T: Elem>($($arg: $ty),*) -> $ret {
+        pub fn $name$(<$t: $bound>)?($($arg: $ty),*) -> $ret {
             #[inline(always)]
-            fn imp<T: Elem>($($arg: $ty),*) -> $ret $body
+            fn imp$(<$t: $bound>)?($($arg: $ty),*) -> $ret $body
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt")]
-            fn avx2<T: Elem>($($arg: $ty),*) -> $ret {
+            fn avx2$(<$t: $bound>)?($($arg: $ty),*) -> $ret {
                 imp($($arg),*)
             }
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt")]
-            fn avx512<T: Elem>($($arg: $ty),*) -> $ret {
+            fn avx512$(<$t: $bound>)?($($arg: $ty),*) -> $ret {
                 imp($($arg),*)
             }
 
