@@ -328,6 +328,35 @@ fn softmax(
     )))
 }
 
+/// `softmax` (or `log_softmax`) of a C-contiguous float32 array of 1 or 2 dimensions into a new
+/// array of its shape: the common call, with no Python-side allocation.
+#[pyfunction]
+fn softmax_new<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    temperature: f64,
+    log: bool,
+) -> PyResult<Bound<'py, PyArray<f32, IxDyn>>> {
+    let x = read::<f32, IxDyn>(x, "logits")?;
+    let dims = x.shape().to_vec();
+    let vocab = *dims
+        .last()
+        .filter(|&&v| v > 0 && dims.len() <= 2)
+        .ok_or_else(|| PyValueError::new_err("logits: must be (V,) or (B, V) with V >= 1"))?;
+    let s = x.as_slice()?;
+    // SAFETY: the array is not seen from Python before every element is written (softmax
+    // writes all of them); on an error it is dropped unseen.
+    let out = unsafe { PyArray::<f32, IxDyn>::new(py, dims, false) };
+    {
+        let mut w = out.try_readwrite().map_err(|_| in_use("out"))?;
+        let o = w.as_slice_mut()?;
+        run(py, s.len(), || {
+            kernels::softmax(s, vocab, temperature, log, o)
+        })?;
+    }
+    Ok(out)
+}
+
 /// `argmax` of one C-contiguous float32 row (`(V,)`): the index, with no array allocated.
 #[pyfunction]
 fn argmax_row(py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<i64> {
@@ -1140,6 +1169,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(softmax, m)?)?;
     m.add_function(wrap_pyfunction!(argmax, m)?)?;
     m.add_function(wrap_pyfunction!(argmax_row, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax_new, m)?)?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;
     m.add_function(wrap_pyfunction!(mask, m)?)?;
     m.add_function(wrap_pyfunction!(bias_and_penalties, m)?)?;

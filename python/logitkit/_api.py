@@ -417,6 +417,18 @@ def log_softmax(
 def _softmax(
     logits: ArrayLike, temperature: float, dtype: str | None, out: Any, log: bool
 ) -> npt.NDArray[np.float32]:
+    if (
+        out is None
+        and dtype is None
+        and type(temperature) is float
+        and type(logits) is np.ndarray
+        and logits.dtype is _F32_DTYPE
+        and 0 < logits.ndim <= 2
+        and logits.shape[-1]
+        and (flags := logits.flags).c_contiguous
+        and flags.aligned
+    ):
+        return _core.softmax_new(logits, temperature, log)  # the common call, in one step
     x = _logits(logits, dtype)
     t = _check_float(temperature, "temperature")
     o = _out(out, x)

@@ -37,6 +37,7 @@ __all__ = [
     "set_simd_level",
     "simd_level",
     "softmax",
+    "softmax_new",
     "top_k",
     "uniform",
     "uniforms",
@@ -64,6 +65,11 @@ build_profile: Final[str]
 
 def softmax(x: _LogitsArray, kind: int, temperature: float, log: bool, out: _F32) -> None:
     """Writes ``softmax(x / temperature)`` (``log_softmax`` when ``log``) into ``out``."""
+
+def softmax_new(
+    x: npt.NDArray[np.float32], temperature: float, log: bool
+) -> npt.NDArray[np.float32]:
+    """``softmax`` of a C-contiguous float32 ``(V,)`` or ``(B, V)`` array into a new array."""
 
 def argmax_row(x: _F32) -> int:
     """``argmax`` of one C-contiguous float32 row."""
