@@ -145,16 +145,35 @@ pub(crate) fn kth_largest(v: &[f32], k: usize, keys: &mut Vec<u32>) -> f32 {
     keys.clear();
     if g >= 2 {
         strided_group_keys(v, g, keys);
-        let (_, bound, _) = keys.select_nth_unstable(k - 1);
         // Every value numerically `>=` the bound: all those ranked up to it, and more.
-        let bound = from_desc_key(*bound);
+        let bound = from_desc_key(nth_key(keys, k - 1));
         keys.clear();
-        for_live_blocks(v, Live::Ge(bound), |i| keys.push(desc_key(v[i])));
+        desc_keys_ge(v, bound, keys);
     } else {
         keys.extend(v.iter().map(|&e| desc_key(e)));
     }
-    let (_, kth, _) = keys.select_nth_unstable(k - 1);
-    from_desc_key(*kth)
+    from_desc_key(nth_key(keys, k - 1))
+}
+
+/// The `k`-th smallest of `keys` (0-based), by AVX-512 partitions where available. Leaves
+/// `keys` in any order (its length stays).
+fn nth_key(keys: &mut Vec<u32>, k: usize) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::level() == crate::simd::Level::Avx512 {
+        // SAFETY: level() returns Avx512 only after detecting AVX-512 F/BW/VL/DQ.
+        return unsafe { crate::simd::x86::nth_u32_avx512(keys, k) };
+    }
+    *keys.select_nth_unstable(k).1
+}
+
+/// Appends the [`desc_key`] of every value of `v` (no NaN) that is `>= bound`, in index order.
+fn desc_keys_ge(v: &[f32], bound: f32, keys: &mut Vec<u32>) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::level() == crate::simd::Level::Avx512 {
+        // SAFETY: level() returns Avx512 only after detecting AVX-512 F/BW/VL/DQ.
+        return unsafe { crate::simd::x86::desc_keys_ge_avx512(v, bound, keys) };
+    }
+    for_live_blocks(v, Live::Ge(bound), |i| keys.push(desc_key(v[i])));
 }
 
 crate::simd::multiversion! {
@@ -243,6 +262,73 @@ pub fn collect_range_soa<T: Elem>(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Key lists that are hard on a quickselect: runs, duplicates, sorted and reversed orders,
+    /// organ pipes, and the sizes around a vector (16 keys).
+    fn hard_key_lists() -> Vec<Vec<u32>> {
+        let mut state = 7u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as u32
+        };
+        let mut lists = Vec::new();
+        for n in [1usize, 2, 15, 16, 17, 31, 33, 100, 257, 1000, 5000] {
+            lists.push((0..n).map(|_| next()).collect::<Vec<_>>());
+            lists.push((0..n).map(|_| next() % 4).collect());
+            lists.push((0..n as u32).collect());
+            lists.push((0..n as u32).rev().collect());
+            lists.push(vec![u32::MAX; n]);
+            lists.push((0..n as u32).map(|i| i.min(n as u32 - i)).collect());
+            lists.push(
+                (0..n as u32)
+                    .map(|i| if i % 2 == 0 { i } else { u32::MAX - i })
+                    .collect(),
+            );
+        }
+        lists
+    }
+
+    #[test]
+    fn key_selection_matches_plain_code_on_every_level() {
+        use crate::simd::{available, set_level, test_lock};
+        let _guard = test_lock();
+        for level in available() {
+            set_level(level);
+            for keys in hard_key_lists() {
+                let mut sorted = keys.clone();
+                sorted.sort_unstable();
+                let n = keys.len();
+                for k in [0, 1, n / 3, n / 2, n - 2, n - 1]
+                    .into_iter()
+                    .filter(|&k| k < n)
+                {
+                    let mut work = keys.clone();
+                    assert_eq!(
+                        nth_key(&mut work, k),
+                        sorted[k],
+                        "level {level:?}, n {n}, k {k}"
+                    );
+                    assert_eq!(work.len(), n);
+                }
+                // The keys as values: those at or above a bound, as keys, in order.
+                let v: Vec<f32> = keys
+                    .iter()
+                    .map(|&key| from_desc_key(key))
+                    .filter(|v| !v.is_nan())
+                    .collect();
+                for bound in [f32::NEG_INFINITY, -1.0, -0.0, 0.0, 1e-30, 3.5, f32::MAX] {
+                    let mut got = vec![7u32];
+                    desc_keys_ge(&v, bound, &mut got);
+                    let want: Vec<u32> = std::iter::once(7)
+                        .chain(v.iter().filter(|&&x| x >= bound).map(|&x| desc_key(x)))
+                        .collect();
+                    assert_eq!(got, want, "level {level:?}, n {n}, bound {bound}");
+                }
+            }
+        }
+    }
 
     proptest! {
         #[test]

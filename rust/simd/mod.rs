@@ -19,9 +19,10 @@ pub mod x86;
 pub enum Level {
     /// Portable code, vectorised only as far as the baseline target allows (SSE2 on x86-64).
     Scalar,
-    /// AVX2 + FMA + F16C.
+    /// AVX2 + FMA + F16C, with BMI1/BMI2, LZCNT and POPCNT (every AVX2 CPU has them; checked
+    /// anyway, as a virtual machine may hide some).
     Avx2,
-    /// AVX-512 F/BW/VL/DQ.
+    /// AVX-512 F/BW/VL/DQ, on top of [`Level::Avx2`].
     Avx512,
     /// NEON (the aarch64 baseline).
     Neon,
@@ -68,6 +69,10 @@ pub fn supported(level: Level) -> bool {
             std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
                 && std::arch::is_x86_feature_detected!("f16c")
+                && std::arch::is_x86_feature_detected!("bmi1")
+                && std::arch::is_x86_feature_detected!("bmi2")
+                && std::arch::is_x86_feature_detected!("lzcnt")
+                && std::arch::is_x86_feature_detected!("popcnt")
         }
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => {

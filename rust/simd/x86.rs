@@ -820,7 +820,9 @@ unsafe fn write_weights_k<V: V16, T: Elem>(
 ///
 /// # Safety
 /// The CPU must support AVX-512 F.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+#[target_feature(
+    enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt"
+)]
 pub unsafe fn collect_range_avx512<T: Elem>(
     x: &[T],
     bmax: &[f32],
@@ -869,6 +871,108 @@ pub unsafe fn collect_range_avx512<T: Elem>(
     ids.set_len(n);
 }
 
+/// The `k`-th smallest of `keys` (0-based, `k < keys.len()`): a quickselect whose partitions are
+/// AVX-512 compresses, out of place. The keys and two more regions of the same size (plus one
+/// vector each) live in `keys`' allocation; each round partitions one region into the other
+/// two (below and above the pivot, a median of three) and goes on in the side holding rank `k`.
+/// Small sides, and a run of unlucky pivots, finish with `select_nth_unstable`. Clobbers the
+/// contents of `keys` (its length stays).
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[target_feature(
+    enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt"
+)]
+pub unsafe fn nth_u32_avx512(keys: &mut Vec<u32>, mut k: usize) -> u32 {
+    debug_assert!(k < keys.len());
+    let cap = keys.len() + 16; // a region, and room for a full store at its end
+    keys.reserve(3 * cap - keys.len());
+    let base = keys.as_mut_ptr();
+    let region = |i: usize| base.add(i * cap);
+    let (mut src, mut n) = (0usize, keys.len());
+    // Enough rounds for any fair run of pivots; past them, the library's select bounds the time.
+    let mut rounds = 2 * (usize::BITS - n.leading_zeros()) + 8;
+    while n > 16 && rounds > 0 {
+        rounds -= 1;
+        let p = region(src);
+        let (a, b, c) = (*p, *p.add(n / 2), *p.add(n - 1));
+        let pivot = a.max(b).min(a.min(b).max(c)); // the median of the three
+        let pv = _mm512_set1_epi32(pivot as i32);
+        let (lo, hi) = ((src + 1) % 3, (src + 2) % 3);
+        let (lp, hp) = (region(lo), region(hi));
+        let (mut nl, mut nh) = (0usize, 0usize);
+        let mut split = |v: __m512i, valid: __mmask16| {
+            let ml = _mm512_mask_cmplt_epu32_mask(valid, v, pv);
+            let mh = _mm512_mask_cmpgt_epu32_mask(valid, v, pv);
+            _mm512_storeu_si512(lp.add(nl).cast(), _mm512_maskz_compress_epi32(ml, v));
+            _mm512_storeu_si512(hp.add(nh).cast(), _mm512_maskz_compress_epi32(mh, v));
+            nl += ml.count_ones() as usize;
+            nh += mh.count_ones() as usize;
+        };
+        let full = n / 16;
+        for i in 0..full {
+            split(_mm512_loadu_si512(p.add(16 * i).cast()), 0xffff);
+        }
+        let rest = n - 16 * full;
+        if rest > 0 {
+            let valid = ((1u32 << rest) - 1) as __mmask16;
+            split(
+                _mm512_maskz_loadu_epi32(valid, p.add(16 * full).cast()),
+                valid,
+            );
+        }
+        let equal = n - nl - nh;
+        if k < nl {
+            (src, n) = (lo, nl);
+        } else if k < nl + equal {
+            return pivot;
+        } else {
+            k -= nl + equal;
+            (src, n) = (hi, nh);
+        }
+    }
+    let rest = std::slice::from_raw_parts_mut(region(src), n);
+    *rest.select_nth_unstable(k).1
+}
+
+/// Appends the order keys (`select::desc_key`: `!(f32_key ^ sign)`) of the values of `v` that
+/// are `>= bound` (no NaN in `v`), in index order, with `vpcompressd`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[target_feature(
+    enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt"
+)]
+pub unsafe fn desc_keys_ge_avx512(v: &[f32], bound: f32, keys: &mut Vec<u32>) {
+    keys.reserve(v.len() + 16);
+    let out = keys.as_mut_ptr();
+    let mut n = keys.len();
+    let (bv, low31) = (_mm512_set1_ps(bound), _mm512_set1_epi32(0x7fff_ffff));
+    let mut put = |x: __m512, valid: __mmask16| {
+        let m = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(valid, x, bv);
+        if m != 0 {
+            // A negative value keeps its bits; the others get their low 31 bits flipped.
+            let b = _mm512_castps_si512(x);
+            let key = _mm512_xor_si512(b, _mm512_andnot_si512(_mm512_srai_epi32::<31>(b), low31));
+            _mm512_storeu_si512(out.add(n).cast(), _mm512_maskz_compress_epi32(m, key));
+            n += m.count_ones() as usize;
+        }
+    };
+    let full = v.len() / 16;
+    for i in 0..full {
+        put(_mm512_loadu_ps(v.as_ptr().add(16 * i)), 0xffff);
+    }
+    let rest = v.len() - 16 * full;
+    if rest > 0 {
+        let valid = ((1u32 << rest) - 1) as __mmask16;
+        put(
+            _mm512_maskz_loadu_ps(valid, v.as_ptr().add(16 * full)),
+            valid,
+        );
+    }
+    keys.set_len(n);
+}
+
 /// For each 8-bit lane mask, the indices of its set lanes packed from byte 0 (one byte each).
 static PACK8: [u64; 256] = {
     let mut t = [0u64; 256];
@@ -894,7 +998,7 @@ static PACK8: [u64; 256] = {
 ///
 /// # Safety
 /// The CPU must support AVX2 and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt")]
 pub unsafe fn collect_range_avx2<T: Elem>(
     x: &[T],
     bmax: &[f32],
@@ -1094,6 +1198,6 @@ macro_rules! entry_points {
 entry_points!(
     avx512,
     Z,
-    "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"
+    "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt"
 );
-entry_points!(avx2, Y, "avx2,fma,f16c");
+entry_points!(avx2, Y, "avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt");
