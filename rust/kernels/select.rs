@@ -97,11 +97,14 @@ pub fn top_k<T: Elem>(
             .zip(0u64..)
             .map(|(&v, i)| (value_rank(v) << 32) | i),
     );
-    if keys.len() > k {
+    // A few candidates more than k (the usual case) are sorted outright; many are cut to k by
+    // a selection first.
+    if keys.len() > 2 * k {
         keys.select_nth_unstable(k - 1);
         keys.truncate(k);
     }
     keys.sort_unstable();
+    keys.truncate(k);
     out.extend(keys.iter().map(|&key| {
         let i = (key & 0xffff_ffff) as usize;
         Cand {

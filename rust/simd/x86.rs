@@ -844,27 +844,44 @@ pub unsafe fn collect_range_avx512<T: Elem>(
     };
     // Appends the kept lanes of `v` (ids from `first`). Sparse ranges leave most vectors without
     // a kept lane: those store nothing.
-    let mut put = |v: __m512, m: __mmask16, first: usize| {
+    let put = |v: __m512, m: __mmask16, first: usize, n: &mut usize| {
         if m != 0 {
             let id = _mm512_add_epi32(iota, _mm512_set1_epi32(first as i32));
-            _mm512_storeu_ps(vp.add(n), _mm512_maskz_compress_ps(m, v));
-            _mm512_storeu_si512(ip.add(n).cast(), _mm512_maskz_compress_epi32(m, id));
-            n += m.count_ones() as usize;
+            _mm512_storeu_ps(vp.add(*n), _mm512_maskz_compress_ps(m, v));
+            _mm512_storeu_si512(ip.add(*n).cast(), _mm512_maskz_compress_epi32(m, id));
+            *n += m.count_ones() as usize;
         }
     };
     // A NaN block maximum fails the test (never a candidate).
     for_live_blocks(bmax, Live::Ge(lo), |b| {
         let blk = prims::block(x, b);
         let base = b * BLOCK;
+        if blk.len() == BLOCK {
+            // A live block holds few kept elements (often only its maximum): their lanes, as
+            // one 64-bit mask, are visited bit by bit, without a branch per vector.
+            let p = blk.as_ptr();
+            let mut kept = 0u64;
+            for c in 0..BLOCK / LANES {
+                kept |= u64::from(keep(Z::load(p.add(c * LANES)).0)) << (c * LANES);
+            }
+            while kept != 0 {
+                let i = kept.trailing_zeros() as usize;
+                *vp.add(n) = (*p.add(i)).to_f32();
+                *ip.add(n) = (base + i) as u32;
+                n += 1;
+                kept &= kept - 1;
+            }
+            return;
+        }
         let full = blk.len() / LANES;
         for c in 0..full {
             let v = Z::load(blk.as_ptr().add(c * LANES)).0;
-            put(v, keep(v), base + c * LANES);
+            put(v, keep(v), base + c * LANES, &mut n);
         }
         if full * LANES < blk.len() {
             let buf = tail(&blk[full * LANES..]);
             let v = _mm512_loadu_ps(buf.as_ptr());
-            put(v, keep(v), base + full * LANES);
+            put(v, keep(v), base + full * LANES, &mut n);
         }
     });
     vals.set_len(n);
