@@ -112,6 +112,25 @@ pub fn bf16_key(h: u16) -> i16 {
     s ^ ((s >> 15) & 0x7fff)
 }
 
+/// The smallest bfloat16 order key ([`bf16_key`]) of a value numerically `>= t` (`t` not NaN):
+/// for bfloat16 bits `h` that are not NaN, `widen(h) >= t` exactly when
+/// `bf16_key(h) >= bf16_key_at_least(t)`. A zero bound takes the key of `-0` (`-0 >= 0`).
+#[inline]
+#[must_use]
+pub fn bf16_key_at_least(t: f32) -> i16 {
+    let b = t.to_bits();
+    let mut h = (b >> 16) as u16;
+    // Dropping the low bits rounds the magnitude down: up for a negative value, so only a
+    // positive value with low bits set moves to the next bfloat16.
+    if b & 0xffff != 0 && t > 0.0 {
+        h += 1;
+    }
+    if h & 0x7fff == 0 {
+        h = 0x8000;
+    }
+    bf16_key(h)
+}
+
 /// The order key of an `f32`: an `i32` ordered as the values are (NaN aside), with `-0 < +0`.
 /// Its own inverse (the sign bit is kept, the rest of a negative value's bits flipped).
 #[inline(always)]
@@ -195,6 +214,37 @@ mod tests {
     fn bf16_widening_is_the_upper_half() {
         for h in [0u16, 0x3f80, 0xbf80, 0x7f80, 0xff80, 0x0001] {
             assert_eq!(Bf16(h).to_f32().to_bits(), u32::from(h) << 16);
+        }
+    }
+
+    #[test]
+    fn bf16_key_at_least_splits_the_values_at_the_bound() {
+        let values: Vec<u16> = (0..=u16::MAX)
+            .filter(|&h| !Bf16(h).to_f32().is_nan())
+            .collect();
+        // Every bfloat16 value, the f32 values next to it on both sides, and special bounds.
+        let mut bounds = vec![
+            0.0f32,
+            -0.0,
+            f32::MAX,
+            -f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-45,
+            -1e-45,
+        ];
+        for &h in values.iter().step_by(97) {
+            let v = Bf16(h).to_f32();
+            bounds.extend([v, v.next_up(), v.next_down()]);
+        }
+        for t in bounds.into_iter().filter(|t| !t.is_nan()) {
+            let at = bf16_key_at_least(t);
+            for &h in &values {
+                assert_eq!(
+                    Bf16(h).to_f32() >= t,
+                    bf16_key(h) >= at,
+                    "bound {t:e}, bits {h:#06x}"
+                );
+            }
         }
     }
 }

@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::elem::{bf16_bits, Elem, Storage};
+use crate::kernels::elem::{bf16_bits, bf16_key_at_least, Elem, Storage};
 use crate::kernels::prims::{
     self, block_is_zero, for_live_blocks, Live, ALL_FINITE, BLOCK, EXP2_POLY, GROUP, LANES, LOG2_E,
     T_CUTOFF,
@@ -842,6 +842,10 @@ pub unsafe fn collect_range_avx512<T: Elem>(
     let keep = |v: __m512| {
         _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, tv) & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, hv)
     };
+    // For a bfloat16 row, `lo <= v < hi` as order keys (the row holds no NaN here).
+    let hx = bf16_bits(x);
+    let klo = _mm512_set1_epi16(bf16_key_at_least(lo));
+    let khi = _mm512_set1_epi16(bf16_key_at_least(hi));
     // Appends the kept lanes of `v` (ids from `first`). Sparse ranges leave most vectors without
     // a kept lane: those store nothing.
     let put = |v: __m512, m: __mmask16, first: usize, n: &mut usize| {
@@ -853,7 +857,7 @@ pub unsafe fn collect_range_avx512<T: Elem>(
         }
     };
     // A NaN block maximum fails the test (never a candidate).
-    for_live_blocks(bmax, Live::Ge(lo), |b| {
+    live_blocks_ge_avx512(bmax, lo, |b| {
         let blk = prims::block(x, b);
         let base = b * BLOCK;
         if blk.len() == BLOCK {
@@ -861,8 +865,18 @@ pub unsafe fn collect_range_avx512<T: Elem>(
             // one 64-bit mask, are visited bit by bit, without a branch per vector.
             let p = blk.as_ptr();
             let mut kept = 0u64;
-            for c in 0..BLOCK / LANES {
-                kept |= u64::from(keep(Z::load(p.add(c * LANES)).0)) << (c * LANES);
+            if let Some(h) = hx {
+                // bfloat16: 32 order keys to a register, compared with the bounds' keys.
+                let h = h.as_ptr().add(base);
+                for c in 0..2 {
+                    let k = key512(_mm512_loadu_si512(h.add(32 * c).cast()));
+                    let m = _mm512_cmpge_epi16_mask(k, klo) & _mm512_cmplt_epi16_mask(k, khi);
+                    kept |= u64::from(m) << (32 * c);
+                }
+            } else {
+                for c in 0..BLOCK / LANES {
+                    kept |= u64::from(keep(Z::load(p.add(c * LANES)).0)) << (c * LANES);
+                }
             }
             while kept != 0 {
                 let i = kept.trailing_zeros() as usize;
@@ -886,6 +900,30 @@ pub unsafe fn collect_range_avx512<T: Elem>(
     });
     vals.set_len(n);
     ids.set_len(n);
+}
+
+/// `prims::for_live_blocks` with `Live::Ge(thr)`: 64 block maxima per 64-bit mask, from four
+/// AVX-512 compares.
+#[inline(always)]
+unsafe fn live_blocks_ge_avx512(bmax: &[f32], thr: f32, mut f: impl FnMut(usize)) {
+    let tv = _mm512_set1_ps(thr);
+    for (c, chunk) in bmax.chunks(64).enumerate() {
+        let mut live = 0u64;
+        for q in 0..chunk.len().div_ceil(LANES) {
+            let left = chunk.len() - q * LANES;
+            let valid = if left >= LANES {
+                0xffff
+            } else {
+                ((1u32 << left) - 1) as __mmask16
+            };
+            let v = _mm512_maskz_loadu_ps(valid, chunk.as_ptr().add(q * LANES));
+            live |= u64::from(_mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(valid, v, tv)) << (q * LANES);
+        }
+        while live != 0 {
+            f(c * 64 + live.trailing_zeros() as usize);
+            live &= live - 1;
+        }
+    }
 }
 
 /// The `k`-th smallest of `keys` (0-based, `k < keys.len()`): a quickselect whose partitions are
