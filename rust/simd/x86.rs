@@ -44,6 +44,25 @@ trait V16: Copy {
     unsafe fn round(self) -> Self;
     /// `self * 2^n` for an integral `n` (results must be normal).
     unsafe fn scale_pow2(self, n: Self) -> Self;
+    /// [`V16::scale_pow2`] in the lanes where `t >= cutoff` and, when given `(v, thr)`,
+    /// `v >= thr`; 0 in the others, whatever `self` and `n` hold there (NaN included).
+    #[inline(always)]
+    unsafe fn scale_pow2_where(
+        self,
+        n: Self,
+        t: Self,
+        cutoff: Self,
+        gate: Option<(Self, Self)>,
+    ) -> Self {
+        let mut r = self.scale_pow2(n).keep_if(t, cutoff, false);
+        if let Some((v, thr)) = gate {
+            r = r.keep_if(v, thr, false);
+        }
+        r
+    }
+    /// Whether [`V16::scale_pow2_where`] clears its unkept lanes whatever they hold, so that
+    /// [`exp2_neg`] need not clamp `t` to the cutoff first.
+    const MASKED_SCALE: bool = false;
     /// Lane of the first `self == o`, if any.
     unsafe fn first_eq(self, o: Self) -> Option<usize>;
     /// Pairwise maximum of the lanes, as `prims::reduce_max`.
@@ -185,6 +204,22 @@ impl V16 for Z {
     unsafe fn scale_pow2(self, n: Self) -> Self {
         Z(_mm512_scalef_ps(self.0, n.0))
     }
+    #[inline(always)]
+    unsafe fn scale_pow2_where(
+        self,
+        n: Self,
+        t: Self,
+        cutoff: Self,
+        gate: Option<(Self, Self)>,
+    ) -> Self {
+        // One zero-masked `vscalefps`: the unkept lanes raise nothing and become +0.
+        let mut m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(t.0, cutoff.0);
+        if let Some((v, thr)) = gate {
+            m &= _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v.0, thr.0);
+        }
+        Z(_mm512_maskz_scalef_ps(m, self.0, n.0))
+    }
+    const MASKED_SCALE: bool = true;
     #[inline(always)]
     unsafe fn reduce_max(self) -> f32 {
         let lo = _mm512_castps512_ps256(self.0);
@@ -549,11 +584,13 @@ impl V16 for Y {
     }
 }
 
-/// `2^t` for `t <= 0` (0 below the cutoff): `prims::exp2_neg`, lane for lane.
+/// `2^t` for `t <= 0` (0 below the cutoff): `prims::exp2_neg`, lane for lane. With `gate =
+/// Some((v, thr))`, also 0 where `v < thr`.
 #[inline(always)]
-unsafe fn exp2_neg<V: V16>(t: V) -> V {
+unsafe fn exp2_neg<V: V16>(t: V, gate: Option<(V, V)>) -> V {
     let cutoff = V::splat(T_CUTOFF);
-    let tc = t.max(cutoff);
+    // Lanes below the cutoff end as 0 whatever they compute, where the final scaling masks them.
+    let tc = if V::MASKED_SCALE { t } else { t.max(cutoff) };
     let n = tc.round();
     let f = tc.sub(n);
     let mut y = V::splat(EXP2_POLY[0]);
@@ -561,7 +598,7 @@ unsafe fn exp2_neg<V: V16>(t: V) -> V {
         y = y.fma(f, V::splat(*c));
     }
     y = y.fma(f, V::splat(1.0));
-    y.scale_pow2(n).keep_if(t, cutoff, false)
+    y.scale_pow2_where(n, t, cutoff, gate)
 }
 
 /// The last `len < 16` elements of a block, widened, padded with `-inf`.
@@ -730,7 +767,7 @@ unsafe fn scan_weights_k<V: V16, T: Elem>(
 
 #[inline(always)]
 unsafe fn weight<V: V16>(v: V, m: V, a: V, thr: V) -> V {
-    exp2_neg(v.sub(m).mul(a)).keep_if(v, thr, false)
+    exp2_neg(v.sub(m).mul(a), Some((v, thr)))
 }
 
 #[inline(always)]
@@ -777,14 +814,14 @@ unsafe fn block_write<V: V16, T: Elem>(blk: &[T], o: &mut [f32], mv: V, av: V) -
     let mut acc = V::splat(0.0);
     let full = blk.len() / LANES;
     for c in 0..full {
-        let w = exp2_neg(V::load(blk.as_ptr().add(c * LANES)).sub(mv).mul(av));
+        let w = exp2_neg(V::load(blk.as_ptr().add(c * LANES)).sub(mv).mul(av), None);
         w.store(o.as_mut_ptr().add(c * LANES));
         acc = acc.add(w);
     }
     let done = full * LANES;
     if done < blk.len() {
         let buf = tail(&blk[done..]);
-        let w = exp2_neg(V::load(buf.as_ptr()).sub(mv).mul(av));
+        let w = exp2_neg(V::load(buf.as_ptr()).sub(mv).mul(av), None);
         let mut res = [0.0f32; LANES];
         w.store(res.as_mut_ptr());
         o[done..].copy_from_slice(&res[..blk.len() - done]);
