@@ -163,7 +163,7 @@ pub(crate) fn kth_largest(v: &[f32], k: usize, keys: &mut Vec<u32>) -> f32 {
 fn nth_key(keys: &mut Vec<u32>, k: usize) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::level() == crate::simd::Level::Avx512 {
-        // SAFETY: level() returns Avx512 only after detecting AVX-512 F/BW/VL/DQ.
+        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
         return unsafe { crate::simd::x86::nth_u32_avx512(keys, k) };
     }
     *keys.select_nth_unstable(k).1
@@ -173,7 +173,7 @@ fn nth_key(keys: &mut Vec<u32>, k: usize) -> u32 {
 fn desc_keys_ge(v: &[f32], bound: f32, keys: &mut Vec<u32>) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::level() == crate::simd::Level::Avx512 {
-        // SAFETY: level() returns Avx512 only after detecting AVX-512 F/BW/VL/DQ.
+        // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
         return unsafe { crate::simd::x86::desc_keys_ge_avx512(v, bound, keys) };
     }
     for_live_blocks(v, Live::Ge(bound), |i| keys.push(desc_key(v[i])));
@@ -244,11 +244,11 @@ pub fn collect_range_soa<T: Elem>(
     if T::STORAGE != Storage::Other {
         use crate::simd::{x86, Level};
         match crate::simd::level() {
-            // SAFETY: level() returns Avx512 only after detecting AVX-512 F/BW/VL/DQ.
+            // SAFETY: level() returns Avx512 only after detecting every feature the kernel enables.
             Level::Avx512 => {
                 return unsafe { x86::collect_range_avx512(x, bmax, lo, hi, vals, ids) }
             }
-            // SAFETY: level() returns Avx2 only after detecting AVX2, FMA and F16C.
+            // SAFETY: level() returns Avx2 only after detecting every feature the kernel enables.
             Level::Avx2 => return unsafe { x86::collect_range_avx2(x, bmax, lo, hi, vals, ids) },
             _ => {}
         }
@@ -330,6 +330,57 @@ mod tests {
                     assert_eq!(got, want, "level {level:?}, n {n}, bound {bound}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn range_collect_matches_plain_code_on_every_level() {
+        use crate::kernels::elem::as_bf16;
+        use crate::simd::{available, set_level, test_lock};
+        let _guard = test_lock();
+        let mut state = 3u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
+        };
+        let x: Vec<f32> = (0..1000)
+            .map(|i| if i % 37 == 0 { -0.0 } else { next() })
+            .collect();
+        let bits: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+        let h = as_bf16(&bits);
+        let (mut bx, mut bh) = (
+            vec![0.0; prims::n_blocks(1000)],
+            vec![0.0; prims::n_blocks(1000)],
+        );
+        let _ = prims::scan(&x[..], &mut bx);
+        let _ = prims::scan(h, &mut bh);
+        // Sparse (a few per block), about half, and every element; open and bounded above.
+        let ranges = [
+            (3.5, f32::INFINITY),
+            (0.0, f32::INFINITY),
+            (-4.5, f32::INFINITY),
+            (-1.0, 1.0),
+            (-0.0, 2.0),
+        ];
+        let run = || {
+            let mut all = Vec::new();
+            for &(lo, hi) in &ranges {
+                let (mut v, mut i) = (vec![9.0], vec![9]);
+                collect_range_soa(&x[..], &bx, lo, hi, &mut v, &mut i);
+                all.push((v.iter().map(|e| e.to_bits()).collect::<Vec<_>>(), i));
+                let (mut v, mut i) = (Vec::new(), Vec::new());
+                collect_range_soa(h, &bh, lo, hi, &mut v, &mut i);
+                all.push((v.iter().map(|e| e.to_bits()).collect(), i));
+            }
+            all
+        };
+        set_level(crate::simd::Level::Scalar);
+        let want = run();
+        for level in available() {
+            set_level(level);
+            assert!(run() == want, "level {level:?}");
         }
     }
 

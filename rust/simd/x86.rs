@@ -852,11 +852,13 @@ unsafe fn write_weights_k<V: V16, T: Elem>(
 }
 
 /// Appends the values `v` with `lo <= v < hi` (finite `lo`) of the blocks whose maximum reaches
-/// `lo`, and their ids, with `vcompressps`: a full-width store of the compressed register, then
-/// the write position advances by the number of kept lanes.
+/// `lo`, and their ids. A full block is tested into one 64-bit lane mask (a bfloat16 block as
+/// 16-bit order keys); up to [`SPARSE_BLOCK`] kept lanes are appended one by one, more with
+/// `vcompressps` per register: a full-width store of the compressed register, then the write
+/// position advances by the number of kept lanes (as for the last, partial block).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F.
+/// The CPU must support the features of `Level::Avx512` (`simd::supported`).
 #[target_feature(
     enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt"
 )]
@@ -915,6 +917,14 @@ pub unsafe fn collect_range_avx512<T: Elem>(
                     kept |= u64::from(keep(Z::load(p.add(c * LANES)).0)) << (c * LANES);
                 }
             }
+            if kept.count_ones() > SPARSE_BLOCK {
+                // A dense range (a deep nucleus, a low floor): compress by register instead.
+                for c in 0..BLOCK / LANES {
+                    let m = (kept >> (c * LANES)) as __mmask16;
+                    put(Z::load(p.add(c * LANES)).0, m, base + c * LANES, &mut n);
+                }
+                return;
+            }
             while kept != 0 {
                 let i = kept.trailing_zeros() as usize;
                 *vp.add(n) = (*p.add(i)).to_f32();
@@ -938,6 +948,9 @@ pub unsafe fn collect_range_avx512<T: Elem>(
     vals.set_len(n);
     ids.set_len(n);
 }
+
+/// Most kept elements of a block that [`collect_range_avx512`] appends one by one.
+const SPARSE_BLOCK: u32 = 8;
 
 /// `prims::for_live_blocks` with `Live::Ge(thr)`: 64 block maxima per 64-bit mask, from four
 /// AVX-512 compares.
@@ -971,7 +984,7 @@ unsafe fn live_blocks_ge_avx512(bmax: &[f32], thr: f32, mut f: impl FnMut(usize)
 /// contents of `keys` (its length stays).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F.
+/// The CPU must support the features of `Level::Avx512` (`simd::supported`).
 #[target_feature(
     enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt"
 )]
@@ -1031,7 +1044,7 @@ pub unsafe fn nth_u32_avx512(keys: &mut Vec<u32>, mut k: usize) -> u32 {
 /// are `>= bound` (no NaN in `v`), in index order, with `vpcompressd`.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F.
+/// The CPU must support the features of `Level::Avx512` (`simd::supported`).
 #[target_feature(
     enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt"
 )]
@@ -1089,7 +1102,7 @@ static PACK8: [u64; 256] = {
 /// id are the ids.
 ///
 /// # Safety
-/// The CPU must support AVX2 and F16C.
+/// The CPU must support the features of `Level::Avx2` (`simd::supported`).
 #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt")]
 pub unsafe fn collect_range_avx2<T: Elem>(
     x: &[T],
