@@ -60,9 +60,6 @@ trait V16: Copy {
         }
         r
     }
-    /// Whether [`V16::scale_pow2_where`] clears its unkept lanes whatever they hold, so that
-    /// [`exp2_neg`] need not clamp `t` to the cutoff first.
-    const MASKED_SCALE: bool = false;
     /// Lane of the first `self == o`, if any.
     unsafe fn first_eq(self, o: Self) -> Option<usize>;
     /// Pairwise maximum of the lanes, as `prims::reduce_max`.
@@ -219,7 +216,6 @@ impl V16 for Z {
         }
         Z(_mm512_maskz_scalef_ps(m, self.0, n.0))
     }
-    const MASKED_SCALE: bool = true;
     #[inline(always)]
     unsafe fn reduce_max(self) -> f32 {
         let lo = _mm512_castps512_ps256(self.0);
@@ -589,10 +585,10 @@ impl V16 for Y {
 #[inline(always)]
 unsafe fn exp2_neg<V: V16>(t: V, gate: Option<(V, V)>) -> V {
     let cutoff = V::splat(T_CUTOFF);
-    // Lanes below the cutoff end as 0 whatever they compute, where the final scaling masks them.
-    let tc = if V::MASKED_SCALE { t } else { t.max(cutoff) };
-    let n = tc.round();
-    let f = tc.sub(n);
+    // No clamp to the cutoff: lanes below it end as 0 whatever they compute (even NaN), as
+    // `scale_pow2_where` clears them; the others compute what `prims::exp2_neg` does.
+    let n = t.round();
+    let f = t.sub(n);
     let mut y = V::splat(EXP2_POLY[0]);
     for c in &EXP2_POLY[1..] {
         y = y.fma(f, V::splat(*c));
@@ -949,6 +945,23 @@ pub unsafe fn collect_range_avx512<T: Elem>(
     ids.set_len(n);
 }
 
+/// Calls `f(start, valid)` for the vectors of 16 lanes that cover `len` elements: `start` is the
+/// first element, `valid` the mask of the lanes in range (all 16 but in the last vector).
+#[inline(always)]
+fn each_vector(len: usize, mut f: impl FnMut(usize, __mmask16)) {
+    for start in (0..len).step_by(LANES) {
+        let left = len - start;
+        f(
+            start,
+            if left >= LANES {
+                0xffff
+            } else {
+                ((1u32 << left) - 1) as __mmask16
+            },
+        );
+    }
+}
+
 /// Most kept elements of a block that [`collect_range_avx512`] appends one by one.
 const SPARSE_BLOCK: u32 = 8;
 
@@ -959,16 +972,10 @@ unsafe fn live_blocks_ge_avx512(bmax: &[f32], thr: f32, mut f: impl FnMut(usize)
     let tv = _mm512_set1_ps(thr);
     for (c, chunk) in bmax.chunks(64).enumerate() {
         let mut live = 0u64;
-        for q in 0..chunk.len().div_ceil(LANES) {
-            let left = chunk.len() - q * LANES;
-            let valid = if left >= LANES {
-                0xffff
-            } else {
-                ((1u32 << left) - 1) as __mmask16
-            };
-            let v = _mm512_maskz_loadu_ps(valid, chunk.as_ptr().add(q * LANES));
-            live |= u64::from(_mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(valid, v, tv)) << (q * LANES);
-        }
+        each_vector(chunk.len(), |at, valid| {
+            let v = _mm512_maskz_loadu_ps(valid, chunk.as_ptr().add(at));
+            live |= u64::from(_mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(valid, v, tv)) << at;
+        });
         while live != 0 {
             f(c * 64 + live.trailing_zeros() as usize);
             live &= live - 1;
@@ -1014,18 +1021,9 @@ pub unsafe fn nth_u32_avx512(keys: &mut Vec<u32>, mut k: usize) -> u32 {
             nl += ml.count_ones() as usize;
             nh += mh.count_ones() as usize;
         };
-        let full = n / 16;
-        for i in 0..full {
-            split(_mm512_loadu_si512(p.add(16 * i).cast()), 0xffff);
-        }
-        let rest = n - 16 * full;
-        if rest > 0 {
-            let valid = ((1u32 << rest) - 1) as __mmask16;
-            split(
-                _mm512_maskz_loadu_epi32(valid, p.add(16 * full).cast()),
-                valid,
-            );
-        }
+        each_vector(n, |at, valid| {
+            split(_mm512_maskz_loadu_epi32(valid, p.add(at).cast()), valid);
+        });
         let equal = n - nl - nh;
         if k < nl {
             (src, n) = (lo, nl);
@@ -1063,18 +1061,9 @@ pub unsafe fn desc_keys_ge_avx512(v: &[f32], bound: f32, keys: &mut Vec<u32>) {
             n += m.count_ones() as usize;
         }
     };
-    let full = v.len() / 16;
-    for i in 0..full {
-        put(_mm512_loadu_ps(v.as_ptr().add(16 * i)), 0xffff);
-    }
-    let rest = v.len() - 16 * full;
-    if rest > 0 {
-        let valid = ((1u32 << rest) - 1) as __mmask16;
-        put(
-            _mm512_maskz_loadu_ps(valid, v.as_ptr().add(16 * full)),
-            valid,
-        );
-    }
+    each_vector(v.len(), |at, valid| {
+        put(_mm512_maskz_loadu_ps(valid, v.as_ptr().add(at)), valid);
+    });
     keys.set_len(n);
 }
 
