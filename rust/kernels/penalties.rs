@@ -218,15 +218,7 @@ mod tests {
 
     #[test]
     fn every_level_follows_the_definition_bit_for_bit() {
-        use crate::simd::{available, set_level, test_lock};
-        let _guard = test_lock();
-        let mut state = 99u64;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            state >> 33
-        };
+        let mut next = crate::kernels::tests::lcg(99);
         let v = 300;
         let specials = [
             0.0f32,
@@ -243,8 +235,8 @@ mod tests {
                 _ => (next() as f32 / (1u64 << 31) as f32) * 40.0 - 20.0,
             })
             .collect();
-        let prompt: Vec<u32> = (0..150).map(|_| (next() % v as u64) as u32).collect();
-        let output: Vec<u32> = (0..200).map(|_| (next() % v as u64) as u32).collect();
+        let prompt: Vec<u32> = (0..150).map(|_| next() % v as u32).collect();
+        let output: Vec<u32> = (0..200).map(|_| next() % v as u32).collect();
         let params = [
             (1.3, 0.0, 0.0),
             (0.7, 0.4, 0.25),
@@ -261,13 +253,12 @@ mod tests {
             };
             let mut want = row.clone();
             by_definition(&mut want, &prompt, &output, &p);
-            for level in available() {
-                set_level(level);
+            crate::kernels::tests::each_level(|level| {
                 let mut got = row.clone();
                 apply_penalties(&mut got, &prompt, &output, &p, &mut seen);
                 let bits = |r: &[f32]| r.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "level {level:?}, {p:?}");
-            }
+            });
         }
     }
 }

@@ -856,13 +856,7 @@ mod tests {
         use crate::kernels::elem::{as_bf16, as_f16};
         use crate::simd::{available, set_level, test_lock, Level};
         let _guard = test_lock();
-        let mut state = 12345u64;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((state >> 33) as f32 / (1u64 << 31) as f32) * 60.0 - 40.0
-        };
+        let mut next = crate::kernels::tests::lcg_f32(12345, -40.0, 60.0);
         for len in [1usize, 7, 15, 16, 17, 63, 64, 65, 130, 1000, 4099] {
             let mut x: Vec<f32> = (0..len).map(|_| next()).collect();
             x[len / 2] = f32::NEG_INFINITY;
@@ -949,13 +943,8 @@ mod tests {
     /// when the maximum comes first; a bad value or an all-masked row is reported as by `scan`.
     #[test]
     fn fused_scans_match_the_two_passes() {
-        let mut state = 99u64;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
+        let mut bits = crate::kernels::tests::lcg(99);
+        let mut next = move || (bits() >> 7) as f32 / (1u64 << 24) as f32;
         for len in [1usize, 63, 1024, 1025, 3000, 5000, 20000] {
             for peak_at in [0, len / 3, len - 1] {
                 let mut x: Vec<f32> = (0..len).map(|_| next() * 20.0 - 10.0).collect();

@@ -269,13 +269,7 @@ mod tests {
     /// Key lists that are hard on a quickselect: runs, duplicates, sorted and reversed orders,
     /// organ pipes, and the sizes around a vector (16 keys).
     fn hard_key_lists() -> Vec<Vec<u32>> {
-        let mut state = 7u64;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 33) as u32
-        };
+        let mut next = crate::kernels::tests::lcg(7);
         let mut lists = Vec::new();
         for n in [1usize, 2, 15, 16, 17, 31, 33, 100, 257, 1000, 5000] {
             lists.push((0..n).map(|_| next()).collect::<Vec<_>>());
@@ -295,10 +289,7 @@ mod tests {
 
     #[test]
     fn key_selection_matches_plain_code_on_every_level() {
-        use crate::simd::{available, set_level, test_lock};
-        let _guard = test_lock();
-        for level in available() {
-            set_level(level);
+        crate::kernels::tests::each_level(|level| {
             for keys in hard_key_lists() {
                 let mut sorted = keys.clone();
                 sorted.sort_unstable();
@@ -330,21 +321,15 @@ mod tests {
                     assert_eq!(got, want, "level {level:?}, n {n}, bound {bound}");
                 }
             }
-        }
+        });
     }
 
     #[test]
     fn range_collect_matches_plain_code_on_every_level() {
         use crate::kernels::elem::as_bf16;
-        use crate::simd::{available, set_level, test_lock};
-        let _guard = test_lock();
-        let mut state = 3u64;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
-        };
+        use crate::kernels::tests::{each_level, lcg};
+        let mut bits = lcg(3);
+        let mut next = move || ((bits() >> 7) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0;
         let x: Vec<f32> = (0..1000)
             .map(|i| if i % 37 == 0 { -0.0 } else { next() })
             .collect();
@@ -376,11 +361,14 @@ mod tests {
             }
             all
         };
-        set_level(crate::simd::Level::Scalar);
-        let want = run();
-        for level in available() {
-            set_level(level);
-            assert!(run() == want, "level {level:?}");
+        let results = each_level(|_| run());
+        let scalar = results
+            .iter()
+            .find(|(level, _)| *level == crate::simd::Level::Scalar)
+            .map(|(_, r)| r)
+            .expect("the scalar level is always there");
+        for (level, got) in &results {
+            assert!(got == scalar, "level {level:?}");
         }
     }
 

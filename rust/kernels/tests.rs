@@ -16,7 +16,7 @@ use crate::simd::{self, available, set_level, Level};
 /// Runs `f` once per supported level (best first) and returns each level's result.
 ///
 /// The level is process-wide, so this holds the lock shared by every test that switches it.
-fn each_level<R>(mut f: impl FnMut(Level) -> R) -> Vec<(Level, R)> {
+pub(super) fn each_level<R>(mut f: impl FnMut(Level) -> R) -> Vec<(Level, R)> {
     let _guard = simd::test_lock();
     let before = simd::level();
     let out = available()
@@ -626,16 +626,28 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // Hand-picked cases
 
+/// A deterministic stream of 31-bit integers (the high bits of a 64-bit LCG from `seed`).
+pub(super) fn lcg(seed: u64) -> impl FnMut() -> u32 {
+    let mut s = seed;
+    move || {
+        s = s
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (s >> 33) as u32
+    }
+}
+
+/// [`lcg`] as values spread over `[lo, lo + width)`.
+pub(super) fn lcg_f32(seed: u64, lo: f32, width: f32) -> impl FnMut() -> f32 {
+    let mut next = lcg(seed);
+    move || (next() as f32 / (1u64 << 31) as f32) * width + lo
+}
+
 /// A deterministic stream of values in [-30, 30).
 fn lcg_values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
+    let mut next = lcg(seed);
     (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 60.0 - 30.0
-        })
+        .map(|_| ((next() >> 7) as f32 / (1u64 << 24) as f32) * 60.0 - 30.0)
         .collect()
 }
 
