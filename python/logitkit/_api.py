@@ -8,7 +8,7 @@ from __future__ import annotations
 import operator
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -107,6 +107,19 @@ _F32_DTYPE = np.dtype(np.float32)
 # id(dtype) -> (dtype, kind) of float32 and of the float16 and bfloat16 dtypes seen so far, so
 # that a call recognises them by identity (comparing an ml_dtypes dtype costs microseconds).
 _FAST_DTYPES: dict[int, tuple[np.dtype[Any], int]] = {id(_F32_DTYPE): (_F32_DTYPE, _F32)}
+
+
+def _plain_f32(x: Any) -> TypeGuard[np.ndarray]:
+    """Whether ``x`` is a C-contiguous, aligned float32 ndarray of shape ``(V,)`` or ``(B, V)``
+    with ``V >= 1``: the form the fast paths hand to the kernels as it is."""
+    return bool(
+        type(x) is np.ndarray
+        and x.dtype is _F32_DTYPE
+        and 0 < x.ndim <= 2
+        and x.shape[-1]
+        and (flags := x.flags).c_contiguous
+        and flags.aligned
+    )
 
 
 def _fast_kind(dt: np.dtype[Any]) -> int | None:
@@ -417,17 +430,7 @@ def log_softmax(
 def _softmax(
     logits: ArrayLike, temperature: float, dtype: str | None, out: Any, log: bool
 ) -> npt.NDArray[np.float32]:
-    if (
-        out is None
-        and dtype is None
-        and type(temperature) is float
-        and type(logits) is np.ndarray
-        and logits.dtype is _F32_DTYPE
-        and 0 < logits.ndim <= 2
-        and logits.shape[-1]
-        and (flags := logits.flags).c_contiguous
-        and flags.aligned
-    ):
+    if out is None and dtype is None and type(temperature) is float and _plain_f32(logits):
         return _core.softmax_new(logits, temperature, log)  # the common call, in one step
     x = _logits(logits, dtype)
     t = _check_float(temperature, "temperature")
@@ -445,15 +448,7 @@ def argmax(logits: ArrayLike, *, dtype: str | None = None) -> Any:
     >>> int(logitkit.argmax(np.array([1.0, 3.0, 3.0], dtype=np.float32)))
     1
     """
-    if (
-        dtype is None
-        and type(logits) is np.ndarray
-        and logits.dtype is _F32_DTYPE
-        and logits.ndim == 1
-        and logits.shape[0]
-        and (flags := logits.flags).c_contiguous
-        and flags.aligned
-    ):
+    if dtype is None and _plain_f32(logits) and logits.ndim == 1:
         return _id_scalar(_core.argmax_row(logits), logits.shape[0])  # a decoding loop
     x = _logits(logits, dtype)
     res = np.empty(x.array.shape[0], dtype=np.int64)
@@ -653,14 +648,9 @@ def apply_penalties(
     # none), the form of a decoding loop: no argument handling beyond the kernel's own.
     fast = (
         out is logits
-        and type(logits) is np.ndarray
-        and logits.dtype is _F32_DTYPE
         and dtype is None
-        and 1 <= logits.ndim <= 2
-        and logits.shape[-1]
-        and (flags := logits.flags).c_contiguous
-        and flags.aligned
-        and flags.writeable
+        and _plain_f32(logits)
+        and logits.flags.writeable
         and type(repetition_penalty) is float
         and type(presence_penalty) is float
         and type(frequency_penalty) is float
