@@ -703,6 +703,23 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// The sum of `w` in `f64`, over eight interleaved partial sums (a long list is not one chain
+    /// of dependent additions).
+    pub fn sum_f64(w: &[f32]) -> f64 {
+        let (chunks, tail) = w.as_chunks::<8>();
+        let acc = chunks.iter().fold([0.0f64; 8], |mut a, c| {
+            for j in 0..8 {
+                a[j] += f64::from(c[j]);
+            }
+            a
+        });
+        let tail: f64 = tail.iter().map(|&x| f64::from(x)).sum();
+        let pairs = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+        ((pairs[0] + pairs[2]) + (pairs[1] + pairs[3])) + tail
+    }
+}
+
 /// `out[i] *= k`.
 pub fn scale_in_place(out: &mut [f32], k: f32) {
     match crate::simd::level() {
@@ -723,9 +740,35 @@ multiversion! {
         let top_f = f32::from(top);
         for (o, e) in out.iter_mut().zip(x) {
             let b = (hi - e.to_f32()) * inv;
-            // `b >= 0`; clamping in float first keeps the conversion in range.
-            *o = (if b < top_f { b } else { top_f }) as u16;
+            // `b >= 0` or NaN; the select sends NaN and anything above `top` to `top`.
+            let b = if b < top_f { b } else { top_f };
+            // SAFETY: `b` lies in `[0, top]` (`-0.0` at worst), well inside the i32 range.
+            *o = unsafe { b.to_int_unchecked::<i32>() } as u16;
         }
+    }
+}
+
+multiversion! {
+    /// The smallest and the largest of `v`, which holds no NaN (`(inf, -inf)` when empty).
+    pub fn min_max(v: &[f32]) -> (f32, f32) {
+        // Sixteen lanes of compares and selects, folded by value: vector min and max (two loops
+        // over the same slice run several times faster than one that updates both arrays).
+        let (chunks, tail) = v.as_chunks::<16>();
+        let lo = chunks.iter().fold([f32::INFINITY; 16], |mut a, c| {
+            for j in 0..16 {
+                a[j] = if a[j] < c[j] { a[j] } else { c[j] };
+            }
+            a
+        });
+        let hi = chunks.iter().fold([f32::NEG_INFINITY; 16], |mut a, c| {
+            for j in 0..16 {
+                a[j] = if a[j] > c[j] { a[j] } else { c[j] };
+            }
+            a
+        });
+        let l = lo.iter().chain(tail).fold(f32::INFINITY, |a, &x| a.min(x));
+        let h = hi.iter().chain(tail).fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        (l, h)
     }
 }
 
