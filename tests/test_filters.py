@@ -191,3 +191,37 @@ def test_min_p_one_at_huge_temperature(temperature):
     )
     tok = lk.sample(x, temperature=temperature, min_p=1.0, seed=3)
     assert np.isfinite(got[tok])
+
+
+def _long_tied_rows() -> list[tuple[str, np.ndarray]]:
+    """Rows of 100 003 tokens whose nucleus ends inside a run of thousands of equal logits (p * V
+    is not a whole number for the top-p values below, so no nucleus of the all-equal row ends
+    exactly on its target)."""
+    rng = np.random.default_rng(7)
+    v = 100_003
+    spikes = np.zeros(v, dtype=np.float32)
+    spikes[rng.choice(v, 10, replace=False)] = 1.0
+    grid = np.round(rng.normal(0.0, 1.0, v) * 4.0).astype(np.float32) / 4.0
+    return [("all-equal", np.zeros(v, dtype=np.float32)), ("ten-spikes", spikes), ("grid", grid)]
+
+
+@pytest.mark.parametrize(("name", "x"), [pytest.param(*r, id=r[0]) for r in _long_tied_rows()])
+@pytest.mark.parametrize("top_p", [0.25, 0.5, 0.9])
+def test_long_runs_of_ties_at_the_nucleus_boundary(name, x, top_p):
+    """The nucleus ends inside a run of equal logits (ties kept in increasing id order) in a
+    long row: the mask, a draw and the processed log-probabilities agree with the oracle."""
+    want = oracle.mask_top_p(x, top_p)
+    got = lk.mask_top_p(x, top_p)
+    kept = np.isfinite(want)
+    np.testing.assert_array_equal(np.isfinite(got), kept)
+    assert same_bits(got[kept], x[kept])
+    for u in (0.0, 0.37, 0.999):
+        assert lk.sample(x, top_p=top_p, uniforms=u) == oracle.draw(x, kept, 1.0, u)
+    p = lk.SamplingParams(top_p=top_p, seed=3, logprobs=20, logprobs_mode="processed")
+    res = lk.sample_batch(x[None, :], p)
+    ref = oracle.log_softmax(np.where(kept, x, -np.inf))
+    top = np.lexsort((np.arange(x.size), -ref))[:20]
+    assert kept[res.tokens[0]]
+    assert res.top_ids[0].tolist() == top.tolist()
+    np.testing.assert_allclose(res.top_logprobs[0], ref[top], rtol=0, atol=2e-5)
+    assert res.ranks[0] == 1 + int((ref > ref[res.tokens[0]]).sum())

@@ -141,16 +141,17 @@ fn logprobs_of<T: Elem>(
 ) {
     let v_tok = s.x[tok].to_f32();
     let scale = pipeline::scale_of(t);
+
     let (vmax, log_total) = match kept {
         Kept::Threshold(thr) => {
             let (total, _) = pipeline::weight_sums(s, scale, *thr, scr);
             (s.m, total.ln())
         }
-        Kept::List(l) => {
+        Kept::List(l) | Kept::Ids(l) => {
+            let vmax = pipeline::list_max(l);
             scr.wts.resize(l.len(), 0.0);
-            prims::weights(l, l[0].v, scale, &mut scr.wts);
-            let total: f64 = scr.wts.iter().map(|&w| f64::from(w)).sum();
-            (l[0].v, total.ln())
+            prims::weights(l, vmax, scale, &mut scr.wts);
+            (vmax, prims::sum_f64(&scr.wts).ln())
         }
     };
     let lp = |v: f32| {
@@ -159,7 +160,7 @@ fn logprobs_of<T: Elem>(
     res.logprob = lp(v_tok);
     res.rank = 1 + match kept {
         Kept::Threshold(_) => prims::count_ge(s.x, s.bmax, v_tok.next_up()),
-        Kept::List(l) => l.iter().filter(|c| c.v > v_tok).count(),
+        Kept::List(l) | Kept::Ids(l) => l.iter().filter(|c| c.v > v_tok).count(),
     } as i64;
     res.top_ids.clear();
     res.top_logprobs.clear();
@@ -183,6 +184,15 @@ fn logprobs_of<T: Elem>(
             t
         }
         Kept::List(l) => l.iter().copied().take(n).collect(),
+        Kept::Ids(l) => {
+            let mut top = l.clone();
+            if n < top.len() {
+                top.select_nth_unstable_by(n - 1, select::by_rank);
+                top.truncate(n);
+            }
+            top.sort_unstable_by(select::by_rank);
+            top
+        }
     };
     res.top_ids.extend(top.iter().map(|c| i64::from(c.id)));
     res.top_logprobs.extend(top.iter().map(|c| lp(c.v)));

@@ -7,6 +7,9 @@
 //!   space. The draw then needs one pass of `exp` over the blocks that can contribute.
 //! * [`Kept::List`]: an explicit list in rank order (larger logit first, ties by lower id), which
 //!   top-k produces and top-p produces from a window of the best candidates.
+//! * [`Kept::Ids`]: an explicit list in id order, which top-p produces when its nucleus ends
+//!   inside a run of equal logits (a threshold plus the first ties); the draw and the masks need
+//!   no other order, so a long list is not sorted unless a later step ranks it.
 //!
 //! Weights are `e^((v - v_max) * scale)` computed by [`prims::exp2_neg`] and summed in `f64`.
 
@@ -114,6 +117,26 @@ pub enum Kept {
     Threshold(f32),
     /// Tokens in rank order.
     List(Vec<Cand>),
+    /// Tokens in increasing id order.
+    Ids(Vec<Cand>),
+}
+
+impl Kept {
+    /// The same set with an explicit list in rank order.
+    fn ranked(self) -> Self {
+        match self {
+            Kept::Ids(mut l) => {
+                l.sort_unstable_by(select::by_rank);
+                Kept::List(l)
+            }
+            k => k,
+        }
+    }
+}
+
+/// The largest logit of a non-empty list.
+pub fn list_max(l: &[Cand]) -> f32 {
+    l.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.v))
 }
 
 /// Per-thread buffers, reused from row to row.
@@ -145,6 +168,23 @@ pub struct Scratch {
     pub wts: Vec<f32>,
     /// Group references of the fused scan.
     pub gref: Vec<f32>,
+    /// Buffers of the nucleus search.
+    pub nucleus: NucleusScratch,
+}
+
+/// Buffers of the nucleus search ([`nucleus_by_buckets`]).
+#[derive(Default)]
+pub struct NucleusScratch {
+    /// Bucket of each value.
+    idx: Vec<u16>,
+    /// Candidates still in play, and those of the next round.
+    members: Vec<u32>,
+    next: Vec<u32>,
+    /// Their values and weights.
+    vals: Vec<f32>,
+    wts: Vec<f32>,
+    /// Ids of a collect.
+    ids: Vec<u32>,
 }
 
 /// A row after its scan: the maximum is known and the row holds no NaN or `+inf`.
@@ -388,9 +428,9 @@ fn apply_top_k<T: Elem>(s: &Scanned<'_, T>, kept: Kept, k: i64, scr: &mut Scratc
         return kept;
     }
     let k = k as usize;
-    match kept {
+    match kept.ranked() {
         Kept::Threshold(thr) => Kept::List(top_alive(s, k, thr, scr)),
-        Kept::List(mut l) => {
+        Kept::List(mut l) | Kept::Ids(mut l) => {
             l.truncate(k);
             Kept::List(l)
         }
@@ -515,8 +555,8 @@ fn apply_top_p<T: Elem>(
         l.truncate(n.max(min_keep));
         Kept::List(l)
     };
-    match kept {
-        Kept::List(mut l) => {
+    match kept.ranked() {
+        Kept::List(mut l) | Kept::Ids(mut l) => {
             let n = nucleus_len(&l, scale, top_p, &mut scr.wts);
             if small && top_p > 0.0 {
                 let total: f64 = scr.wts.iter().map(|&x| f64::from(x)).sum();
@@ -543,7 +583,7 @@ fn apply_top_p<T: Elem>(
             // The nucleus holds at least one token, so only `min_keep > 1` needs the count.
             let count = match &kept {
                 _ if min_keep <= 1 => 1,
-                Kept::List(l) => l.len(),
+                Kept::List(l) | Kept::Ids(l) => l.len(),
                 Kept::Threshold(t) => prims::count_ge(s.x, s.bmax, *t),
             };
             if count < min_keep {
@@ -570,10 +610,11 @@ fn nucleus_near_boundary<T: Elem>(
             let mass = prims::weight_sums(s.x, s.bmax, s.m, scale, *tau, &mut bsum);
             (mass, *tau)
         }
-        Kept::List(l) => {
+        Kept::List(l) | Kept::Ids(l) => {
             let mut w = Vec::new();
             list_weights(l, s.m, scale, &mut w);
-            (w.iter().map(|&x| f64::from(x)).sum(), l[l.len() - 1].v)
+            let lightest = l.iter().fold(f32::INFINITY, |m, c| m.min(c.v));
+            (prims::sum_f64(&w), lightest)
         }
     };
     let mut w_last = [0.0f32];
@@ -612,7 +653,8 @@ fn nucleus_of_threshold<T: Elem>(
     ids.clear();
     select::collect_range_soa(s.x, s.bmax, floor, f32::INFINITY, &mut vals, &mut ids);
     list_weights(&vals, s.m, scale, &mut scr.wts);
-    let kept = nucleus_by_buckets(&vals, &ids, &scr.wts, floor, s.m, target, s, thr);
+    let (wts, ns) = (&scr.wts, &mut scr.nucleus);
+    let kept = nucleus_by_buckets(&vals, &ids, wts, target, s, thr, ns);
     (scr.vals, scr.ids) = (vals, ids);
     kept
 }
@@ -654,18 +696,21 @@ fn nucleus_by_rounds<T: Elem>(
         select::collect_range_soa(s.x, s.bmax, lo, hi, &mut vals, &mut ids);
         wts.resize(vals.len(), 0.0);
         prims::weights(&vals[start..], s.m, scale, &mut wts[start..]);
-        let mass: f64 = wts[start..].iter().map(|&w| f64::from(w)).sum();
+        let mass = prims::sum_f64(&wts[start..]);
         if above + mass >= target || lo <= floor {
             if vals.len() == start {
                 // Only rounding can leave the weight above the floor short of the target.
                 break Kept::Threshold(if hi.is_finite() { hi } else { thr });
             }
-            let top = if hi.is_finite() { hi } else { s.m };
             let rest = target - above;
             let (v, i, w) = (&vals[start..], &ids[start..], &wts[start..]);
-            let kept = nucleus_by_buckets(v, i, w, lo, top, rest, s, thr);
-            if let Kept::Threshold(tau) = kept {
-                hold_candidate_sums(s, scale, tau, (&vals, &ids, &wts), scr);
+            let kept = nucleus_by_buckets(v, i, w, rest, s, thr, &mut scr.nucleus);
+            // Summing many candidates into blocks one by one costs more than the draw's own pass.
+            match kept {
+                Kept::Threshold(tau) if vals.len() < s.x.len() / 8 => {
+                    hold_candidate_sums(s, scale, tau, (&vals, &ids, &wts), scr);
+                }
+                _ => {}
             }
             break kept;
         }
@@ -688,11 +733,18 @@ fn hold_candidate_sums<T>(
 ) {
     scr.bsum.clear();
     scr.bsum.resize(s.bmax.len(), 0.0);
+    // Each round's candidates come in id order: a block's weights are summed in a register
+    // and stored when the block changes (not one dependent store per candidate).
+    let (mut blk, mut acc) = (0usize, 0.0f32);
     for ((&v, &id), &w) in vals.iter().zip(ids).zip(wts) {
-        if v >= tau {
-            scr.bsum[id as usize / BLOCK] += w;
+        let b = id as usize / BLOCK;
+        if b != blk {
+            scr.bsum[blk] += acc;
+            (blk, acc) = (b, 0.0);
         }
+        acc += if v >= tau { w } else { 0.0 };
     }
+    scr.bsum[blk] += acc;
     let total = scr.bsum.iter().map(|&b| f64::from(b)).sum();
     hold(s, scale, tau, total, scr);
 }
@@ -738,27 +790,31 @@ fn block_floor<T: Elem>(
 /// Buckets of the nucleus search.
 const NUCLEUS_BUCKETS: usize = 1024;
 
-/// Up to this many candidates the nucleus search sorts them all instead of bucketing.
+/// Up to this many candidates the nucleus search sorts them instead of bucketing them (again).
 const NUCLEUS_DIRECT: usize = 128;
 
 /// The bucket (of [`NUCLEUS_BUCKETS`] by logit over `[lo, hi]`, bucket 0 the largest) in which
-/// the cumulative weight crosses `target`: `(weight above it, bucket of every value, bucket)`.
+/// the cumulative weight crosses `target`: `(weight above it, bucket)`, with the bucket of every
+/// value in `idx`.
 fn crossing_bucket(
     vals: &[f32],
     wts: &[f32],
     lo: f32,
     hi: f32,
     target: f64,
-) -> Option<(f64, Vec<u16>, u16)> {
+    idx: &mut Vec<u16>,
+) -> Option<(f64, u16)> {
     let span = f64::from(hi) - f64::from(lo);
     let inv = if span > 0.0 {
-        (NUCLEUS_BUCKETS as f64 / span) as f32
+        // At most f32::MAX: `(hi - x) * inv` stays finite (and 0 for `x = hi`).
+        (NUCLEUS_BUCKETS as f64 / span).min(f64::from(f32::MAX)) as f32
     } else {
         0.0
     };
     // The index never increases with the logit.
-    let mut idx = vec![0u16; vals.len()];
-    prims::bucket_indices(vals, hi, inv, NUCLEUS_BUCKETS as u16 - 1, &mut idx);
+    idx.clear();
+    idx.resize(vals.len(), 0);
+    prims::bucket_indices(vals, hi, inv, NUCLEUS_BUCKETS as u16 - 1, idx);
     // Four interleaved histograms, so consecutive updates of one bucket do not serialise.
     let mut mass = vec![[0.0f64; 4]; NUCLEUS_BUCKETS];
     for (i, (&b, &w)) in idx.iter().zip(wts).enumerate() {
@@ -768,71 +824,140 @@ fn crossing_bucket(
     for (b, m4) in mass.iter().enumerate() {
         let m = (m4[0] + m4[1]) + (m4[2] + m4[3]);
         if above + m >= target {
-            return Some((above, idx, b as u16));
+            return Some((above, b as u16));
         }
         above += m;
     }
     None
 }
 
+/// The first `i` at which `above + w[0] + ... + w[i]` reaches `target` (`None`: none does), with
+/// the weights summed 64 at a time until the crossing chunk.
+fn crossing_index(w: &[f32], mut above: f64, target: f64) -> Option<usize> {
+    for (c, chunk) in w.chunks(64).enumerate() {
+        let sum = prims::sum_f64(chunk);
+        if above + sum >= target {
+            for (i, &x) in chunk.iter().enumerate() {
+                above += f64::from(x);
+                if above >= target {
+                    return Some(c * 64 + i);
+                }
+            }
+        }
+        above += sum;
+    }
+    None
+}
+
+/// The nucleus from candidates `vals` (ids `ids`, weights `wts`, values in `[lo, hi]`, in
+/// increasing id order) that hold every token `>= lo` of the row, whose weight in rank order
+/// crosses `target` (after the weight of any tokens above `hi`, which `target` excludes).
+///
+/// The candidates go into buckets by logit, and those of the crossing bucket into buckets again
+/// until a few are left, which are sorted; a bucket of equal logits is ranked by id as it is.
 #[allow(clippy::too_many_arguments)]
 fn nucleus_by_buckets<T: Elem>(
     vals: &[f32],
     ids: &[u32],
     wts: &[f32],
-    lo: f32,
-    hi: f32,
     target: f64,
     s: &Scanned<'_, T>,
     thr: f32,
+    ns: &mut NucleusScratch,
 ) -> Kept {
-    let member = |i: usize| {
-        (
-            Cand {
-                v: vals[i],
-                id: ids[i],
-            },
-            wts[i],
-        )
-    };
-    let (above, mut in_bucket): (f64, Vec<(Cand, f32)>) = if vals.len() <= NUCLEUS_DIRECT {
-        // Few candidates: rank them all (the histogram would cost more than the sort).
-        (0.0, (0..vals.len()).map(member).collect())
-    } else {
-        let Some((above, idx, b)) = crossing_bucket(vals, wts, lo, hi, target) else {
-            return Kept::Threshold(thr);
+    // The weight ranked above the members; the members (indices into `vals`, increasing, in
+    // `ns.members`; every candidate while `all`), their values and weights.
+    let mut above = 0.0f64;
+    let mut all = true;
+    // The buckets span the values in play.
+    let (mut lo, mut hi) = prims::min_max(vals);
+    let tied = loop {
+        let (v, w) = if all {
+            (vals, wts)
+        } else {
+            (&ns.vals[..], &ns.wts[..])
         };
-        let inside = (0..vals.len()).filter(|&i| idx[i] == b);
-        (above, inside.map(member).collect())
-    };
-    in_bucket.sort_unstable_by(|a, b| select::by_rank(&a.0, &b.0));
-    let mut cum = above;
-    let mut cross = in_bucket.len() - 1;
-    for (i, (_, w)) in in_bucket.iter().enumerate() {
-        cum += f64::from(*w);
-        if cum >= target {
-            cross = i;
-            break;
+        if lo == hi || v.len() <= NUCLEUS_DIRECT {
+            break lo == hi;
         }
+        let Some((up, b)) = crossing_bucket(v, w, lo, hi, target - above, &mut ns.idx) else {
+            if all {
+                // Rounding leaves the weight of every candidate short of the target.
+                return Kept::Threshold(thr);
+            }
+            break false;
+        };
+        if ns.idx.iter().all(|&ib| ib == b) {
+            // One bucket holds them all: values too close for the buckets to split.
+            break false;
+        }
+        let inside = ns.idx.iter().enumerate().filter(|&(_, &ib)| ib == b);
+        ns.next.clear();
+        if all {
+            ns.next.extend(inside.map(|(i, _)| i as u32));
+        } else {
+            ns.next.extend(inside.map(|(i, _)| ns.members[i]));
+        }
+        above += up;
+        std::mem::swap(&mut ns.members, &mut ns.next);
+        all = false;
+        ns.vals.clear();
+        ns.vals.extend(ns.members.iter().map(|&i| vals[i as usize]));
+        ns.wts.clear();
+        ns.wts.extend(ns.members.iter().map(|&i| wts[i as usize]));
+        (lo, hi) = prims::min_max(&ns.vals);
+    };
+    // The members in rank order: as they are when tied (increasing id), else sorted.
+    let direct = all && tied;
+    if !direct {
+        if all {
+            ns.members.clear();
+            ns.members.extend(0..vals.len() as u32);
+        }
+        if !tied {
+            ns.members.sort_unstable_by(|&a, &b| {
+                let c = |i: u32| Cand {
+                    v: vals[i as usize],
+                    id: ids[i as usize],
+                };
+                select::by_rank(&c(a), &c(b))
+            });
+        }
+        ns.wts.clear();
+        ns.wts.extend(ns.members.iter().map(|&i| wts[i as usize]));
     }
-    let tau = in_bucket[cross].0.v;
-    let last_tie = in_bucket.get(cross + 1).is_none_or(|next| next.0.v < tau);
+    let (n, member_wts) = if direct {
+        (vals.len(), wts)
+    } else {
+        (ns.members.len(), &ns.wts[..])
+    };
+    let cross = crossing_index(member_wts, above, target).unwrap_or(n - 1);
+    let members = &ns.members;
+    let at = |j: usize| if direct { j } else { members[j] as usize };
+    let tau = vals[at(cross)];
+    let last_tie = cross + 1 == n || vals[at(cross + 1)] < tau;
     if last_tie {
         return Kept::Threshold(tau);
     }
     // The nucleus ends inside a run of equal logits: keep the run up to the crossing id.
-    let cut_id = in_bucket[cross].0.id;
-    let mut list = Vec::new();
-    select::collect_ge(s.x, s.bmax, tau, &mut list);
-    list.retain(|c| c.v > tau || c.id <= cut_id);
-    list.sort_unstable_by(select::by_rank);
-    Kept::List(list)
+    let cut_id = ids[at(cross)];
+    ns.vals.clear();
+    ns.ids.clear();
+    select::collect_range_soa(s.x, s.bmax, tau, f32::INFINITY, &mut ns.vals, &mut ns.ids);
+    // Ids up to `cut_id` all stay (they are `>= tau`); after it, those above `tau`.
+    let upto = ns.ids.partition_point(|&id| id <= cut_id);
+    let pair = |(&v, &id): (&f32, &u32)| Cand { v, id };
+    let mut list = Vec::with_capacity(ns.ids.len());
+    list.extend(ns.vals[..upto].iter().zip(&ns.ids[..upto]).map(pair));
+    let rest = ns.vals[upto..].iter().zip(&ns.ids[upto..]).map(pair);
+    list.extend(rest.filter(|c| c.v > tau));
+    Kept::Ids(list)
 }
 
 /// Keeps at least the best `n` tokens of `kept` (all of them if it has fewer).
 fn keep_top<T: Elem>(s: &Scanned<'_, T>, kept: Kept, n: usize, scr: &mut Scratch) -> Kept {
-    match kept {
-        Kept::List(mut l) => {
+    match kept.ranked() {
+        Kept::List(mut l) | Kept::Ids(mut l) => {
             l.truncate(n);
             Kept::List(l)
         }
@@ -859,6 +984,15 @@ fn apply_min_p<T: Elem>(
             let n = l.iter().take_while(|c| c.v >= t).count();
             l.truncate(n.max(min_keep));
             Kept::List(l)
+        }
+        Kept::Ids(mut l) => {
+            let t = min_p_threshold(list_max(&l), fs, ln_min_p);
+            if l.iter().filter(|c| c.v >= t).count() >= min_keep {
+                l.retain(|c| c.v >= t);
+                Kept::Ids(l)
+            } else {
+                apply_min_p(s, Kept::Ids(l).ranked(), min_p, fs, min_keep, scr)
+            }
         }
         Kept::Threshold(thr) => {
             let t = min_p_threshold(s.m, fs, ln_min_p).max(thr);
@@ -910,22 +1044,44 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
             .collect()
     };
     match kept {
-        Kept::List(l) => {
-            let vmax = l[0].v;
-            let mut by_id = std::mem::take(&mut scr.cands);
-            by_id.clear();
-            by_id.extend_from_slice(l);
-            by_id.sort_unstable_by_key(|c| c.id);
-            list_weights(&by_id, vmax, scale, &mut scr.wts);
-            let total: f64 = scr.wts.iter().map(|&x| f64::from(x)).sum();
+        Kept::List(l) | Kept::Ids(l) => {
+            let vmax = list_max(l);
+            let mut sorted = std::mem::take(&mut scr.cands);
+            let by_id = if let Kept::List(_) = kept {
+                sorted.clear();
+                sorted.extend_from_slice(l);
+                sorted.sort_unstable_by_key(|c| c.id);
+                &sorted[..]
+            } else {
+                l
+            };
+            list_weights(by_id, vmax, scale, &mut scr.wts);
+            let total = prims::sum_f64(&scr.wts);
             let target = u * total;
             // In `f64` for a tiny `u` (tokens too light for an `f32` weight may come first) and,
             // in a short row, for a cumulative weight near `u` or a walk past the end.
             let mut exact = target < NEAR * total;
             let mut cum = 0.0;
             let mut chosen = None;
+            let mut start = 0;
+            if !exact && !small {
+                // A long list: whole chunks before the crossing one go by their sums.
+                for chunk in scr.wts.chunks(64) {
+                    let sum = prims::sum_f64(chunk);
+                    if cum + sum > target {
+                        break;
+                    }
+                    cum += sum;
+                    start += chunk.len();
+                }
+                if start == by_id.len() {
+                    // Rounding left the target unreached: the last token with a weight.
+                    let w = by_id.iter().zip(&scr.wts).rev().find(|&(_, &wc)| wc > 0.0);
+                    chosen = w.map(|(c, _)| c.id);
+                }
+            }
             if !exact {
-                for (c, &wc) in by_id.iter().zip(&scr.wts) {
+                for (c, &wc) in by_id[start..].iter().zip(&scr.wts[start..]) {
                     if wc > 0.0 {
                         cum += f64::from(wc);
                         if small && (cum - target).abs() < NEAR * total {
@@ -946,7 +1102,7 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
             } else {
                 chosen.unwrap_or(l[0].id) as usize
             };
-            scr.cands = by_id;
+            scr.cands = sorted;
             tok
         }
         &Kept::Threshold(thr) => {
@@ -1046,7 +1202,7 @@ pub fn sample_row<T: Elem>(
 pub fn write_kept<T: Elem>(x: &[T], kept: &Kept, out: &mut [f32]) {
     match kept {
         Kept::Threshold(thr) => prims::write_masked(x, *thr, out),
-        Kept::List(l) => {
+        Kept::List(l) | Kept::Ids(l) => {
             out.fill(f32::NEG_INFINITY);
             for c in l {
                 out[c.id as usize] = c.v;

@@ -199,7 +199,7 @@ fn kernel_kept<T: Elem>(x: &[T], f: &Filters) -> Vec<usize> {
     let mut scr = Scratch::default();
     match pipeline::kept_set(&s, f, &mut scr) {
         Kept::Threshold(t) => (0..x.len()).filter(|&i| x[i].to_f32() >= t).collect(),
-        Kept::List(l) => l.iter().map(|c| c.id as usize).collect(),
+        Kept::List(l) | Kept::Ids(l) => l.iter().map(|c| c.id as usize).collect(),
     }
 }
 
@@ -1937,20 +1937,32 @@ fn scan_gives_the_portable_bits_on_every_level() {
 }
 
 /// Long-tailed rows, whose nucleus reaches deep into a large bulk (the heaviest block maxima do
-/// not hold the top-p mass, so the nucleus is collected in rounds from the top): kept sets and
-/// draws as the reference, on every level and element type, with ties at the boundary.
+/// not hold the top-p mass, so the nucleus is collected in rounds from the top), and flat ones:
+/// kept sets and draws as the reference, on every level and element type, with ties at the
+/// boundary (runs of equal logits thousands long), and bulks so narrow that the crossing bucket
+/// is split again. Then min-p and `min_keep` after such a nucleus, in the pipeline.
 #[test]
 fn long_tailed_top_p_matches_the_reference() {
     let v = 20_000;
-    for (seed, spread, grid) in [(1u64, 2.0f32, 0.0f32), (2, 3.0, 0.25), (3, 1.0, 0.0)] {
-        // A bulk of spread * (sum of three uniforms) with a few spikes above it, and on a grid
-        // (many ties) for the second row.
+    for (seed, spread, grid, spikes) in [
+        (1u64, 2.0f32, 0.0f32, true),
+        (2, 3.0, 0.25, true),
+        (3, 1.0, 0.0, true),
+        (4, 0.02, 0.0, false),
+        (5, 0.0, 0.0, false),
+        (6, 0.0, 0.0, true),
+        (7, 4.0, 0.5, false),
+    ] {
+        // A bulk of spread * (sum of three uniforms) with a few spikes above it, on a grid (many
+        // ties) where `grid > 0`; all equal where `spread = 0`.
         let mut x: Vec<f32> = lcg_values(seed, 3 * v)
             .chunks_exact(3)
             .map(|c| spread * (c[0] + c[1] + c[2]) / 30.0)
             .collect();
-        for (i, lift) in [(17usize, 9.0f32), (9_999, 8.0), (19_000, 7.5)] {
-            x[i] = spread * 3.0 + lift;
+        if spikes {
+            for (i, lift) in [(17usize, 9.0f32), (9_999, 8.0), (19_000, 7.5)] {
+                x[i] = spread * 3.0 + lift;
+            }
         }
         if grid > 0.0 {
             x.iter_mut().for_each(|e| *e = (*e / grid).round() * grid);
@@ -1998,6 +2010,44 @@ fn long_tailed_top_p_matches_the_reference() {
                     (bits(&out), toks)
                 });
                 assert_same_across("long-tailed top-p", &results);
+            }
+            for (p, min_p, mk, order) in [
+                (0.5, 0.05, 1, Order::Default),
+                (0.9, 0.5, 4, Order::Default),
+                (0.7, 0.9, 1, Order::Vllm),
+                (0.95, 0.02, 30_000, Order::Default),
+            ] {
+                let f = Filters {
+                    temperature: 1.0,
+                    top_p: p,
+                    min_p,
+                    min_keep: mk,
+                    order,
+                    ..Filters::default()
+                };
+                let want = re::pipeline_kept(row, &f);
+                let results = each_level(|level| {
+                    let got = with_elems!(b, x => kernel_kept(x, &f));
+                    let len = want.accepts(&got).unwrap_or_else(|| {
+                        panic!(
+                            "{level:?} {ty:?} seed {seed} {f:?}: kept {}, want {} ({:?})",
+                            got.len(),
+                            want.exact,
+                            want.lengths
+                        )
+                    });
+                    let mut tok = [0i64];
+                    with_elems!(b, x => kernels::sample(x, v, &PerRow::All(f), &[0.61], &mut tok).unwrap());
+                    let d = re::draw(row, &want.ids(len), 1.0, 0.61);
+                    assert!(
+                        d.plausible.contains(&(tok[0] as usize)),
+                        "{level:?} {ty:?} seed {seed} {f:?}: got {}, want {}",
+                        tok[0],
+                        d.exact
+                    );
+                    (len, tok[0])
+                });
+                assert_same_across("top-p then min-p", &results);
             }
         }
     }
