@@ -705,9 +705,13 @@ fn nucleus_by_rounds<T: Elem>(
             let rest = target - above;
             let (v, i, w) = (&vals[start..], &ids[start..], &wts[start..]);
             let kept = nucleus_by_buckets(v, i, w, rest, s, thr, &mut scr.nucleus);
-            // Summing many candidates into blocks one by one costs more than the draw's own pass.
+            // Summing many candidates into blocks one by one costs more than the draw's own
+            // vector pass (not than the scalar level's, whose exp uses the software fma).
+            let few = vals.len() < s.x.len() / 8;
             match kept {
-                Kept::Threshold(tau) if vals.len() < s.x.len() / 8 => {
+                Kept::Threshold(tau)
+                    if few || crate::simd::level() == crate::simd::Level::Scalar =>
+                {
                     hold_candidate_sums(s, scale, tau, (&vals, &ids, &wts), scr);
                 }
                 _ => {}
