@@ -60,6 +60,21 @@ fn main() {
         order: Order::LlamaCpp,
         ..Filters::default()
     };
+    // Flat rows for top-p alone, whose nucleus holds a large share of the vocabulary: all equal,
+    // a narrow bulk (sum of four uniforms, spread 0.1 and 1) and that bulk on a 0.1 grid (runs
+    // of thousands of equal logits).
+    let bulk: Vec<f32> = (0..v)
+        .map(|_| (0..4).map(|_| next()).sum::<f32>() - 2.0)
+        .collect();
+    let flat: [(&str, Vec<f32>); 4] = [
+        ("all equal", vec![0.0; v]),
+        ("spread 0.1", bulk.iter().map(|e| e * 0.1).collect()),
+        ("spread 1", bulk.clone()),
+        (
+            "0.1 grid",
+            bulk.iter().map(|e| (e * 10.0).round() / 10.0).collect(),
+        ),
+    ];
     // The same row in bfloat16 (rounded to nearest even).
     let halves: Vec<u16> = x
         .iter()
@@ -232,6 +247,15 @@ fn main() {
             let f = PerRow::All(f);
             let us = median_us(|| kernels::sample(row, v, &f, &[0.37], &mut tok).unwrap());
             println!("  {:<18} {us:9.2} us", format!("sample {name}"));
+        }
+        let nucleus = PerRow::All(Filters {
+            top_p: 0.9,
+            ..Filters::default()
+        });
+        for (name, row) in &flat {
+            let us =
+                median_us(|| kernels::sample(&row[..], v, &nucleus, &[0.37], &mut tok).unwrap());
+            println!("  {:<18} {us:9.2} us", format!("top-p, {name}"));
         }
         let chain = PerRow::All(chain);
         let hrow = as_bf16(&halves);
