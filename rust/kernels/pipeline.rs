@@ -177,6 +177,8 @@ pub struct Scratch {
 pub struct NucleusScratch {
     /// Bucket of each value.
     idx: Vec<u16>,
+    /// Weight per bucket, in four interleaved histograms.
+    mass: Vec<[f64; 4]>,
     /// Candidates still in play, and those of the next round.
     members: Vec<u32>,
     next: Vec<u32>,
@@ -706,12 +708,10 @@ fn nucleus_by_rounds<T: Elem>(
             let (v, i, w) = (&vals[start..], &ids[start..], &wts[start..]);
             let kept = nucleus_by_buckets(v, i, w, rest, s, thr, &mut scr.nucleus);
             // Summing many candidates into blocks one by one costs more than the draw's own
-            // vector pass (not than the scalar level's, whose exp uses the software fma).
-            let few = vals.len() < s.x.len() / 8;
+            // vector pass. (The choice depends on the row alone: the block sums, and so the
+            // drawn token, are the same on every SIMD level.)
             match kept {
-                Kept::Threshold(tau)
-                    if few || crate::simd::level() == crate::simd::Level::Scalar =>
-                {
+                Kept::Threshold(tau) if vals.len() < s.x.len() / 8 => {
                     hold_candidate_sums(s, scale, tau, (&vals, &ids, &wts), scr);
                 }
                 _ => {}
@@ -807,6 +807,7 @@ fn crossing_bucket(
     hi: f32,
     target: f64,
     idx: &mut Vec<u16>,
+    mass: &mut Vec<[f64; 4]>,
 ) -> Option<(f64, u16)> {
     let span = f64::from(hi) - f64::from(lo);
     let inv = if span > 0.0 {
@@ -820,7 +821,8 @@ fn crossing_bucket(
     idx.resize(vals.len(), 0);
     prims::bucket_indices(vals, hi, inv, NUCLEUS_BUCKETS as u16 - 1, idx);
     // Four interleaved histograms, so consecutive updates of one bucket do not serialise.
-    let mut mass = vec![[0.0f64; 4]; NUCLEUS_BUCKETS];
+    mass.clear();
+    mass.resize(NUCLEUS_BUCKETS, [0.0; 4]);
     for (i, (&b, &w)) in idx.iter().zip(wts).enumerate() {
         mass[usize::from(b)][i & 3] += f64::from(w);
     }
@@ -847,8 +849,10 @@ fn crossing_index(w: &[f32], mut above: f64, target: f64) -> Option<usize> {
                     return Some(c * 64 + i);
                 }
             }
+            // Rounding: the chunk's own additions fell short (`above` now holds them).
+        } else {
+            above += sum;
         }
-        above += sum;
     }
     None
 }
@@ -884,7 +888,9 @@ fn nucleus_by_buckets<T: Elem>(
         if lo == hi || v.len() <= NUCLEUS_DIRECT {
             break lo == hi;
         }
-        let Some((up, b)) = crossing_bucket(v, w, lo, hi, target - above, &mut ns.idx) else {
+        let Some((up, b)) =
+            crossing_bucket(v, w, lo, hi, target - above, &mut ns.idx, &mut ns.mass)
+        else {
             if all {
                 // Rounding leaves the weight of every candidate short of the target.
                 return Kept::Threshold(thr);
@@ -1297,6 +1303,21 @@ mod tests {
             let t = min_p_threshold(vmax, fs, min_p.ln());
             prop_assert!(is_first_pass(t, vmax, fs, min_p.ln()), "{vmax} {fs} {min_p} -> {t}");
         }
+    }
+
+    #[test]
+    fn crossing_index_counts_each_weight_once() {
+        // The chunk sum reaches the target only by rounding: one by one the weights fall short,
+        // and the next chunk's weights are then added to that shortfall, not to the chunk sum.
+        let tiny = (2.0f64).powi(-53) as f32;
+        let mut w = vec![1.0f32];
+        w.extend([tiny; 127]);
+        let target = 1.0 + (2.0f64).powi(-50);
+        assert_eq!(crossing_index(&w, 0.0, target), None);
+        w.push(1.0);
+        assert_eq!(crossing_index(&w, 0.0, target), Some(128));
+        assert_eq!(crossing_index(&[1.0, 2.0, 3.0], 0.5, 3.5), Some(1));
+        assert_eq!(crossing_index(&[1.0; 200], 0.0, 130.0), Some(129));
     }
 
     #[test]

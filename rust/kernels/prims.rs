@@ -740,9 +740,12 @@ multiversion! {
         let top_f = f32::from(top);
         for (o, e) in out.iter_mut().zip(x) {
             let b = (hi - e.to_f32()) * inv;
-            // `b >= 0` or NaN; the select sends NaN and anything above `top` to `top`.
+            // `b >= 0` (for `x <= hi` and `inv >= 0`), `+inf` or NaN; the select sends NaN and
+            // anything above `top` to `top`.
+            debug_assert!(e.to_f32() <= hi && inv >= 0.0);
             let b = if b < top_f { b } else { top_f };
-            // SAFETY: `b` lies in `[0, top]` (`-0.0` at worst), well inside the i32 range.
+            // SAFETY: with `x <= hi` and `inv >= 0` (the callers' contract), `b` lies in
+            // `[0, top]` (`-0.0` at worst), well inside the i32 range.
             *o = unsafe { b.to_int_unchecked::<i32>() } as u16;
         }
     }

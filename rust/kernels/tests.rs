@@ -2052,3 +2052,129 @@ fn long_tailed_top_p_matches_the_reference() {
         }
     }
 }
+
+/// Rows drawn from pools of values (runs of consecutive floats, signed zeros and subnormals, a
+/// 0.1 grid, dense ranges, +-f32::MAX), some with spikes and masked tokens, through
+/// top-p with min-p, `min_keep` and every order: kept sets and draws as the reference, and the
+/// same kept set and token on every level.
+#[test]
+fn pooled_rows_top_p_matches_the_reference() {
+    let mut next = lcg(99);
+    let mut pick = move |n: usize| next() as usize % n;
+    for case in 0..1200 {
+        let v = [1100usize, 3000, 20_000][pick(3)];
+        let kind = pick(8);
+        let n = 1 + pick([300, 2, 40, 60, 4, 2000, 5, 20_000][kind]);
+        let pool: Vec<f32> = (0..n)
+            .map(|k| match kind {
+                0 => f32::from_bits(1.0f32.to_bits() + k as u32),
+                1 => [0.0, -0.0][k],
+                2 => f32::from_bits(k as u32) * if k % 2 == 0 { 1.0 } else { -1.0 },
+                3 => k as f32 * 0.1,
+                4 => [f32::MAX, -f32::MAX, 0.0, f32::MAX][k],
+                5 => 5.0 + k as f32 * 1e-4,
+                6 => k as f32 - 3.0,
+                _ => f32::from_bits(3.0f32.to_bits() + k as u32 * (1 + k as u32 % 3)),
+            })
+            .collect();
+        let mut x: Vec<f32> = (0..v).map(|_| pool[pick(n)]).collect();
+        if pick(3) == 0 {
+            for _ in 0..3 {
+                let i = pick(v);
+                x[i] += 6.0;
+            }
+            for _ in 0..50 {
+                x[pick(v)] = f32::NEG_INFINITY;
+            }
+        }
+        let f = Filters {
+            temperature: [1.0, 0.05, 3.0, 1e-30, 1e30][pick(5)],
+            top_p: [0.0, 1e-6, 0.1, 0.5, 0.9, 0.99, 0.999_999][pick(7)],
+            min_p: [0.0, 0.0, 0.3, 0.999][pick(4)],
+            min_keep: [1usize, 1, 3, 700, 50_000][pick(5)],
+            order: [Order::Default, Order::Vllm, Order::LlamaCpp][pick(3)],
+            ..Filters::default()
+        };
+        let u = [0.0, 0.3, 0.61, 0.999_999][pick(4)];
+        let want = re::pipeline_kept(&x, &f);
+        let results = each_level(|level| {
+            let got = kernel_kept(&x[..], &f);
+            let len = want.accepts(&got).unwrap_or_else(|| {
+                panic!(
+                    "case {case} {level:?} pool {kind} V {v} {f:?}: kept {}, want {} ({:?})",
+                    got.len(),
+                    want.exact,
+                    want.lengths
+                )
+            });
+            let mut tok = [0i64];
+            kernels::sample(&x[..], v, &PerRow::All(f), &[u], &mut tok).unwrap();
+            let d = re::draw(&x, &want.ids(len), f.temperature, u);
+            assert!(
+                d.plausible.contains(&(tok[0] as usize)),
+                "case {case} {level:?} pool {kind} V {v} {f:?} u {u}: drew {}, want {}",
+                tok[0],
+                d.exact
+            );
+            (len, tok[0])
+        });
+        assert_same_across("pooled rows: kept set and token", &results);
+    }
+}
+
+/// A flat row whose nucleus holds every token, collected in one round: the `u` at which the draw
+/// moves from one block's last kept token to the next block's first is the same on every level
+/// (the block sums the draw walks are the same bits).
+#[test]
+fn draw_boundaries_are_the_same_on_every_level() {
+    let v = 20_000;
+    let x: Vec<f32> = lcg_values(4, 3 * v)
+        .chunks_exact(3)
+        .map(|c| 0.02 * (c[0] + c[1] + c[2]) / 30.0)
+        .collect();
+    let f = Filters {
+        temperature: 1.0,
+        top_p: 0.9,
+        ..Filters::default()
+    };
+    let kept = re::top_p_kept(&x, 0.9, 1.0, 1);
+    let ids = kept.ids(kept.exact);
+    let w: Vec<f64> = ids.iter().map(|&i| f64::from(x[i]).exp()).collect();
+    let total: f64 = w.iter().sum();
+    // Cumulative probabilities where the draw crosses into a new block, and the two tokens.
+    let mut bounds = Vec::new();
+    let mut cum = 0.0;
+    for (j, &wi) in w.iter().enumerate() {
+        cum += wi;
+        if j + 1 < ids.len() && ids[j + 1] / kernels::prims::BLOCK != ids[j] / kernels::prims::BLOCK
+        {
+            bounds.push((cum / total, ids[j] as i64, ids[j + 1] as i64));
+        }
+    }
+    let draw_at = |u: f64| {
+        let mut tok = [0i64];
+        kernels::sample(&x[..], v, &PerRow::All(f), &[u], &mut tok).unwrap();
+        tok[0]
+    };
+    let results = each_level(|level| {
+        let mut flips = Vec::new();
+        for &(c, a, b) in bounds.iter().step_by(7).take(40) {
+            let (mut lo, mut hi) = (c - 1e-6, c + 1e-6);
+            assert_eq!((draw_at(lo), draw_at(hi)), (a, b), "{level:?} near {c}");
+            loop {
+                let mid = 0.5 * (lo + hi);
+                if mid == lo || mid == hi {
+                    break;
+                }
+                if draw_at(mid) == a {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            flips.push(hi.to_bits());
+        }
+        flips
+    });
+    assert_same_across("draw boundaries", &results);
+}
