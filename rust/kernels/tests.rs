@@ -2027,30 +2027,45 @@ fn long_tailed_top_p_matches_the_reference() {
                 };
                 let want = re::pipeline_kept(row, &f);
                 let results = each_level(|level| {
-                    let got = with_elems!(b, x => kernel_kept(x, &f));
-                    let len = want.accepts(&got).unwrap_or_else(|| {
-                        panic!(
-                            "{level:?} {ty:?} seed {seed} {f:?}: kept {}, want {} ({:?})",
-                            got.len(),
-                            want.exact,
-                            want.lengths
-                        )
-                    });
-                    let mut tok = [0i64];
-                    with_elems!(b, x => kernels::sample(x, v, &PerRow::All(f), &[0.61], &mut tok).unwrap());
-                    let d = re::draw(row, &want.ids(len), 1.0, 0.61);
-                    assert!(
-                        d.plausible.contains(&(tok[0] as usize)),
-                        "{level:?} {ty:?} seed {seed} {f:?}: got {}, want {}",
-                        tok[0],
-                        d.exact
-                    );
-                    (len, tok[0])
+                    let what = format!("{level:?} {ty:?} seed {seed}");
+                    with_elems!(b, x => sample_as_reference(x, row, &f, &want, 0.61, &what))
                 });
                 assert_same_across("top-p then min-p", &results);
             }
         }
     }
+}
+
+/// One row (`x`, whose values are `row`) through the pipeline `f` with uniform `u`: the kept set
+/// must be one that `want` accepts and the token one the reference draw from it accepts.
+/// Returns (kept set length, token).
+fn sample_as_reference<T: Elem>(
+    x: &[T],
+    row: &[f32],
+    f: &Filters,
+    want: &re::KeptRef,
+    u: f64,
+    what: &str,
+) -> (usize, i64) {
+    let got = kernel_kept(x, f);
+    let Some(len) = want.accepts(&got) else {
+        panic!(
+            "{what} {f:?}: kept {}, want {} ({:?})",
+            got.len(),
+            want.exact,
+            want.lengths
+        )
+    };
+    let mut tok = [0i64];
+    kernels::sample(x, x.len(), &PerRow::All(*f), &[u], &mut tok).unwrap();
+    let d = re::draw(row, &want.ids(len), f.temperature, u);
+    assert!(
+        d.plausible.contains(&(tok[0] as usize)),
+        "{what} {f:?} u {u}: drew {}, want {}",
+        tok[0],
+        d.exact
+    );
+    (len, tok[0])
 }
 
 /// Rows drawn from pools of values (runs of consecutive floats, signed zeros and subnormals, a
@@ -2098,25 +2113,8 @@ fn pooled_rows_top_p_matches_the_reference() {
         let u = [0.0, 0.3, 0.61, 0.999_999][pick(4)];
         let want = re::pipeline_kept(&x, &f);
         let results = each_level(|level| {
-            let got = kernel_kept(&x[..], &f);
-            let len = want.accepts(&got).unwrap_or_else(|| {
-                panic!(
-                    "case {case} {level:?} pool {kind} V {v} {f:?}: kept {}, want {} ({:?})",
-                    got.len(),
-                    want.exact,
-                    want.lengths
-                )
-            });
-            let mut tok = [0i64];
-            kernels::sample(&x[..], v, &PerRow::All(f), &[u], &mut tok).unwrap();
-            let d = re::draw(&x, &want.ids(len), f.temperature, u);
-            assert!(
-                d.plausible.contains(&(tok[0] as usize)),
-                "case {case} {level:?} pool {kind} V {v} {f:?} u {u}: drew {}, want {}",
-                tok[0],
-                d.exact
-            );
-            (len, tok[0])
+            let what = format!("case {case} {level:?} pool {kind} V {v}");
+            sample_as_reference(&x[..], &x, &f, &want, u, &what)
         });
         assert_same_across("pooled rows: kept set and token", &results);
     }
