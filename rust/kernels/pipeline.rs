@@ -709,9 +709,10 @@ fn nucleus_by_rounds<T: Elem>(
             let kept = nucleus_by_buckets(v, i, w, rest, s, thr, &mut scr.nucleus);
             // Summing many candidates into blocks one by one costs more than the draw's own
             // vector pass. (The choice depends on the row alone: the block sums, and so the
-            // drawn token, are the same on every SIMD level.)
+            // drawn token, are the same on every SIMD level.) The candidates hold every token
+            // `>= lo`, not those of a threshold below it (a rounding miss keeps every token).
             match kept {
-                Kept::Threshold(tau) if vals.len() < s.x.len() / 8 => {
+                Kept::Threshold(tau) if tau >= lo && vals.len() < s.x.len() / 8 => {
                     hold_candidate_sums(s, scale, tau, (&vals, &ids, &wts), scr);
                 }
                 _ => {}
