@@ -141,7 +141,6 @@ fn logprobs_of<T: Elem>(
 ) {
     let v_tok = s.x[tok].to_f32();
     let scale = pipeline::scale_of(t);
-
     let (vmax, log_total) = match kept {
         Kept::Threshold(thr) => {
             let (total, _) = pipeline::weight_sums(s, scale, *thr, scr);

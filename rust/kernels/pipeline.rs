@@ -838,21 +838,30 @@ fn crossing_bucket(
     None
 }
 
-/// The first `i` at which `above + w[0] + ... + w[i]` reaches `target` (`None`: none does), with
-/// the weights summed 64 at a time until the crossing chunk.
-fn crossing_index(w: &[f32], mut above: f64, target: f64) -> Option<usize> {
-    for (c, chunk) in w.chunks(64).enumerate() {
+/// How many leading weights of `w`, taken 64 at a time, add to `cum` without `crossed` turning
+/// true, and the sum they reach: a walk over a long list starts one by one from there.
+fn skip_chunks(w: &[f32], mut cum: f64, crossed: impl Fn(f64) -> bool) -> (usize, f64) {
+    let mut start = 0;
+    for chunk in w.chunks(64) {
         let sum = prims::sum_f64(chunk);
-        if above + sum >= target {
-            for (i, &x) in chunk.iter().enumerate() {
-                above += f64::from(x);
-                if above >= target {
-                    return Some(c * 64 + i);
-                }
-            }
-            // Rounding: the chunk's own additions fell short (`above` now holds them).
-        } else {
-            above += sum;
+        if crossed(cum + sum) {
+            break;
+        }
+        cum += sum;
+        start += chunk.len();
+    }
+    (start, cum)
+}
+
+/// The first `i` at which `above + w[0] + ... + w[i]` reaches `target` (`None`: none does).
+fn crossing_index(w: &[f32], above: f64, target: f64) -> Option<usize> {
+    let (start, mut cum) = skip_chunks(w, above, |c| c >= target);
+    // One by one from the crossing chunk (to the end, if its sum reached `target` only by
+    // rounding).
+    for (i, &x) in w[start..].iter().enumerate() {
+        cum += f64::from(x);
+        if cum >= target {
+            return Some(start + i);
         }
     }
     None
@@ -898,16 +907,16 @@ fn nucleus_by_buckets<T: Elem>(
             }
             break false;
         };
-        if ns.idx.iter().all(|&ib| ib == b) {
-            // One bucket holds them all: values too close for the buckets to split.
-            break false;
-        }
         let inside = ns.idx.iter().enumerate().filter(|&(_, &ib)| ib == b);
         ns.next.clear();
         if all {
             ns.next.extend(inside.map(|(i, _)| i as u32));
         } else {
             ns.next.extend(inside.map(|(i, _)| ns.members[i]));
+        }
+        if ns.next.len() == v.len() {
+            // One bucket holds them all: values too close for the buckets to split.
+            break false;
         }
         above += up;
         std::mem::swap(&mut ns.members, &mut ns.next);
@@ -1077,14 +1086,7 @@ pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut 
             let mut start = 0;
             if !exact && !small {
                 // A long list: whole chunks before the crossing one go by their sums.
-                for chunk in scr.wts.chunks(64) {
-                    let sum = prims::sum_f64(chunk);
-                    if cum + sum > target {
-                        break;
-                    }
-                    cum += sum;
-                    start += chunk.len();
-                }
+                (start, cum) = skip_chunks(&scr.wts, 0.0, |c| c > target);
                 if start == by_id.len() {
                     // Rounding left the target unreached: the last token with a weight.
                     let w = by_id.iter().zip(&scr.wts).rev().find(|&(_, &wc)| wc > 0.0);
