@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 import logitkit as lk
 import oracle
@@ -37,6 +38,25 @@ def test_mask_top_p_matches_oracle(inp, top_p, temperature, min_keep):
     check_mask(
         got,
         inp.ref,
+        lambda r: oracle.mask_top_p_sets(
+            r, top_p, temperature, min_keep, oracle.tolerance(r, temperature)
+        ),
+    )
+
+
+@given(
+    x=S.rows(vocab=st.integers(129, 1100)),
+    top_p=S.top_ps,
+    temperature=S.temperatures,
+    min_keep=S.min_keeps,
+)
+def test_mask_top_p_of_longer_rows_matches_oracle(x, top_p, temperature, min_keep):
+    """Past 128 candidates the nucleus is searched in buckets of logits, split again where it
+    crosses, and a run of ties it ends in is kept in id order."""
+    got = lk.mask_top_p(x, top_p, temperature=temperature, min_keep=min_keep)
+    check_mask(
+        got,
+        x,
         lambda r: oracle.mask_top_p_sets(
             r, top_p, temperature, min_keep, oracle.tolerance(r, temperature)
         ),
