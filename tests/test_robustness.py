@@ -1,6 +1,7 @@
 """Threads, fork and memory: the same answers everywhere, caller buffers untouched, no leaks."""
 
 import os
+import subprocess
 import sys
 import threading
 
@@ -162,3 +163,97 @@ def test_concurrent_calls_sharing_an_out_array_never_panic():
     assert set(refused) <= {"out", "logits"}
     # the array is still usable, and a call on its own gives the serial answer
     np.testing.assert_array_equal(lk.softmax(x, out=shared), lk.softmax(x))
+
+
+# Outputs of 16 MiB or more are views of buffers that logitkit reuses once freed.
+_BIG = (64, 65536)  # 16 MiB of float32
+
+
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+_BIG_CALLS = [
+    lambda v: lk.softmax(v),
+    lambda v: lk.log_softmax(v, temperature=0.5),
+    lambda v: lk.mask_top_k(v, 5),
+    lambda v: lk.mask_top_p(v, 0.9),
+    lambda v: lk.mask_min_p(v, 0.1),
+    lambda v: lk.apply_logit_bias(v, {3: 1.0}),
+    lambda v: lk.apply_penalties(v, repetition_penalty=1.3, output_tokens=[[1, 2]] * 64),
+]
+
+
+@pytest.mark.parametrize("call", range(len(_BIG_CALLS)))
+def test_large_outputs_reuse_freed_memory_and_never_a_live_one(call):
+    f = _BIG_CALLS[call]
+    rng = np.random.default_rng(6)
+    x, y = (rng.normal(0, 2, _BIG).astype(np.float32) for _ in range(2))
+    want_x, want_y = f(x).copy(), f(y).copy()
+    a = f(x)
+    b = f(y)  # `a` is alive: `b` gets other memory
+    assert not np.shares_memory(a, b)
+    np.testing.assert_array_equal(a, want_x)
+    np.testing.assert_array_equal(b, want_y)
+    view = a[1:]
+    del a
+    c = f(y)  # the view keeps `a`'s memory alive
+    assert not np.shares_memory(view, c) and not np.shares_memory(b, c)
+    np.testing.assert_array_equal(view, want_x[1:])
+    np.testing.assert_array_equal(c, want_y)
+    del view, b, c
+    d = f(x)
+    np.testing.assert_array_equal(d, want_x)
+    first = _address(d)
+    del d
+    e = f(y)  # every output is freed: the memory is reused, with the new values
+    assert _address(e) == first
+    np.testing.assert_array_equal(e, want_y)
+    assert e.flags.c_contiguous and e.flags.writeable and e.dtype == np.float32
+
+
+def test_large_softmax_matches_the_oracle_on_reused_memory():
+    from oracle import softmax as oracle_softmax
+
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        x = rng.normal(0, 3, _BIG).astype(np.float32)
+        got = lk.softmax(x, temperature=0.9)
+        np.testing.assert_allclose(got, oracle_softmax(x, 0.9), rtol=1e-5, atol=1e-12)
+        del got
+
+
+def test_large_output_errors_leave_the_memory_reusable():
+    x = np.random.default_rng(8).normal(0, 2, _BIG).astype(np.float32)
+    want = lk.softmax(x).copy()
+    bad = x.copy()
+    bad[40, 7] = np.inf
+    for _ in range(3):
+        with pytest.raises(ValueError, match="row 40"):
+            lk.softmax(bad)
+    np.testing.assert_array_equal(lk.softmax(x), want)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_memory_kept_for_reuse_is_bounded():
+    rng = np.random.default_rng(9)
+    rows = [rng.normal(0, 2, (n, 65536)).astype(np.float32) for n in (64, 80, 96, 112, 128)]
+    for x in rows:
+        lk.softmax(x)
+    start = _rss_kib()
+    for _ in range(3):
+        for x in rows:
+            lk.softmax(x)
+    # at most two freed buffers (of up to 32 MiB each) stay
+    assert _rss_kib() - start < 72 * 1024
+
+
+def test_reuse_can_be_turned_off():
+    code = (
+        "import numpy as np, logitkit as lk\n"
+        "x = np.zeros((64, 65536), dtype=np.float32)\n"
+        "a = lk.softmax(x); b = lk.mask_top_k(x, 3)\n"
+        "assert a.base is None and b.base is None and a.flags.owndata, (a.base, b.base)\n"
+    )
+    env = dict(os.environ, LOGITKIT_REUSE_OUTPUTS="0")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)

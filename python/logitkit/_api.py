@@ -5,6 +5,7 @@ No arithmetic on logits happens here; every pass over a row runs in Rust with th
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 from collections.abc import Mapping, Sequence
@@ -228,9 +229,21 @@ class _Out(NamedTuple):
     in_place: bool  # out is the caller's logits array itself
 
 
+# Outputs of this many float32 values or more come from ``_core.empty_f32``, which reuses the
+# memory of freed outputs of the same size (fresh pages that large cost a page fault and a
+# zeroing each on their first write).
+_REUSE_MIN = (16 << 20) // 4
+
+
+def _new_f32(shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+    if math.prod(shape) >= _REUSE_MIN:
+        return _core.empty_f32(shape)
+    return np.empty(shape, dtype=np.float32)
+
+
 def _out(out: np.ndarray | None, x: _Logits) -> _Out:
     if out is None:
-        o = np.empty(x.shape, dtype=np.float32)
+        o = _new_f32(x.shape)
         return _Out(o.reshape(x.array.shape), o, False)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out: must be a numpy.ndarray, got {type(out).__name__}")
@@ -252,7 +265,7 @@ def _out(out: np.ndarray | None, x: _Logits) -> _Out:
         raise ValueError("out: overlaps the float16 / bfloat16 logits")
     if _direct(out):
         return _Out(out.reshape(x.array.shape), out, in_place)
-    return _Out(np.empty(x.array.shape, dtype=np.float32), out, in_place)
+    return _Out(_new_f32(x.array.shape), out, in_place)
 
 
 def _direct(out: np.ndarray) -> bool:

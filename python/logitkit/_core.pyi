@@ -71,6 +71,10 @@ def softmax_new(
 ) -> npt.NDArray[np.float32]:
     """``softmax`` of a C-contiguous float32 ``(V,)`` or ``(B, V)`` array into a new array."""
 
+def empty_f32(shape: Sequence[int]) -> npt.NDArray[np.float32]:
+    """A new C-contiguous float32 array, contents unspecified; from 16 MiB on, it reuses the
+    memory of a freed output of the same size when there is one."""
+
 def argmax_row(x: _F32) -> int:
     """``argmax`` of one C-contiguous float32 row."""
 
