@@ -482,6 +482,63 @@ def test_integers_beyond_int64_mean_their_limit_or_are_named():
                 f()
 
 
+def test_per_row_integers_beyond_int64_mean_their_limit():
+    x = np.asarray([[0.5, 1.0, 0.0, 2.0]] * 3, dtype=np.float32)
+    u = np.asarray([0.1, 0.5, 0.95])
+    off = lk.sample(x, uniforms=u)
+    for ks in ([2**64] * 3, [2**63, 2**70, 0], np.full(3, 2**64 - 1, dtype=np.uint64)):
+        np.testing.assert_array_equal(lk.sample(x, top_k=ks, uniforms=u), off)
+    np.testing.assert_array_equal(
+        lk.sample(x, top_k=np.asarray([2**63, 1, 2**64 - 1], dtype=np.uint64), uniforms=u),
+        [off[0], 3, off[2]],
+    )
+    keep_all = lk.sample(x, top_p=0.0, min_keep=4, uniforms=u)
+    for mk in ([2**64, 2**70, 4], np.full(3, 2**63, dtype=np.uint64)):
+        np.testing.assert_array_equal(lk.sample(x, top_p=0.0, min_keep=mk, uniforms=u), keep_all)
+    with pytest.raises(ValueError, match="min_keep"):
+        lk.sample(x, min_keep=[1, 0, 2**64], uniforms=u)
+
+
+# A parameter of the wrong type is a ValueError (the contract's rule for parameters) and a
+# TypeError (Python's convention) at once: logitkit.ParameterTypeError.
+WRONG_TYPES = [
+    ("top_k", lambda: lk.sample(X1, top_k=1.5, seed=0)),
+    ("top_k", lambda: lk.sample(X2, top_k=np.asarray([1.5, 2.0]), seed=0)),
+    ("top_k", lambda: lk.sample(X1, top_k="3", seed=0)),
+    ("min_keep", lambda: lk.sample(X1, min_keep=2.0, seed=0)),
+    ("min_keep", lambda: lk.mask_top_p(X1, 0.5, min_keep=1.5)),
+    ("temperature", lambda: lk.sample(X1, temperature="hot", seed=0)),
+    ("temperature", lambda: lk.softmax(X1, temperature=None)),
+    ("top_p", lambda: lk.mask_top_p(X1, "0.5")),
+    ("min_p", lambda: lk.sample(X1, min_p=np.asarray(["0.1"]), seed=0)),
+    ("seed", lambda: lk.sample(X1, seed=1.5)),
+    ("seed", lambda: lk.uniform(1.5, 0)),
+    ("step", lambda: lk.uniform(0, 2.0)),
+    ("step", lambda: lk.sample(X1, seed=0, step=2.0)),
+    ("uniforms", lambda: lk.sample(X1, uniforms="0.5")),
+    ("k", lambda: lk.top_k(X1, 1.5)),
+    ("k", lambda: lk.mask_top_k(X1, 2.0)),
+    ("repetition_penalty", lambda: lk.apply_penalties(X1, repetition_penalty="1.1")),
+    ("bias", lambda: lk.apply_logit_bias(X1, {1: "2.0"})),
+    ("bias", lambda: lk.apply_logit_bias(X1, {1.5: 2.0})),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "call"), WRONG_TYPES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(WRONG_TYPES)]
+)
+def test_parameters_of_the_wrong_type_are_value_and_type_errors(name, call):
+    with pytest.raises(lk.ParameterTypeError, match=name) as info:
+        call()
+    assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+
+
+def test_wrong_logits_types_stay_plain_type_errors():
+    with pytest.raises(TypeError) as info:
+        lk.softmax(X1.astype(np.int32))
+    assert not isinstance(info.value, ValueError)
+
+
 @pytest.mark.parametrize("order", [None, 5, b"vllm"])
 def test_order_of_the_wrong_type_is_named(order):
     x = np.asarray([[0.5, 1.0]], dtype=np.float32)

@@ -61,6 +61,17 @@ def test_ml_dtypes_bfloat16_equals_its_bits(name):
     np.testing.assert_array_equal(call(b.astype(np.float32)), want)
 
 
+@pytest.mark.parametrize("name", list(CALLS))
+def test_bfloat16_bits_in_either_byte_order(name):
+    call = CALLS[name]
+    bits = X.astype(ml_dtypes.bfloat16).view(np.uint16)
+    want = call(bits, dtype="bfloat16")
+    swapped = bits.astype(">u2")
+    assert swapped.tobytes() != bits.tobytes()
+    np.testing.assert_array_equal(call(swapped, dtype="bfloat16"), want)
+    np.testing.assert_array_equal(call(swapped[:, ::-1][:, ::-1], dtype="bfloat16"), want)
+
+
 def test_integer_dlpack_is_a_type_error():
     with pytest.raises(TypeError, match="logits"):
         lk.softmax(DlpackOnly(np.arange(8, dtype=np.int32)))

@@ -20,6 +20,7 @@ from ._api import simd_level as simd_level
 from ._api import softmax as softmax
 from ._api import top_k as top_k
 from ._api import uniform as uniform
+from ._errors import ParameterTypeError as ParameterTypeError
 from ._serving import BatchResult as BatchResult
 from ._serving import SamplingParams as SamplingParams
 from ._serving import sample_batch as sample_batch
@@ -29,6 +30,7 @@ __version__: str = _core.__version__
 __all__ = [
     "BatchResult",
     "LogProbs",
+    "ParameterTypeError",
     "SamplingParams",
     "TopK",
     "__version__",

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
+from ._errors import ParameterTypeError
 
 __all__ = [
     "LogProbs",
@@ -165,6 +166,9 @@ def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
     if dtype == "bfloat16":
         if dt == np.uint16 or (dt.name == "bfloat16" and dt.itemsize == 2):
             kind = _BF16
+        elif dt.kind == "u" and dt.itemsize == 2:  # uint16 bits in the other byte order
+            a = a.astype(np.uint16)
+            kind = _BF16
         else:
             raise TypeError(
                 "logits: dtype='bfloat16' needs a uint16 array of bfloat16 bits or an "
@@ -289,13 +293,13 @@ def _input_for(x: _Logits, o: _Out) -> np.ndarray:
 
 def _check_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: must be an integer, got {type(value).__name__}")
+        raise ParameterTypeError(f"{name}: must be an integer, got {type(value).__name__}")
     return operator.index(value)
 
 
 def _check_float(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: must be a number, got {type(value).__name__}")
+        raise ParameterTypeError(f"{name}: must be a number, got {type(value).__name__}")
     return _float(value, name)
 
 
@@ -322,21 +326,30 @@ def _per_row(value: Any, name: str, integer: bool) -> Any:
     """A scalar as a Python number, or a 1-D array as a contiguous float64 / int64 array."""
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         return _clamp_i64(_check_int(value, name)) if integer else _float(value, name)
+    if (
+        integer
+        and isinstance(value, (list, tuple))
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        # Python ints of any size, each taken at its meaning as a scalar would be.
+        return np.array([_clamp_i64(int(v)) for v in value], dtype=np.int64)
     a = _asarray(value, name)
     if a.ndim == 0:
         if a.dtype.kind not in ("iu" if integer else "fiu"):
-            raise TypeError(f"{name}: must be a number or a 1-D array, got {type(value).__name__}")
+            raise ParameterTypeError(
+                f"{name}: must be a number or a 1-D array, got {type(value).__name__}"
+            )
         return int(a) if integer else float(a)
     if a.ndim != 1:
         raise ValueError(f"{name}: must be a scalar or a 1-D array, got ndim {a.ndim}")
     if integer:
         if a.dtype.kind not in "iu":
-            raise TypeError(f"{name}: must hold integers, got dtype {a.dtype}")
-        if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
-            raise ValueError(f"{name}: values must fit in int64")
+            raise ParameterTypeError(f"{name}: must hold integers, got dtype {a.dtype}")
+        if a.dtype.kind == "u" and a.size and a.max() > _I64_MAX:
+            a = np.minimum(a, np.uint64(_I64_MAX))  # beyond int64: as the int64 limit
         return np.require(a, np.int64, ["C", "A"])
     if a.dtype.kind not in "fiu":
-        raise TypeError(f"{name}: must hold numbers, got dtype {a.dtype}")
+        raise ParameterTypeError(f"{name}: must hold numbers, got dtype {a.dtype}")
     return np.require(a, np.float64, ["C", "A"])
 
 
@@ -348,7 +361,9 @@ def _u64(value: Any, name: str) -> Any:
             raise ValueError(f"{name}: must be an integer in [0, 2**64), got {v}")
         return v
     if isinstance(value, (float, bool, np.floating, np.bool_, str, bytes)):
-        raise TypeError(f"{name}: must be an integer in [0, 2**64), got {type(value).__name__}")
+        raise ParameterTypeError(
+            f"{name}: must be an integer in [0, 2**64), got {type(value).__name__}"
+        )
     if isinstance(value, (list, tuple)) and all(
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
     ):
@@ -362,10 +377,14 @@ def _u64(value: Any, name: str) -> Any:
     a = _asarray(value, name)
     if a.ndim == 0:
         if a.dtype.kind not in "iu":
-            raise TypeError(f"{name}: must be an integer in [0, 2**64), got {type(value).__name__}")
+            raise ParameterTypeError(
+                f"{name}: must be an integer in [0, 2**64), got {type(value).__name__}"
+            )
         return _u64(int(a), name)
     if a.dtype.kind not in "iu" or a.ndim != 1:
-        raise TypeError(f"{name}: must be an integer or a 1-D integer array, got {a.dtype}")
+        raise ParameterTypeError(
+            f"{name}: must be an integer or a 1-D integer array, got {a.dtype}"
+        )
     if a.dtype.kind == "i" and a.size and a.min() < 0:
         raise ValueError(f"{name}: must be in [0, 2**64), got {a.min()}")
     return np.require(a, np.uint64, ["C", "A"])
@@ -720,9 +739,9 @@ def uniform(seed: int, step: int) -> float:
     s = _u64(seed, "seed")
     t = _u64(step, "step")
     if not isinstance(s, int):
-        raise TypeError("seed: must be an integer")
+        raise ParameterTypeError("seed: must be an integer")
     if not isinstance(t, int):
-        raise TypeError("step: must be an integer")
+        raise ParameterTypeError("step: must be an integer")
     return float(_core.uniform(s, t))
 
 
@@ -734,13 +753,13 @@ def _uniforms(x: _Logits, uniforms: Any) -> np.ndarray:
         if isinstance(uniforms, (bool, np.bool_)) or not isinstance(
             uniforms, (int, float, np.integer, np.floating)
         ):
-            raise TypeError("uniforms: must be a float for 1-D logits")
+            raise ParameterTypeError("uniforms: must be a float for 1-D logits")
         return np.array([float(uniforms)])
     u = _asarray(uniforms, "uniforms")
     if u.ndim != 1 or u.shape[0] != rows:
         raise ValueError(f"uniforms: must be an array of length {rows}, got shape {u.shape}")
     if u.dtype.kind not in "fiu":
-        raise TypeError(f"uniforms: must hold floats, got dtype {u.dtype}")
+        raise ParameterTypeError(f"uniforms: must hold floats, got dtype {u.dtype}")
     return np.require(u, np.float64, ["C", "A"])
 
 
@@ -759,7 +778,7 @@ def _scalar_or(value: Any, name: str, integer: bool) -> Any:
     if t is float or (t is int and value is not True and value is not False):
         if integer:
             if t is float:
-                raise TypeError(f"{name}: must be an integer, got float")
+                raise ParameterTypeError(f"{name}: must be an integer, got float")
             return _clamp_i64(value)
         return value if t is float else _float(value, name)
     return _per_row(value, name, integer)

@@ -1,0 +1,20 @@
+"""The exception for a parameter of the wrong type."""
+
+
+class ParameterTypeError(ValueError, TypeError):
+    """A parameter of the wrong type: a float ``top_k`` or ``seed``, a string ``temperature``, a
+    bias value that is not a number, a per-row array of the wrong dtype.
+
+    The contract asks for a ``ValueError`` naming the parameter whenever a parameter is not what
+    it must be (``top_k`` an integer, ``seed`` an integer in ``[0, 2**64)``, ...), and Python's
+    convention for a value of the wrong type is ``TypeError``: this exception is both, so
+    ``except ValueError`` and ``except TypeError`` each catch it. Its message starts with the
+    parameter's name.
+
+    >>> import numpy as np, logitkit
+    >>> try:
+    ...     logitkit.sample(np.zeros(4, dtype=np.float32), top_k=1.5)
+    ... except ValueError as e:
+    ...     print(e)
+    top_k: must be an integer, got float
+    """
