@@ -23,6 +23,7 @@ __all__ = [
     "available_simd_levels",
     "bias_and_penalties",
     "build_profile",
+    "empty_f32",
     "exp_sum_floor",
     "get_num_threads",
     "logprobs",
