@@ -374,6 +374,26 @@ def _tenths(parts, total=10):
     return [(a, *rest) for a in range(1, total) for rest in _tenths(parts - 1, total - a)]
 
 
+# README: a prefix whose exact mass falls short of top_p by less than 1e-15 of the total reaches
+# it (the error of a decimal top_p written as a float64).
+TOP_P_SLACK = 1e-15
+
+
+@pytest.mark.parametrize("vocab", [2, 3, 5, 7, 10, 20, 100, 1000, 1024, 1025, 3000, 10000])
+def test_equal_logits_keep_the_written_share_of_top_p(vocab):
+    # top_p = j / V written as a decimal keeps exactly j of V equal tokens, whichever way the
+    # float64 nearest j / V rounds (0.4 is stored above 2/5, 0.3 below 3/10).
+    x = np.zeros(vocab, dtype=np.float32)
+    rng = np.random.default_rng(vocab)
+    js = sorted({1, vocab // 2, vocab - 1, *rng.integers(1, vocab, 12).tolist()} - {0})
+    for j in js:
+        q = j / vocab
+        kept = np.isfinite(lk.mask_top_p(x, q))
+        assert kept.sum() == j and kept[:j].all(), (vocab, j, q)
+        assert lk.sample(x, top_p=q, uniforms=0.999999) == j - 1
+        assert np.isfinite(lk.mask_top_p(x * 0 + 3.0, q, temperature=0.7)).sum() == j
+
+
 def test_boundaries_of_hand_made_probabilities_follow_the_exact_row():
     # Probabilities in tenths put cumulative sums within float32 rounding of top_p and u, or
     # exactly on them (equal logits: 0.2 + 0.3 of (0.2, 0.3, 0.3, 0.2) is 1/2). The row decides
@@ -388,7 +408,8 @@ def test_boundaries_of_hand_made_probabilities_follow_the_exact_row():
         q = tenth / 10
         order = [int(i) for i in np.argsort(-x, kind="stable")]
         cum_rank = list(itertools.accumulate(w[i] for i in order))
-        n = next(j + 1 for j, c in enumerate(cum_rank) if c >= Fraction(q) * sum(w))
+        reach = (Fraction(q) - Fraction(TOP_P_SLACK)) * sum(w)
+        n = next(j + 1 for j, c in enumerate(cum_rank) if c >= reach)
         kept = sorted(order[:n])
         want = np.full(len(probs), -np.inf, dtype=np.float32)
         want[kept] = x[kept]
@@ -421,7 +442,7 @@ def test_extreme_temperature_limits_do_not_depend_on_the_row_length(pad):
 
     x = row(1e38, -1e38)
     assert lk.sample(x, temperature=1e46, uniforms=0.5) == 1
-    kept = lk.mask_top_p(x, float(np.nextafter(0.5, 1)), temperature=1e46)
+    kept = lk.mask_top_p(x, 0.5 + 1e-12, temperature=1e46)  # more than one token's 1/2
     assert np.isfinite(kept[:2]).all()
     y = row(3e38, -1e38)
     assert lk.sample(y, temperature=1e38, uniforms=0.999995) == 0

@@ -414,7 +414,7 @@ fn top_alive<T: Elem>(s: &Scanned<'_, T>, k: usize, thr: f32, scr: &mut Scratch)
 fn nucleus_len(list: &[Cand], scale: f32, top_p: f64, wts: &mut Vec<f32>) -> Option<usize> {
     list_weights(list, list[0].v, scale, wts);
     let total: f64 = wts.iter().map(|&x| f64::from(x)).sum();
-    let target = top_p * total;
+    let target = top_p_target(top_p, total);
     let mut cum = 0.0;
     for (i, &x) in wts.iter().enumerate() {
         cum += f64::from(x);
@@ -523,11 +523,25 @@ impl Sum2 {
     }
 }
 
+/// How far (relative to the total) a prefix's exact mass may fall short of `top_p` and still
+/// reach it: above the error of `top_p` written as a decimal (`0.4` is stored `2.2e-17` above
+/// `2/5`, at most `2^-53` relative), far below any difference that `f32` weights can show. Five
+/// equal logits with `top_p = 0.4` keep two tokens, as written, not three.
+pub const TOP_P_SLACK: f64 = 1e-15;
+
+/// The weight that a nucleus of `top_p` of `total` must reach: `top_p` of it, less
+/// [`TOP_P_SLACK`] of it.
+fn top_p_target(top_p: f64, total: f64) -> f64 {
+    (top_p - TOP_P_SLACK) * total
+}
+
 /// [`nucleus_len`] in `f64` (see [`EXACT_V`]): the shortest rank-order prefix of `list` whose
-/// weight reaches `top_p` of the total.
+/// weight reaches `top_p` of the total (less [`TOP_P_SLACK`] of it).
 fn exact_nucleus_len(list: &[Cand], fs: f64, top_p: f64) -> usize {
     let w = exact_weights(list.iter().map(|c| c.v), list[0].v, fs);
-    let target = Sum2::of(&w).times(top_p);
+    let total = Sum2::of(&w);
+    let mut target = total.times(top_p);
+    target.lo -= TOP_P_SLACK * total.hi;
     let mut cum = Sum2::default();
     for (i, &x) in w.iter().enumerate() {
         cum.add(x);
@@ -562,7 +576,7 @@ fn apply_top_p<T: Elem>(
             let n = nucleus_len(&l, scale, top_p, &mut scr.wts);
             if small && top_p > 0.0 {
                 let total: f64 = scr.wts.iter().map(|&x| f64::from(x)).sum();
-                if near_boundary(&scr.wts, n, top_p * total, total) {
+                if near_boundary(&scr.wts, n, top_p_target(top_p, total), total) {
                     return exact(l);
                 }
             }
@@ -571,7 +585,7 @@ fn apply_top_p<T: Elem>(
         }
         Kept::Threshold(thr) => {
             let (total, _) = weight_sums(s, scale, thr, scr);
-            let target = top_p * total;
+            let target = top_p_target(top_p, total);
             if target <= 0.0 {
                 return keep_top(s, Kept::Threshold(thr), min_keep, scr);
             }

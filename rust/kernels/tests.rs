@@ -1004,6 +1004,39 @@ fn pipeline_kept_len(b: &Batch, top_k: i64) -> Option<usize> {
 }
 
 #[test]
+fn top_p_of_equal_logits_keeps_the_written_share() {
+    // `top_p = j / V` (the f64 nearest, above or below the exact share) keeps j of V equal
+    // logits (`pipeline::TOP_P_SLACK`), in short rows (decided exactly) and long ones, on every
+    // level, with the kept entries first in id order.
+    for v in [5usize, 10, 20, 1000, 1024, 1025, 3000] {
+        let row = vec![0.25f32; v];
+        for j in [1, 2, 3, v / 3, v / 2, v - 1]
+            .into_iter()
+            .filter(|&j| j >= 1)
+        {
+            let q = j as f64 / v as f64;
+            let m = Mask::TopP {
+                top_p: q,
+                temperature: 0.8,
+                min_keep: 1,
+            };
+            let got = each_level(|_| {
+                let mut out = vec![0.0f32; v];
+                kernels::mask(&row, v, m, &mut out).unwrap();
+                mask_kept(&row, &out)
+            });
+            for (level, kept) in &got {
+                assert_eq!(
+                    *kept,
+                    (0..j).collect::<Vec<_>>(),
+                    "V={v} j={j} on {level:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn top_p_and_min_p_extremes() {
     let v = 300;
     let mut src = lcg_values(7, v);
