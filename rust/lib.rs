@@ -12,6 +12,8 @@ pub mod philox;
 pub mod simd;
 
 #[cfg(feature = "python")]
+mod outputs;
+#[cfg(feature = "python")]
 mod python;
 
 pub use error::KernelError;

@@ -8,9 +8,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use numpy::ndarray::{Dimension, Ix1, Ix2, IxDyn};
-use numpy::npyffi::{
-    PyArray_CheckExact, NPY_ARRAY_ALIGNED, NPY_ARRAY_C_CONTIGUOUS, NPY_ARRAY_WRITEABLE, NPY_TYPES,
-};
+use numpy::npyffi::{PyArray_CheckExact, NPY_ARRAY_ALIGNED, NPY_ARRAY_C_CONTIGUOUS, NPY_TYPES};
 use numpy::{
     Element, PyArray, PyArray1, PyArrayDescr, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray,
     PyReadwriteArray, PyUntypedArray, PyUntypedArrayMethods,
@@ -25,6 +23,7 @@ use crate::kernels::elem::{as_bf16, as_f16, Elem};
 use crate::kernels::{
     self, Bias, Filters, Mask, Order, Penalties, PerRow, RowLogprobs, TokenLists,
 };
+use crate::outputs::{empty_f32, new_output};
 use crate::{philox, simd};
 
 /// Below this many elements the GIL is kept: releasing it costs more than the work.
@@ -344,72 +343,6 @@ fn softmax(
         log,
         o
     )))
-}
-
-/// Outputs of at least this many bytes reuse freed memory ([`new_output`]).
-const REUSE_MIN_BYTES: usize = 16 << 20;
-
-/// Most buffers kept for reuse.
-const REUSE_SLOTS: usize = 2;
-
-/// The 1-D float32 arrays whose memory large outputs reuse: an entry that only this list
-/// references (every output made on it has been freed) is free.
-static REUSABLE: std::sync::Mutex<Vec<Py<PyArray1<f32>>>> = std::sync::Mutex::new(Vec::new());
-
-/// Whether large outputs reuse freed memory (`LOGITKIT_REUSE_OUTPUTS=0` turns it off).
-fn reuse_outputs() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("LOGITKIT_REUSE_OUTPUTS").map_or(true, |v| v.trim() != "0"))
-}
-
-/// A new C-contiguous float32 array of shape `dims`, its contents unspecified (the caller writes
-/// every element before Python sees it).
-///
-/// An output of [`REUSE_MIN_BYTES`] or more is a view of a 1-D array that logitkit keeps (at
-/// most [`REUSE_SLOTS`] of them): once every output made on it has been freed, the next output
-/// of the same size reuses its memory. A fresh allocation that large comes from new pages of the
-/// operating system, whose first writes cost a page fault and a zeroing each (as long as the
-/// softmax that fills them); reused memory costs neither.
-fn new_output<'py>(py: Python<'py>, dims: &[usize]) -> PyResult<Bound<'py, PyArray<f32, IxDyn>>> {
-    let len: usize = dims.iter().product();
-    // SAFETY: the caller writes every element before the array is seen from Python.
-    let plain = || unsafe { PyArray::<f32, IxDyn>::new(py, dims, false) };
-    // SAFETY: as `plain` (a view of it is the output).
-    let fresh = |n: usize| unsafe { PyArray1::<f32>::new(py, [n], false) };
-    if len.saturating_mul(4) < REUSE_MIN_BYTES || !reuse_outputs() {
-        return Ok(plain());
-    }
-    // Every step runs with the GIL held, so reference counts are settled; `try_lock` keeps a
-    // lock held across a `fork` (in the child) from blocking: the call then allocates.
-    let Ok(mut pool) = REUSABLE.try_lock() else {
-        return Ok(plain());
-    };
-    let free = |a: &Py<PyArray1<f32>>| {
-        // SAFETY: `a` is a live array object (the list holds a reference) and the GIL is held.
-        unsafe {
-            pyo3::ffi::Py_REFCNT(a.as_ptr()) == 1
-                && (*a.bind(py).as_array_ptr()).flags & NPY_ARRAY_WRITEABLE != 0
-        }
-    };
-    let base = if let Some(a) = pool.iter().find(|a| free(a) && a.bind(py).len() == len) {
-        a.bind(py).clone()
-    } else {
-        let a = fresh(len);
-        if pool.len() < REUSE_SLOTS {
-            pool.push(a.clone().unbind());
-        } else if let Some(slot) = pool.iter_mut().find(|a| free(a)) {
-            *slot = a.clone().unbind(); // the old buffer is freed
-        }
-        a
-    };
-    drop(pool);
-    base.reshape(dims)
-}
-
-/// `new_output(shape)` for the Python layer.
-#[pyfunction]
-fn empty_f32<'py>(py: Python<'py>, shape: Vec<usize>) -> PyResult<Bound<'py, PyArray<f32, IxDyn>>> {
-    new_output(py, &shape)
 }
 
 /// `softmax` (or `log_softmax`) of a C-contiguous float32 array of 1 or 2 dimensions into a new

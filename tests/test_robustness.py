@@ -206,10 +206,57 @@ def test_large_outputs_reuse_freed_memory_and_never_a_live_one(call):
     np.testing.assert_array_equal(d, want_x)
     first = _address(d)
     del d
+    # were d's memory returned to the system, this array would likely take its place
+    blocker = np.ones(_BIG, dtype=np.float32)
     e = f(y)  # every output is freed: the memory is reused, with the new values
-    assert _address(e) == first
+    assert _address(e) == first and not np.shares_memory(e, blocker)
     np.testing.assert_array_equal(e, want_y)
     assert e.flags.c_contiguous and e.flags.writeable and e.dtype == np.float32
+
+
+def test_the_base_of_a_large_output_exposes_nothing():
+    import weakref
+
+    a = lk.softmax(np.zeros(_BIG, dtype=np.float32))
+    base = a.base
+    assert not isinstance(base, np.ndarray)
+    for reach in (memoryview, weakref.ref, lambda b: b.__array_interface__):
+        with pytest.raises((TypeError, AttributeError)):
+            reach(base)
+    assert not np.shares_memory(np.asarray(base), a)
+
+
+def test_a_freed_larger_output_serves_a_smaller_one():
+    # sizes that no other test's output has (a buffer serves outputs of half its size and up)
+    x = np.random.default_rng(10).normal(0, 2, (200, 65536)).astype(np.float32)
+    a = lk.softmax(x)
+    first = _address(a)
+    del a
+    blocker = np.ones((200, 65536), dtype=np.float32)
+    b = lk.softmax(x[:150])  # 37.5 MiB in the freed 50 MiB buffer
+    assert _address(b) == first and not np.shares_memory(b, blocker)
+    np.testing.assert_array_equal(b, lk.softmax(x)[:150])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses RLIMIT_AS")
+def test_a_failed_large_allocation_is_a_memory_error():
+    code = (
+        "import resource, numpy as np, logitkit as lk\n"
+        "x = np.zeros((64, 65536), dtype=np.float32)\n"
+        "want = lk.softmax(x).copy()\n"
+        "big = np.zeros((1, 1 << 26), dtype=np.float32)  # 256 MiB of logits, 256 MiB out\n"
+        "used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (used + (128 << 20),) * 2)\n"
+        "for f in (lk.softmax, lk.log_softmax, lambda v: lk.mask_top_k(v, 3)):\n"
+        "    try:\n"
+        "        f(big)\n"
+        "    except MemoryError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise SystemExit('no MemoryError')\n"
+        "assert (lk.softmax(x) == want).all() and lk.softmax(x).base is not None\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_large_softmax_matches_the_oracle_on_reused_memory():
