@@ -5,7 +5,6 @@ No arithmetic on logits happens here; every pass over a row runs in Rust with th
 
 from __future__ import annotations
 
-import math
 import operator
 import os
 from collections.abc import Mapping, Sequence
@@ -233,21 +232,9 @@ class _Out(NamedTuple):
     in_place: bool  # out is the caller's logits array itself
 
 
-# Outputs of this many float32 values or more come from ``_core.empty_f32``, which reuses the
-# memory of freed outputs of the same size (fresh pages that large cost a page fault and a
-# zeroing each on their first write).
-_REUSE_MIN = (16 << 20) // 4
-
-
-def _new_f32(shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
-    if math.prod(shape) >= _REUSE_MIN:
-        return _core.empty_f32(shape)
-    return np.empty(shape, dtype=np.float32)
-
-
 def _out(out: np.ndarray | None, x: _Logits) -> _Out:
     if out is None:
-        o = _new_f32(x.shape)
+        o = _core.empty_f32(x.shape)  # large outputs reuse freed memory
         return _Out(o.reshape(x.array.shape), o, False)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out: must be a numpy.ndarray, got {type(out).__name__}")
@@ -269,7 +256,7 @@ def _out(out: np.ndarray | None, x: _Logits) -> _Out:
         raise ValueError("out: overlaps the float16 / bfloat16 logits")
     if _direct(out):
         return _Out(out.reshape(x.array.shape), out, in_place)
-    return _Out(_new_f32(x.array.shape), out, in_place)
+    return _Out(_core.empty_f32(x.array.shape), out, in_place)
 
 
 def _direct(out: np.ndarray) -> bool:
@@ -322,15 +309,18 @@ def _clamp_i64(v: int) -> int:
     return v if _I64_MIN <= v <= _I64_MAX else (_I64_MAX if v > 0 else _I64_MIN)
 
 
+def _int_list(value: Any) -> bool:
+    """Whether ``value`` is a list or tuple of integers (Python ints of any size, no bools)."""
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+    )
+
+
 def _per_row(value: Any, name: str, integer: bool) -> Any:
     """A scalar as a Python number, or a 1-D array as a contiguous float64 / int64 array."""
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         return _clamp_i64(_check_int(value, name)) if integer else _float(value, name)
-    if (
-        integer
-        and isinstance(value, (list, tuple))
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
-    ):
+    if integer and _int_list(value):
         # Python ints of any size, each taken at its meaning as a scalar would be.
         return np.array([_clamp_i64(int(v)) for v in value], dtype=np.int64)
     a = _asarray(value, name)
@@ -364,9 +354,7 @@ def _u64(value: Any, name: str) -> Any:
         raise ParameterTypeError(
             f"{name}: must be an integer in [0, 2**64), got {type(value).__name__}"
         )
-    if isinstance(value, (list, tuple)) and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-    ):
+    if _int_list(value):
         # Python ints up to 2**64 - 1 (NumPy alone would turn a mix of large and small ones
         # into float64).
         ints = [int(v) for v in value]

@@ -74,7 +74,7 @@ def softmax_new(
 
 def empty_f32(shape: Sequence[int]) -> npt.NDArray[np.float32]:
     """A new C-contiguous float32 array, contents unspecified; from 16 MiB on, it reuses the
-    memory of a freed output of the same size when there is one."""
+    memory of a freed large output that fits, when there is one."""
 
 def argmax_row(x: _F32) -> int:
     """``argmax`` of one C-contiguous float32 row."""
