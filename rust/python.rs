@@ -107,18 +107,9 @@ fn is_int(obj: &Bound<'_, PyAny>) -> bool {
     obj.is_instance_of::<PyInt>()
 }
 
-/// `logitkit.ParameterTypeError(message)`: a parameter of the wrong type, both a `ValueError`
-/// and a `TypeError` (a plain `TypeError` if the class cannot be found).
-fn param_type_error(py: Python<'_>, message: String) -> PyErr {
-    let class = py
-        .import("logitkit._errors")
-        .and_then(|m| m.getattr("ParameterTypeError"))
-        .and_then(|c| Ok(c.cast_into::<pyo3::types::PyType>()?));
-    match class {
-        Ok(c) => PyErr::from_type(c, message),
-        Err(_) => PyTypeError::new_err(message),
-    }
-}
+// `logitkit.ParameterTypeError`: a parameter of the wrong type, both a `ValueError` and a
+// `TypeError` (defined in Python, imported on first use).
+pyo3::import_exception!(logitkit._errors, ParameterTypeError);
 
 /// Defines `$name(obj, name, rows)`: a parameter given as one Python scalar (`$scalar` tells) or
 /// as a 1-D array of `rows` values.
@@ -140,10 +131,10 @@ macro_rules! per_row_fn {
                 }
                 return Ok(PerRow::Each(a.as_slice()?.to_vec()));
             }
-            Err(param_type_error(
-                obj.py(),
-                format!("{name}: must be {} or a 1-D array of them", $what),
-            ))
+            Err(ParameterTypeError::new_err(format!(
+                "{name}: must be {} or a 1-D array of them",
+                $what
+            )))
         }
     };
 }
@@ -284,7 +275,7 @@ fn bias_row(obj: &Bound<'_, PyAny>, vocab: usize, row: Option<usize>) -> PyResul
                     format!("token id {k} is outside [0, {vocab})"),
                 ))
             } else {
-                param_type_error(obj.py(), format!("bias: token id {k} is not an integer"))
+                ParameterTypeError::new_err(format!("bias: token id {k} is not an integer"))
             }
         })?;
         if id < 0 || id as u64 >= vocab as u64 {
@@ -295,10 +286,7 @@ fn bias_row(obj: &Bound<'_, PyAny>, vocab: usize, row: Option<usize>) -> PyResul
             )));
         }
         let val: f64 = v.extract().map_err(|_| {
-            param_type_error(
-                obj.py(),
-                format!("bias: value for token {id} is not a number"),
-            )
+            ParameterTypeError::new_err(format!("bias: value for token {id} is not a number"))
         })?;
         ids.push(id as u32);
         vals.push(val);

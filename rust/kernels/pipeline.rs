@@ -410,8 +410,9 @@ fn top_alive<T: Elem>(s: &Scanned<'_, T>, k: usize, thr: f32, scr: &mut Scratch)
     list
 }
 
-/// Length of the shortest rank-order prefix of `list` whose weight reaches `top_p` of the total.
-fn nucleus_len(list: &[Cand], scale: f32, top_p: f64, wts: &mut Vec<f32>) -> Option<usize> {
+/// Length of the shortest rank-order prefix of `list` whose weight reaches `top_p` of the total
+/// (`None`: none does), and that total.
+fn nucleus_len(list: &[Cand], scale: f32, top_p: f64, wts: &mut Vec<f32>) -> (Option<usize>, f64) {
     list_weights(list, list[0].v, scale, wts);
     let total: f64 = wts.iter().map(|&x| f64::from(x)).sum();
     let target = top_p_target(top_p, total);
@@ -419,10 +420,10 @@ fn nucleus_len(list: &[Cand], scale: f32, top_p: f64, wts: &mut Vec<f32>) -> Opt
     for (i, &x) in wts.iter().enumerate() {
         cum += f64::from(x);
         if cum >= target {
-            return Some(i + 1);
+            return (Some(i + 1), total);
         }
     }
-    None
+    (None, total)
 }
 
 fn apply_top_k<T: Elem>(s: &Scanned<'_, T>, kept: Kept, k: i64, scr: &mut Scratch) -> Kept {
@@ -507,7 +508,7 @@ impl Sum2 {
         t
     }
 
-    /// `k * self` (`0 <= k <= 1`), its product rounding kept in `lo`.
+    /// `k * self` (`k <= 1`), its product rounding kept in `lo`.
     fn times(self, k: f64) -> Self {
         let hi = k * self.hi;
         Self {
@@ -539,9 +540,7 @@ fn top_p_target(top_p: f64, total: f64) -> f64 {
 /// weight reaches `top_p` of the total (less [`TOP_P_SLACK`] of it).
 fn exact_nucleus_len(list: &[Cand], fs: f64, top_p: f64) -> usize {
     let w = exact_weights(list.iter().map(|c| c.v), list[0].v, fs);
-    let total = Sum2::of(&w);
-    let mut target = total.times(top_p);
-    target.lo -= TOP_P_SLACK * total.hi;
+    let target = Sum2::of(&w).times(top_p - TOP_P_SLACK);
     let mut cum = Sum2::default();
     for (i, &x) in w.iter().enumerate() {
         cum.add(x);
@@ -573,12 +572,10 @@ fn apply_top_p<T: Elem>(
     };
     match kept.ranked() {
         Kept::List(mut l) | Kept::Ids(mut l) => {
-            let n = nucleus_len(&l, scale, top_p, &mut scr.wts);
-            if small && top_p > 0.0 {
-                let total: f64 = scr.wts.iter().map(|&x| f64::from(x)).sum();
-                if near_boundary(&scr.wts, n, top_p_target(top_p, total), total) {
-                    return exact(l);
-                }
+            let (n, total) = nucleus_len(&l, scale, top_p, &mut scr.wts);
+            if small && top_p > 0.0 && near_boundary(&scr.wts, n, top_p_target(top_p, total), total)
+            {
+                return exact(l);
             }
             l.truncate(n.unwrap_or(l.len()).max(min_keep));
             Kept::List(l)
