@@ -65,6 +65,24 @@ def test_results_do_not_depend_on_thread_count():
         lk.set_num_threads(before)
 
 
+@pytest.mark.parametrize("spin_us", ["0", "100000"])
+def test_helpers_that_sleep_at_once_or_spin_long_give_the_serial_results(spin_us):
+    """LOGITKIT_SPIN_US: helpers that sleep after every call (0) or spin between calls."""
+    code = (
+        "import numpy as np, logitkit as lk, time\n"
+        "x = np.random.default_rng(7).normal(0, 2, (24, 40000)).astype(np.float32)\n"
+        "lk.set_num_threads(1)\n"
+        "want = lk.sample(x, top_k=40, top_p=0.9, seed=5).tolist(), lk.softmax(x).tobytes()\n"
+        "lk.set_num_threads(2)\n"
+        "for i in range(30):\n"
+        "    got = lk.sample(x, top_k=40, top_p=0.9, seed=5).tolist(), lk.softmax(x).tobytes()\n"
+        "    assert got == want, i\n"
+        "    time.sleep(0.001 * (i % 3))\n"
+    )
+    env = dict(os.environ, LOGITKIT_SPIN_US=spin_us)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+
+
 def test_caller_arrays_are_never_modified():
     x = np.random.default_rng(2).normal(0, 2, (4, 3000)).astype(np.float32)
     keep = x.copy()
