@@ -102,12 +102,28 @@ def keep_top_p(z: np.ndarray, top_p: float) -> np.ndarray:
     return out
 
 
-def keep_min_p(z: np.ndarray, min_p: float) -> np.ndarray:
-    """Min-p on one row: keep z >= max(z) + ln(min_p), i.e. p >= min_p * p_max (equality
-    kept); min_p = 0 disables."""
+def f32_ulp(x: float) -> float:
+    """The spacing of float32 values at the magnitude of x (finite)."""
+    a = np.float32(min(abs(x), float(np.nextafter(np.float32(np.inf), np.float32(0)))))
+    return float(np.nextafter(a, np.float32(np.inf))) - float(a)
+
+
+def keep_min_p(z: np.ndarray, min_p: float, temperature: float = 1.0) -> np.ndarray:
+    """Min-p on one row of z = x / temperature: keep z >= max(z) + ln(min_p), i.e.
+    p >= min_p * p_max (equality kept); min_p = 0 disables.
+
+    Equality at float32 precision (README): for min_p < 1 a logit x less than one float32 ulp
+    (at the larger magnitude of x_max and of the threshold, and at most half the way to x_max)
+    below x_max + T ln(min_p) is kept too."""
     if min_p <= 0.0:
         return z
-    return np.where(z >= z.max() + math.log(min_p), z, -np.inf)
+    ln = math.log(min_p)
+    if min_p < 1.0:
+        xmax = np.float32(z.max() * temperature)
+        thr = np.float32(max(float(xmax) + temperature * ln, -float(np.finfo(np.float32).max)))
+        delta = min(max(f32_ulp(float(xmax)), f32_ulp(float(thr))), -0.5 * temperature * ln)
+        ln -= delta / temperature
+    return np.where(z >= z.max() + ln, z, -np.inf)
 
 
 def with_min_keep(z_kept: np.ndarray, z_before: np.ndarray, min_keep: int) -> np.ndarray:
@@ -135,7 +151,7 @@ def mask_min_p(x, min_p: float, temperature: float = 1.0, min_keep: int = 1) -> 
 
     def row(r):
         z = f64(r) / temperature
-        kept = np.isfinite(with_min_keep(keep_min_p(z, min_p), z, min_keep))
+        kept = np.isfinite(with_min_keep(keep_min_p(z, min_p, temperature), z, min_keep))
         return np.where(kept, np.float32(r), np.float32(-np.inf))
 
     return _rows(row, np.asarray(x, dtype=np.float32))
@@ -227,7 +243,8 @@ def pipeline_kept(
         return with_min_keep(keep_top_p(z, top_p), z, min_keep)
 
     def min_p_step(z):
-        return with_min_keep(keep_min_p(z, min_p), z, min_keep)
+        t = 1.0 if order == "llama.cpp" else temperature
+        return with_min_keep(keep_min_p(z, min_p, t), z, min_keep)
 
     if order == "vllm":
         z = top_p_step(keep_top_k(min_p_step(z), top_k))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -198,6 +199,52 @@ def test_min_p_equality_is_kept():
     np.testing.assert_array_equal(np.isfinite(got), [True, True])
     got = lk.mask_min_p(x.astype(np.float32), min(1.0, ratio * (1 + 1e-4)))
     np.testing.assert_array_equal(np.isfinite(got), [True, False])
+
+
+def _decimal_distributions():
+    """Probability vectors of 3 to 5 distinct multiples of 0.05 (in a shuffled order)."""
+    rng = np.random.default_rng(8)
+    out = []
+    for n in (3, 4, 5):
+        for c in itertools.product(range(1, 19), repeat=n - 1):
+            last = 20 - sum(c)
+            if last >= 1 and len({*c, last}) == n:
+                out.append(rng.permutation([*c, last]))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_min_p_equality_holds_for_logits_written_as_logs_of_decimals(dtype):
+    """log(p) rounded to float32 (or float64, read as float32): a token whose written
+    probability is exactly min_p * p_max is kept, one below it is not, in every order."""
+    for counts in _decimal_distributions()[::7]:
+        x = np.log(counts / 20.0).astype(dtype)
+        for c in sorted(set(counts.tolist()))[:-1]:
+            min_p = c / counts.max()
+            want = counts >= c
+            np.testing.assert_array_equal(np.isfinite(lk.mask_min_p(x, min_p)), want, (counts, c))
+            for order in ("default", "vllm", "llama.cpp"):
+                # u near 1 draws the last kept id
+                tok = lk.sample(x, min_p=min_p, order=order, uniforms=0.99999)
+                assert tok == np.flatnonzero(want).max(), (counts, c, order)
+            # the token just below is removed: min_p a little above the written ratio
+            np.testing.assert_array_equal(
+                np.isfinite(lk.mask_min_p(x, min_p * (1 + 1e-6))), counts > c, (counts, c)
+            )
+
+
+def test_min_p_float32_equality_band_is_one_ulp():
+    """z_max = 0, min_p = 0.5: float32(log 0.5) lies 1.9e-9 below log 0.5 and is kept; the next
+    float32 down lies 6.1e-8 below (more than one ulp at 0.69, 6.0e-8) and is not; with
+    min_p = 1 a token one ulp below the maximum is removed."""
+    half = np.float32(math.log(0.5))
+    assert float(half) < math.log(0.5)
+    below = np.nextafter(half, np.float32(-1))
+    x = np.array([0.0, half, below], dtype=np.float32)
+    np.testing.assert_array_equal(np.isfinite(lk.mask_min_p(x, 0.5)), [True, True, False])
+    np.testing.assert_array_equal(np.isfinite(oracle.mask_min_p(x, 0.5)), [True, True, False])
+    y = np.array([1.0, np.nextafter(np.float32(1), np.float32(0))], dtype=np.float32)
+    np.testing.assert_array_equal(np.isfinite(lk.mask_min_p(y, 1.0)), [True, False])
 
 
 @pytest.mark.parametrize("temperature", [1e280, 1e300, 1.7e308])

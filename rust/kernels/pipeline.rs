@@ -996,6 +996,28 @@ fn keep_top<T: Elem>(s: &Scanned<'_, T>, kept: Kept, n: usize, scr: &mut Scratch
     }
 }
 
+/// The spacing of `f32` values at the magnitude of `x` (finite).
+fn f32_ulp(x: f32) -> f64 {
+    let a = x.abs().min(f32::MAX.next_down());
+    f64::from(a.next_up()) - f64::from(a)
+}
+
+/// Min-p's threshold on the logits of a row whose maximum is `vmax`: the smallest `f32` value
+/// `v` with `v >= vmax + fs * ln_min_p - delta`, where `delta` is one `f32` ulp at the larger
+/// magnitude of `vmax` and of that threshold (for `min_p < 1`; at most half the way to `vmax`,
+/// which matters only at temperatures so small that min-p keeps the maximum alone). Equality is judged at the
+/// precision of the float32 logits: `log(p)` and `log(min_p * p_max)` written as float32 differ
+/// by their rounding, which would otherwise decide whether an equal token is kept (with
+/// `log([0.5, 0.25, 0.25])` and `min_p = 0.5`, every token is kept).
+fn min_p_cut(vmax: f32, fs: f64, ln_min_p: f64) -> f32 {
+    if ln_min_p >= 0.0 {
+        return min_p_threshold(vmax, fs, ln_min_p);
+    }
+    let t = (f64::from(vmax) + fs * ln_min_p).max(f64::from(ALL_FINITE)) as f32;
+    let delta = f32_ulp(vmax).max(f32_ulp(t)).min(-0.5 * fs * ln_min_p);
+    min_p_threshold(vmax, fs, ln_min_p - delta / fs)
+}
+
 /// Min-p with the filter temperature `fs`, then `min_keep`.
 fn apply_min_p<T: Elem>(
     s: &Scanned<'_, T>,
@@ -1011,13 +1033,13 @@ fn apply_min_p<T: Elem>(
     let ln_min_p = min_p.ln();
     match kept {
         Kept::List(mut l) => {
-            let t = min_p_threshold(l[0].v, fs, ln_min_p);
+            let t = min_p_cut(l[0].v, fs, ln_min_p);
             let n = l.iter().take_while(|c| c.v >= t).count();
             l.truncate(n.max(min_keep));
             Kept::List(l)
         }
         Kept::Ids(mut l) => {
-            let t = min_p_threshold(list_max(&l), fs, ln_min_p);
+            let t = min_p_cut(list_max(&l), fs, ln_min_p);
             if l.iter().filter(|c| c.v >= t).count() >= min_keep {
                 l.retain(|c| c.v >= t);
                 Kept::Ids(l)
@@ -1026,7 +1048,7 @@ fn apply_min_p<T: Elem>(
             }
         }
         Kept::Threshold(thr) => {
-            let t = min_p_threshold(s.m, fs, ln_min_p).max(thr);
+            let t = min_p_cut(s.m, fs, ln_min_p).max(thr);
             if min_keep > 1 && prims::count_ge(s.x, s.bmax, t) < min_keep {
                 Kept::List(top_alive(s, min_keep, thr, scr))
             } else {
@@ -1317,6 +1339,48 @@ mod tests {
             let t = min_p_threshold(vmax, fs, min_p.ln());
             prop_assert!(is_first_pass(t, vmax, fs, min_p.ln()), "{vmax} {fs} {min_p} -> {t}");
         }
+
+        #[test]
+        fn min_p_cut_adds_at_most_the_values_one_ulp_below_the_threshold(
+            vmax in prop_oneof![-1e3f32..1e3, Just(0.0f32), Just(f32::MAX), Just(-f32::MAX)],
+            log_fs in -40.0f64..300.0,
+            min_p in prop_oneof![1e-6f64..=1.0, Just(1.0)],
+        ) {
+            let (fs, ln) = (10f64.powf(log_fs), min_p.ln());
+            let exact = min_p_threshold(vmax, fs, ln);
+            let cut = min_p_cut(vmax, fs, ln);
+            // never fewer tokens than the exact rule; min_p = 1 is exact
+            prop_assert!(cut <= exact);
+            if min_p == 1.0 {
+                prop_assert_eq!(cut, exact);
+            }
+            // what it adds lies within one ulp (of the larger of |vmax| and |cut|) below the
+            // exact threshold, and less than half the way from it to vmax
+            if cut < exact {
+                let below = f64::from(vmax) + fs * ln - f64::from(cut);
+                prop_assert!(below <= f32_ulp(vmax).max(f32_ulp(cut)) * (1.0 + 1e-9));
+                prop_assert!(below <= -0.5 * fs * ln * (1.0 + 1e-9) + 1e-300);
+            }
+        }
+    }
+
+    #[test]
+    fn min_p_equality_is_judged_at_float32_precision() {
+        // log(0.5) and log(0.25) written as float32: min_p 0.5 keeps both (they are equal at
+        // float32 precision), as it keeps 0.25 against 0.5.
+        let ln = 0.5f64.ln();
+        let (lh, lq) = (ln as f32, 0.25f64.ln() as f32);
+        assert!(
+            f64::from(lh) < ln,
+            "the float32 log(0.5) lies below log(0.5)"
+        );
+        assert_eq!(min_p_cut(0.0, 1.0, ln), lh);
+        assert!(lq - lh >= min_p_cut(lh, 1.0, ln));
+        // the next float32 down is 6e-8 below the threshold, beyond one ulp (6e-8 at 0.69)
+        assert!(lh.next_down() < min_p_cut(0.0, 1.0, ln));
+        // min_p = 1 keeps only the maximum, and a tiny temperature only what min-p keeps exactly
+        assert_eq!(min_p_cut(1.0, 1.0, 0.0), 1.0);
+        assert_eq!(min_p_cut(1.0, 1e-30, ln), 1.0);
     }
 
     #[test]

@@ -255,13 +255,24 @@ impl KeptRef {
         });
     }
 
-    /// Min-p: `(z - z_max) / fs >= ln(min_p)` within the kept prefix, then `min_keep`.
+    /// Min-p: `(z - z_max) / fs >= ln(min_p)` within the kept prefix, then `min_keep`. For
+    /// `min_p < 1`, equality at float32 precision: a logit up to one float32 ulp (at the larger
+    /// magnitude of `z_max` and of `z_max + fs ln(min_p)`, at most half the way to `z_max`)
+    /// below that threshold passes too.
     fn min_p(&mut self, row: &[f32], min_p: f64, fs: f64, min_keep: usize) {
         if min_p <= 0.0 {
             return;
         }
         let top = row[self.order[0]];
-        let ln_min_p = min_p.ln();
+        let ulp = |x: f64| {
+            let a = (x.abs() as f32).min(f32::MAX.next_down());
+            f64::from(a.next_up()) - f64::from(a)
+        };
+        let mut ln_min_p = min_p.ln();
+        if min_p < 1.0 {
+            let thr = (f64::from(top) + fs * ln_min_p).max(-f64::from(f32::MAX));
+            ln_min_p -= ulp(f64::from(top)).max(ulp(thr)).min(-0.5 * fs * ln_min_p) / fs;
+        }
         let margin: Vec<f64> = self
             .order
             .iter()
