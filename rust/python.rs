@@ -180,6 +180,28 @@ fn token_row(
     array_of!(i64);
     array_of!(i32);
     array_of!(u32);
+    let is_ndarray = obj.cast::<PyUntypedArray>().is_ok();
+    if !is_ndarray && (obj.hasattr("__array__")? || obj.hasattr("__dlpack__")?) {
+        // Array-likes (a CPU `torch.Tensor`, objects with `__array__` or `__dlpack__`) are
+        // read through NumPy once, as logits are.
+        let np = obj.py().import("numpy")?;
+        let how = if obj.hasattr("__array__")? {
+            "asarray"
+        } else {
+            "from_dlpack"
+        };
+        let a = np.call_method1(how, (obj,)).map_err(|e| {
+            PyTypeError::new_err(format!(
+                "{name}: cannot be read as an array of token ids ({e})"
+            ))
+        })?;
+        if a.cast::<PyUntypedArray>().is_err() {
+            return Err(PyTypeError::new_err(format!(
+                "{name}: cannot be read as an array of token ids"
+            )));
+        }
+        return token_row(&a, name, vocab, lists);
+    }
     if obj.hasattr("dtype")? {
         let dtype = obj.getattr("dtype")?.str()?.to_string();
         let ndim: usize = obj.getattr("ndim")?.extract()?;

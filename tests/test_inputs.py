@@ -237,3 +237,45 @@ def test_the_direct_path_agrees_with_the_general_path_and_declines_the_rest():
         np.testing.assert_array_equal(_core.sample_direct(b, *plain[1:]), want)
     with pytest.raises(ValueError, match="order"):
         _core.sample_direct(X, 0.7, 20, 0.9, 0.01, 1, "nope", 5, 0)
+
+
+class Broken:
+    """An array-like whose conversion fails."""
+
+    def __array__(self, dtype=None, copy=None):
+        raise RuntimeError("no data")
+
+
+@pytest.mark.parametrize("wrap", [DlpackOnly, ArrayOnly])
+def test_token_lists_may_be_array_likes(wrap):
+    """Token ids in __array__ / __dlpack__ objects (a CPU torch tensor, say) read as arrays."""
+    ids = [np.array([1, 5, 5, 200]), np.array([0, 3], dtype=np.int32), np.array([7])]
+    wrapped = [wrap(a) for a in ids]
+    got = lk.logprobs(X, wrapped, top_n=2)
+    want = lk.logprobs(X, ids, top_n=2)
+    for g, w in zip(got, want, strict=True):
+        for gr, wr in zip(g, w, strict=True):
+            np.testing.assert_array_equal(gr, wr)
+    pen = dict(repetition_penalty=1.3, frequency_penalty=0.2)
+    np.testing.assert_array_equal(
+        lk.apply_penalties(X, output_tokens=wrapped, prompt_tokens=wrapped, **pen),
+        lk.apply_penalties(X, output_tokens=ids, prompt_tokens=ids, **pen),
+    )
+    params = lk.SamplingParams(repetition_penalty=1.5, seed=3)
+    assert (
+        lk.sample_batch(X, params, output_tokens=wrapped).tokens.tolist()
+        == lk.sample_batch(X, params, output_tokens=ids).tokens.tolist()
+    )
+    # 1-D logits take one array-like
+    np.testing.assert_array_equal(
+        lk.logprobs(X[0], wrap(ids[0])).token_logprobs, lk.logprobs(X[0], ids[0]).token_logprobs
+    )
+
+
+def test_token_list_array_likes_of_bad_ids_name_the_parameter():
+    with pytest.raises(ValueError, match=r"tokens.*(out of range|outside)"):
+        lk.logprobs(X[0], ArrayOnly(np.array([1, 257])))
+    with pytest.raises(TypeError, match="tokens"):
+        lk.logprobs(X[0], ArrayOnly(np.array([1.0, 2.0])))
+    with pytest.raises(TypeError, match="output_tokens"):
+        lk.apply_penalties(X, output_tokens=[Broken()] * 3, repetition_penalty=1.2)
