@@ -1,6 +1,8 @@
 """The serving layer (SPEC §7): SamplingParams, from_openai and sample_batch."""
 
+import copy
 import dataclasses
+import pickle
 
 import numpy as np
 import pytest
@@ -45,6 +47,21 @@ def test_frozen_and_replace_revalidates():
     assert (q.temperature, q.top_k) == (0.5, 5)
     with pytest.raises(ValueError, match="top_p"):
         dataclasses.replace(p, top_p=2.0)
+
+
+def test_params_pickle_and_copy_to_equal_working_params():
+    """Servers move params between processes (pickle) and copy them (copy, deepcopy)."""
+    p = lk.SamplingParams(
+        temperature=0.7, top_k=5, top_p=0.9, logit_bias={3: -1.5}, stop_token_ids=[2],
+        allowed_token_ids=[1, 2, 3], min_tokens=1, seed=9, logprobs=2, order="vllm",
+    )  # fmt: skip
+    x = np.random.default_rng(0).normal(0, 2, (2, 50)).astype(np.float32)
+    want = lk.sample_batch(x, p, output_tokens=[[1], [3]])
+    for q in (pickle.loads(pickle.dumps(p)), copy.copy(p), copy.deepcopy(p)):
+        assert q == p and type(q) is lk.SamplingParams
+        got = lk.sample_batch(x, q, output_tokens=[[1], [3]])
+        assert got.tokens.tolist() == want.tokens.tolist()
+        assert np.array_equal(got.top_logprobs, want.top_logprobs)
 
 
 BAD_FIELDS = [
@@ -135,6 +152,32 @@ def test_from_openai_null_means_default_and_bad_values_name_the_field():
         lk.SamplingParams.from_openai({"logit_bias": {"abc": 1}})
     with pytest.raises(ValueError, match="typical_p"):
         lk.SamplingParams.from_openai({"typical_p": 0.9})
+
+
+def test_from_openai_accepts_unsupported_features_that_are_off():
+    """A body dumped with another engine's defaults: features that are off are accepted."""
+    off = {
+        "typical_p": 1.0, "tfs_z": 1.0, "top_a": 0.0, "mirostat": 0, "mirostat_tau": 5.0,
+        "mirostat_eta": 0.1, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "dry_multiplier": 0.0,
+        "dry_base": 1.75, "dry_allowed_length": 2, "dry_sequence_breakers": ["\\n"],
+        "xtc_probability": 0.0, "xtc_threshold": 0.1, "top_n_sigma": -1.0,
+        "use_beam_search": False, "length_penalty": 1.0, "bad_words": [], "guided_json": None,
+        "dynatemp_range": 0.0, "repeat_penalty": 1.0, "repeat_last_n": 64,
+        "no_repeat_ngram_size": 0, "temperature": 0.5,
+    }  # fmt: skip
+    assert lk.SamplingParams.from_openai(off) == lk.SamplingParams(temperature=0.5)
+    for key, on in [
+        ("typical_p", 0.95), ("mirostat", 2), ("top_n_sigma", 1.5), ("use_beam_search", True),
+        ("bad_words", ["x"]), ("guided_regex", "a+"), ("repeat_penalty", 1.1),
+        ("dry_multiplier", 0.8), ("xtc_probability", 0.5), ("tfs_z", 0.9),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=key):
+            lk.SamplingParams.from_openai({**off, key: on})
+    # a penalty window is refused only while a penalty is on (-1 is the whole context)
+    with pytest.raises(ValueError, match="repeat_last_n"):
+        lk.SamplingParams.from_openai({"repeat_last_n": 64, "frequency_penalty": 0.5})
+    p = lk.SamplingParams.from_openai({"repeat_last_n": -1, "frequency_penalty": 0.5})
+    assert p.frequency_penalty == 0.5
 
 
 # ---------------------------------------------------------------------------------------------

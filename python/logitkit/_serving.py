@@ -34,18 +34,31 @@ _NOT_SAMPLING = frozenset(
         "prompt_logprobs", "max_new_tokens", "stop_sequences", "return_full_text",
     }
 )
-# Sampling parameters of other engines that logitkit does not implement: refused, so a
-# request never silently samples differently from what it asked for.
-_UNSUPPORTED = frozenset(
-    {
-        "typical_p", "tfs_z", "top_a", "mirostat", "mirostat_mode", "mirostat_tau",
-        "mirostat_eta", "epsilon_cutoff", "eta_cutoff", "dry_multiplier", "dry_base",
-        "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers", "xtc_probability",
-        "xtc_threshold", "top_n_sigma", "length_penalty", "use_beam_search", "bad_words",
-        "guided_json", "guided_regex", "guided_choice", "guided_grammar", "dynatemp_range",
-        "dynatemp_exponent", "repeat_last_n", "penalty_last_n", "no_repeat_ngram_size",
-    }
-)
+# Sampling parameters of other engines that logitkit does not implement: refused unless null or
+# at the value that turns the feature off (what a request body dumped with its defaults holds),
+# so a request never silently samples differently from what it asked for.
+def _equals(neutral: float) -> Any:
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == neutral
+
+
+_UNSUPPORTED: dict[str, Any] = {
+    "typical_p": _equals(1.0), "tfs_z": _equals(1.0), "top_a": _equals(0.0),
+    "mirostat": _equals(0), "mirostat_mode": _equals(0), "epsilon_cutoff": _equals(0.0),
+    "eta_cutoff": _equals(0.0), "dry_multiplier": _equals(0.0), "xtc_probability": _equals(0.0),
+    "dynatemp_range": _equals(0.0), "no_repeat_ngram_size": _equals(0),
+    "repeat_penalty": _equals(1.0),
+    "top_n_sigma": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0,
+    "use_beam_search": lambda v: v is False,
+    "bad_words": lambda v: isinstance(v, (list, tuple)) and not v,
+    "guided_json": lambda v: False, "guided_regex": lambda v: False,
+    "guided_choice": lambda v: False, "guided_grammar": lambda v: False,
+}
+# Settings of those features that do nothing while the feature is off (mirostat_tau,
+# mirostat_eta, dry_base, dry_allowed_length, dry_penalty_last_n, dry_sequence_breakers,
+# xtc_threshold, dynatemp_exponent) and length_penalty (beam search only) are ignored.
+# A penalty window (the last n tokens): logitkit's penalties read every token, so a window is
+# refused when a penalty is on, unless it is -1 (the whole context).
+_PENALTY_WINDOWS = ("repeat_last_n", "penalty_last_n")
 # fmt: on
 
 
@@ -197,6 +210,10 @@ class SamplingParams:
         )  # fmt: skip
         object.__setattr__(self, "_native", native)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # pickle and copy rebuild from the fields (validated again), not from the native form.
+        return (type(self), tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+
     @classmethod
     def from_openai(cls, body: Mapping[str, Any]) -> SamplingParams:
         """Reads the sampling parameters of an OpenAI-style request body.
@@ -207,7 +224,10 @@ class SamplingParams:
         sampling parameters (``model``, ``messages``, ``max_tokens``, ``stop``, ...) are ignored;
         vLLM-style keys with ``SamplingParams`` names (``top_k``, ``min_p``, ...) are read;
         sampling parameters logitkit does not implement (``typical_p``, ``mirostat``, ...)
-        raise ``ValueError``. A ``null`` value means the default.
+        raise ``ValueError`` unless they hold the value that turns them off (``typical_p: 1``,
+        ``mirostat: 0``, ``use_beam_search: false``, ...); a penalty window
+        (``repeat_last_n``) is refused while a penalty is on, unless it is -1. A ``null`` value
+        means the default.
 
         >>> import logitkit
         >>> body = {"model": "m", "temperature": 0.5, "logprobs": True, "top_logprobs": 3,
@@ -221,10 +241,22 @@ class SamplingParams:
         names = {f.name for f in dataclasses.fields(cls)} - {"logprobs"}
         kwargs: dict[str, Any] = {}
         for key, value in body.items():
-            if key in _UNSUPPORTED:
-                raise ValueError(f"{key}: is a sampling parameter logitkit does not support")
+            if key in _UNSUPPORTED and value is not None and not _UNSUPPORTED[key](value):
+                raise ValueError(
+                    f"{key}: is a sampling parameter logitkit does not support (got {value!r}; "
+                    "only null or the value that turns it off is accepted)"
+                )
             if key in names and value is not None:
                 kwargs[key] = value
+        neutral = {"repetition_penalty": 1, "presence_penalty": 0, "frequency_penalty": 0}
+        penalized = any(kwargs.get(k, v) != v for k, v in neutral.items())
+        for key in _PENALTY_WINDOWS:
+            window = body.get(key)
+            if penalized and window is not None and window != -1:
+                raise ValueError(
+                    f"{key}: a penalty window is not supported (penalties read every token); "
+                    f"got {window!r} with a penalty on, expected -1 or null"
+                )
         bias = kwargs.get("logit_bias")
         if bias is not None:
             if not isinstance(bias, Mapping):
