@@ -233,6 +233,32 @@ def test_min_p_equality_holds_for_logits_written_as_logs_of_decimals(dtype):
             )
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_top_p_equality_holds_for_logits_written_as_logs_of_decimals(dtype):
+    """log(p) rounded to float32: top_p equal to a written prefix mass keeps that prefix (the
+    crossing token is kept), in the masks and in every order of sample."""
+    for counts in _decimal_distributions()[::5]:
+        x = np.log(counts / 20.0).astype(dtype)
+        rank = np.argsort(-counts, kind="stable")
+        for n in range(1, counts.size):
+            top_p = counts[rank[:n]].sum() / 20
+            want = np.zeros(counts.size, dtype=bool)
+            want[rank[:n]] = True
+            np.testing.assert_array_equal(np.isfinite(lk.mask_top_p(x, top_p)), want, counts)
+            for order in ("default", "vllm", "llama.cpp"):
+                tok = lk.sample(x, top_p=top_p, order=order, uniforms=0.99999)
+                assert tok == np.flatnonzero(want).max(), (counts, top_p, order)
+
+
+def test_top_p_allowance_is_float32_epsilon_of_the_mass():
+    """A prefix short of top_p by less than 2**-23 of the mass reaches it; by 3e-7, not."""
+    x = np.array([0.0, -1.0], dtype=np.float32)
+    p0 = 1.0 / (1.0 + math.exp(-1.0))
+    for short, kept in [(0.5e-7, 1), (1.1e-7, 1), (3e-7, 2), (1e-6, 2)]:
+        got = np.isfinite(lk.mask_top_p(x, p0 + short)).sum()
+        assert got == kept, (short, got)
+
+
 def test_min_p_float32_equality_band_is_one_ulp():
     """z_max = 0, min_p = 0.5: float32(log 0.5) lies 1.9e-9 below log 0.5 and is kept; the next
     float32 down lies 6.1e-8 below (more than one ulp at 0.69, 6.0e-8) and is not; with

@@ -525,10 +525,12 @@ impl Sum2 {
 }
 
 /// How far (relative to the total) a prefix's exact mass may fall short of `top_p` and still
-/// reach it: above the error of `top_p` written as a decimal (`0.4` is stored `2.2e-17` above
-/// `2/5`, at most `2^-53` relative), far below any difference that `f32` weights can show. Five
-/// equal logits with `top_p = 0.4` keep two tokens, as written, not three.
-pub const TOP_P_SLACK: f64 = 1e-15;
+/// reach it: float32's machine epsilon, `2^-23` (about `1.2e-7`). Equality is judged at the
+/// precision of the float32 logits: probabilities written as float32 logs carry their rounding
+/// (`log([0.4, 0.3, 0.2, 0.1])` puts the first token's mass `1e-9` below 0.4), and `top_p` is a
+/// decimal stored as a float64 (`0.4` is stored `2.2e-17` above `2/5`). So `top_p = 0.4` keeps
+/// one token of that row, and `top_p = j / V` keeps `j` of `V` equal logits, as written.
+pub const TOP_P_SLACK: f64 = f32::EPSILON as f64;
 
 /// The weight that a nucleus of `top_p` of `total` must reach: `top_p` of it, less
 /// [`TOP_P_SLACK`] of it.
