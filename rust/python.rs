@@ -1167,13 +1167,25 @@ fn set_simd_level(name: &str) -> PyResult<()> {
 }
 
 #[pyfunction]
-fn set_num_threads(n: usize) {
-    kernels::parallel::set_num_threads(n);
+fn set_num_threads(py: Python<'_>, n: usize) {
+    // The pool's state lock is never awaited with the GIL held: a fork holds it across the
+    // fork's Python hooks, which may hand the GIL to another thread.
+    py.detach(|| kernels::parallel::set_num_threads(n));
 }
 
 #[pyfunction]
-fn get_num_threads() -> usize {
-    kernels::parallel::num_threads()
+fn get_num_threads(py: Python<'_>) -> usize {
+    py.detach(kernels::parallel::num_threads)
+}
+
+#[pyfunction]
+fn _before_fork() {
+    kernels::parallel::before_fork();
+}
+
+#[pyfunction]
+fn _after_fork_in_parent() {
+    kernels::parallel::after_fork_in_parent();
 }
 
 #[pyfunction]
@@ -1217,6 +1229,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_in_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     Ok(())
 }

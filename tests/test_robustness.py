@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -107,6 +108,50 @@ def test_fork_after_use_works():
     got = os.read(r, 1)
     os.waitpid(pid, 0)
     assert got == b"1"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_while_other_threads_rebuild_and_use_the_pool():
+    """Forks taken while another thread changes the thread count (building and joining pools)
+    and runs batches: every child runs a batch and exits; none inherits a locked pool."""
+    x = np.random.default_rng(9).normal(0, 2, (16, 8192)).astype(np.float32)
+    want = lk.softmax(x).tobytes()
+    before = lk.get_num_threads()
+    stop = threading.Event()
+
+    def churn():
+        n = 0
+        while not stop.is_set():
+            n = n % 4 + 1
+            lk.set_num_threads(n)
+            lk.softmax(x)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    hung = bad = 0
+    try:
+        for _ in range(60):
+            pid = os.fork()
+            if pid == 0:
+                ok = lk.softmax(x).tobytes() == want
+                os._exit(0 if ok else 1)
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    bad += os.waitstatus_to_exitcode(status) != 0
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    hung += 1
+                    break
+                time.sleep(0.001)
+    finally:
+        stop.set()
+        t.join()
+        lk.set_num_threads(before)
+    assert (hung, bad) == (0, 0)
 
 
 def _rss_kib():

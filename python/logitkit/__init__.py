@@ -53,5 +53,10 @@ __all__ = [
 ]
 
 if hasattr(_os, "register_at_fork"):
-    # A child process inherits no pool threads: it builds a fresh pool on first use.
-    _os.register_at_fork(after_in_child=_core._after_fork_in_child)
+    # A child process inherits no pool threads: it builds a fresh pool on first use. The pool's
+    # state lock is held across the fork, so that the child never inherits it locked.
+    _os.register_at_fork(
+        before=_core._before_fork,
+        after_in_parent=_core._after_fork_in_parent,
+        after_in_child=_core._after_fork_in_child,
+    )

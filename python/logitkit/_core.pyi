@@ -18,6 +18,8 @@ __all__ = [
     "RowParams",
     "__version__",
     "_after_fork_in_child",
+    "_after_fork_in_parent",
+    "_before_fork",
     "argmax",
     "argmax_row",
     "available_simd_levels",
@@ -240,6 +242,12 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """The number of threads used for batches."""
+
+def _before_fork() -> None:
+    """Holds the thread pool's state lock across a fork (registered by ``logitkit``)."""
+
+def _after_fork_in_parent() -> None:
+    """Releases the state lock in the parent after a fork (registered by ``logitkit``)."""
 
 def _after_fork_in_child() -> None:
     """Forgets the inherited thread pool in a forked child (registered by ``logitkit``)."""

@@ -52,46 +52,93 @@ fn default_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)))
 }
 
-/// The number of threads batch calls use.
-#[must_use]
-pub fn num_threads() -> usize {
+/// The state, with a pool inherited through `fork` (its threads do not exist in this process)
+/// forgotten: dropping it would join threads that are not there.
+fn state() -> MutexGuard<'static, PoolState> {
     let mut st = lock(&POOL);
     if st.threads == 0 {
         st.threads = default_threads();
     }
-    st.threads
+    if st
+        .pool
+        .as_ref()
+        .is_some_and(|p| p.pid != std::process::id())
+    {
+        std::mem::forget(st.pool.take());
+    }
+    st
+}
+
+/// The number of threads batch calls use.
+#[must_use]
+pub fn num_threads() -> usize {
+    state().threads
 }
 
 /// Sets the number of threads batch calls use (`n >= 1`).
 pub fn set_num_threads(n: usize) {
-    let mut st = lock(&POOL);
-    if st.threads != n {
+    let old = {
+        let mut st = state();
+        if st.threads == n.max(1) {
+            return;
+        }
         st.threads = n.max(1);
-        st.pool = None;
-    }
+        st.pool.take()
+    };
+    // Joined outside the lock (a pool still in use by a call is joined when that call ends).
+    drop(old);
 }
 
 /// Forgets the pool without touching its threads: in a child process after `fork` they do not
 /// exist. The next batch call builds a new pool.
 pub fn forget_pool_after_fork() {
-    let mut st = lock(&POOL);
-    if let Some(p) = st.pool.take() {
-        std::mem::forget(p);
-    }
+    let guard = FORK_GUARD.with(|g| g.borrow_mut().take());
+    let mut st = guard.unwrap_or_else(|| lock(&POOL));
+    std::mem::forget(st.pool.take());
+}
+
+thread_local! {
+    /// The state lock, held by the forking thread from [`before_fork`] to the end of the fork,
+    /// so that no other thread holds it at the moment of the fork (a child would inherit it
+    /// locked, with no thread to unlock it).
+    static FORK_GUARD: RefCell<Option<MutexGuard<'static, PoolState>>> = const { RefCell::new(None) };
+}
+
+/// Takes the state lock for a `fork` about to happen on this thread ([`after_fork_in_parent`]
+/// and [`forget_pool_after_fork`] release it). Python's fork hooks may hand the GIL to another
+/// thread while this lock is held, so the bindings never wait for it with the GIL held.
+pub fn before_fork() {
+    let guard = lock(&POOL);
+    FORK_GUARD.with(|g| *g.borrow_mut() = Some(guard));
+}
+
+/// Releases the state lock in the parent after a `fork`.
+pub fn after_fork_in_parent() {
+    drop(FORK_GUARD.with(|g| g.borrow_mut().take()));
 }
 
 fn pool() -> Option<Arc<Pool>> {
-    let mut st = lock(&POOL);
-    if st.threads == 0 {
-        st.threads = default_threads();
+    let threads = {
+        let st = state();
+        if st.threads <= 1 {
+            return None;
+        }
+        if let Some(p) = &st.pool {
+            return Some(Arc::clone(p));
+        }
+        st.threads
+    };
+    // Threads are started outside the lock; if another call installed a pool meanwhile, that one
+    // is used and this one is joined again.
+    let fresh = Pool::new(threads - 1).map(Arc::new);
+    let mut st = state();
+    if st.pool.is_none() && st.threads == threads {
+        st.pool.clone_from(&fresh);
     }
-    if st.threads <= 1 {
-        return None;
-    }
-    if st.pool.is_none() {
-        st.pool = Pool::new(st.threads - 1).map(Arc::new);
-    }
-    st.pool.clone()
+    let p = st.pool.clone();
+    drop(st);
+    drop(fresh);
+    p
 }
 
 /// The job of one call: a borrowed closure whose lifetime the pool erases. It is only called
@@ -122,6 +169,8 @@ struct Shared {
 
 struct Pool {
     shared: Arc<Shared>,
+    /// The process that started the helpers.
+    pid: u32,
     /// Held by the call that uses the helpers; a concurrent call runs on its own thread.
     busy: AtomicBool,
     threads: Vec<JoinHandle<()>>,
@@ -156,6 +205,7 @@ impl Pool {
         }
         let pool = Self {
             shared,
+            pid: std::process::id(),
             busy: AtomicBool::new(false),
             threads,
         };
@@ -272,15 +322,30 @@ fn helper(sh: &Shared) {
         if !entered {
             continue;
         }
-        if let Some(JobPtr(job)) = *lock(&sh.job) {
+        // Leaves the job (even if dropping a panic payload panics), so the caller never waits
+        // for a helper that is gone.
+        struct Leave<'a>(&'a AtomicUsize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(ONE_HELPER, Ordering::Release);
+            }
+        }
+        let _leave = Leave(&sh.state);
+        // Copied out, so that the lock is not held while the job runs.
+        let published = *lock(&sh.job);
+        if let Some(JobPtr(job)) = published {
             // SAFETY: the job is open and this helper is counted in it, so the caller is still
             // inside `Pool::run` and the closure is alive.
             let job = unsafe { &*job };
             if let Err(p) = catch_unwind(AssertUnwindSafe(job)) {
-                lock(&sh.panic).get_or_insert(p);
+                let mut first = lock(&sh.panic);
+                if first.is_none() {
+                    *first = Some(p);
+                } else {
+                    std::mem::forget(p);
+                }
             }
         }
-        sh.state.fetch_sub(ONE_HELPER, Ordering::Release);
     }
 }
 
@@ -297,11 +362,11 @@ pub fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
 }
 
 /// Calls `f(row, out_chunk, scratch)` for every row, where `out_chunk` is that row's
-/// `out_per_row` outputs, in parallel when the call is big enough. Returns the error of the
-/// lowest failing row, renumbered to that row.
+/// `out_per_row` outputs, in parallel when the call is big enough. Every row runs, whatever
+/// fails; returns the error of the lowest failing row, renumbered to that row.
 ///
 /// # Errors
-/// The first (lowest row) error returned by `f`.
+/// `out` not `rows * out_per_row` long (naming `out`); the first (lowest row) error of `f`.
 pub fn for_rows<O, F>(
     rows: usize,
     vocab: usize,
@@ -313,7 +378,16 @@ where
     O: Send,
     F: Fn(usize, &mut [O], &mut Scratch) -> Result<(), KernelError> + Sync,
 {
-    debug_assert_eq!(out.len(), rows * out_per_row);
+    if Some(out.len()) != rows.checked_mul(out_per_row) {
+        return Err(KernelError::param(
+            "out",
+            None,
+            format!(
+                "holds {} values, {rows} rows need {rows} x {out_per_row}",
+                out.len()
+            ),
+        ));
+    }
     let run = |r: usize, o: &mut [O]| with_scratch(|s| f(r, o, s)).map_err(|e| e.at_row(r));
     let pool = if rows >= 2 && rows.saturating_mul(vocab) >= PAR_MIN_ELEMENTS {
         pool()
@@ -321,15 +395,16 @@ where
         None
     };
     let Some(pool) = pool else {
-        let err = if out_per_row == 0 {
-            (0..rows).map(|r| run(r, &mut [])).find_map(Result::err)
-        } else {
-            out.chunks_mut(out_per_row)
-                .enumerate()
-                .map(|(r, o)| run(r, o))
-                .find_map(Result::err)
-        };
-        return err.map_or(Ok(()), Err);
+        // Every row runs, as in parallel, so that what an error leaves in `out` does not depend
+        // on the thread count.
+        let mut first = None;
+        for r in 0..rows {
+            let o = &mut out[r * out_per_row..(r + 1) * out_per_row];
+            if let (Err(e), None) = (run(r, o), &first) {
+                first = Some(e);
+            }
+        }
+        return first.map_or(Ok(()), Err);
     };
     let slots: Vec<Mutex<&mut [O]>> = if out_per_row == 0 {
         (0..rows)
@@ -438,6 +513,69 @@ mod tests {
             ids.into_inner().unwrap().len()
         });
         assert!(threads_seen.into_iter().any(|n| n == 2));
+    }
+
+    #[test]
+    fn every_helper_works_at_once() {
+        let _t = lock(&TURN);
+        for threads in [3, 4] {
+            set_num_threads(threads);
+            // A call runs alone while another test's call holds the helpers: try a few times.
+            let most = (0..20).map(|_| {
+                let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+                for_rows(4 * threads, WIDE, &mut [(); 0], 0, |_, _, _| {
+                    most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(2));
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .unwrap();
+                most.into_inner()
+            });
+            assert!(most.into_iter().any(|m| m == threads), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn a_wrong_output_length_is_an_error_naming_out() {
+        let _t = lock(&TURN);
+        for threads in [1, 2] {
+            set_num_threads(threads);
+            let mut out = vec![0u64; 7];
+            let res = for_rows(4, WIDE, &mut out, 2, |_, o, _| {
+                o.fill(1);
+                Ok(())
+            });
+            assert!(
+                matches!(res, Err(KernelError::InvalidParam { name: "out", .. })),
+                "{res:?}"
+            );
+            assert_eq!(out, vec![0; 7], "nothing is written");
+        }
+    }
+
+    #[test]
+    fn every_row_runs_despite_errors_for_every_thread_count() {
+        let _t = lock(&TURN);
+        for threads in [1, 2, 3] {
+            set_num_threads(threads);
+            for rows in [1, 3, 40] {
+                let mut out = vec![0u8; rows];
+                let res = for_rows(rows, WIDE, &mut out, 1, |r, o, _| {
+                    o[0] = 1;
+                    if r % 2 == 0 {
+                        Err(KernelError::AllMasked { row: 0 })
+                    } else {
+                        Ok(())
+                    }
+                });
+                assert_eq!(res, Err(KernelError::AllMasked { row: 0 }));
+                assert!(
+                    out.iter().all(|&v| v == 1),
+                    "{threads} threads, {rows} rows"
+                );
+            }
+        }
     }
 
     #[test]
