@@ -521,7 +521,7 @@ mod tests {
         for threads in [3, 4] {
             set_num_threads(threads);
             // A call runs alone while another test's call holds the helpers: try a few times.
-            let most = (0..20).map(|_| {
+            let most = (0..60).map(|_| {
                 let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
                 for_rows(4 * threads, WIDE, &mut [(); 0], 0, |_, _, _| {
                     most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
