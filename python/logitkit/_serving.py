@@ -37,8 +37,16 @@ _NOT_SAMPLING = frozenset(
 # Sampling parameters of other engines that logitkit does not implement: refused unless null or
 # at the value that turns the feature off (what a request body dumped with its defaults holds),
 # so a request never silently samples differently from what it asked for.
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _equals(neutral: float) -> Any:
-    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == neutral
+    return lambda v: _number(v) and v == neutral
+
+
+def _never(v: Any) -> bool:
+    return False
 
 
 _UNSUPPORTED: dict[str, Any] = {
@@ -47,11 +55,11 @@ _UNSUPPORTED: dict[str, Any] = {
     "eta_cutoff": _equals(0.0), "dry_multiplier": _equals(0.0), "xtc_probability": _equals(0.0),
     "dynatemp_range": _equals(0.0), "no_repeat_ngram_size": _equals(0),
     "repeat_penalty": _equals(1.0),
-    "top_n_sigma": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0,
+    "top_n_sigma": lambda v: _number(v) and v <= 0,
     "use_beam_search": lambda v: v is False,
     "bad_words": lambda v: isinstance(v, (list, tuple)) and not v,
-    "guided_json": lambda v: False, "guided_regex": lambda v: False,
-    "guided_choice": lambda v: False, "guided_grammar": lambda v: False,
+    "guided_json": _never, "guided_regex": _never, "guided_choice": _never,
+    "guided_grammar": _never,
 }
 # Settings of those features that do nothing while the feature is off (mirostat_tau,
 # mirostat_eta, dry_base, dry_allowed_length, dry_penalty_last_n, dry_sequence_breakers,
@@ -238,7 +246,8 @@ class SamplingParams:
         """
         if not isinstance(body, Mapping):
             raise TypeError(f"body: must be a mapping, got {type(body).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)} - {"logprobs"}
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        names = defaults.keys() - {"logprobs"}
         kwargs: dict[str, Any] = {}
         for key, value in body.items():
             if key in _UNSUPPORTED and value is not None and not _UNSUPPORTED[key](value):
@@ -248,8 +257,8 @@ class SamplingParams:
                 )
             if key in names and value is not None:
                 kwargs[key] = value
-        neutral = {"repetition_penalty": 1, "presence_penalty": 0, "frequency_penalty": 0}
-        penalized = any(kwargs.get(k, v) != v for k, v in neutral.items())
+        penalties = ("repetition_penalty", "presence_penalty", "frequency_penalty")
+        penalized = any(kwargs.get(k, defaults[k]) != defaults[k] for k in penalties)
         for key in _PENALTY_WINDOWS:
             window = body.get(key)
             if penalized and window is not None and window != -1:
