@@ -5,10 +5,10 @@
 //! fault and its zeroing: for a `(64, 262144)` softmax, about as long as the softmax itself. An
 //! output of [`REUSE_MIN_BYTES`] or more is therefore made on a buffer owned by an opaque
 //! [`OutputBuffer`] (the array's base object, which exposes nothing; the memory is a 1-D NumPy
-//! array that nothing else references): when the last array on it
-//! is freed, the buffer goes back to a small pool ([`REUSE_SLOTS`] buffers of at most
-//! [`REUSE_MAX_BYTES`]), and the next output that fits takes it. A buffer is only ever in the
-//! pool or under live arrays, never both.
+//! array that nothing else references): when the last array on it is freed, the buffer goes
+//! back to a small pool ([`REUSE_SLOTS`] buffers of at most [`REUSE_MAX_BYTES`]), and the next
+//! output that fits takes it. A buffer is only ever in the pool or under live arrays, never
+//! both.
 
 use std::sync::{Mutex, OnceLock};
 

@@ -190,16 +190,12 @@ fn token_row(
         } else {
             "from_dlpack"
         };
+        // Both always return an ndarray (or raise), so the recursion ends there.
         let a = np.call_method1(how, (obj,)).map_err(|e| {
             PyTypeError::new_err(format!(
                 "{name}: cannot be read as an array of token ids ({e})"
             ))
         })?;
-        if a.cast::<PyUntypedArray>().is_err() {
-            return Err(PyTypeError::new_err(format!(
-                "{name}: cannot be read as an array of token ids"
-            )));
-        }
         return token_row(&a, name, vocab, lists);
     }
     if obj.hasattr("dtype")? {

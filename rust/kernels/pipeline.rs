@@ -1007,10 +1007,10 @@ fn f32_ulp(x: f32) -> f64 {
 /// Min-p's threshold on the logits of a row whose maximum is `vmax`: the smallest `f32` value
 /// `v` with `v >= vmax + fs * ln_min_p - delta`, where `delta` is one `f32` ulp at the larger
 /// magnitude of `vmax` and of that threshold (for `min_p < 1`; at most half the way to `vmax`,
-/// which matters only at temperatures so small that min-p keeps the maximum alone). Equality is judged at the
-/// precision of the float32 logits: `log(p)` and `log(min_p * p_max)` written as float32 differ
-/// by their rounding, which would otherwise decide whether an equal token is kept (with
-/// `log([0.5, 0.25, 0.25])` and `min_p = 0.5`, every token is kept).
+/// which matters only at temperatures so small that min-p keeps the maximum alone). Equality is
+/// judged at the precision of the float32 logits: `log(p)` and `log(min_p * p_max)` written as
+/// float32 differ by their rounding, which would otherwise decide whether an equal token is
+/// kept (with `log([0.5, 0.25, 0.25])` and `min_p = 0.5`, every token is kept).
 fn min_p_cut(vmax: f32, fs: f64, ln_min_p: f64) -> f32 {
     if ln_min_p >= 0.0 {
         return min_p_threshold(vmax, fs, ln_min_p);
