@@ -1,4 +1,4 @@
-"""Assertions shared by the property tests."""
+"""Assertions and hand-made cases shared by the tests."""
 
 from __future__ import annotations
 
@@ -79,3 +79,11 @@ def check_out_forms(fn, x: np.ndarray, **kw) -> None:
         assert got is strided
         assert same_bits(np.ascontiguousarray(strided), want)
         assert np.all(big[..., 1::2] == 7.0)
+
+
+def compositions(parts: int, total: int) -> list[tuple[int, ...]]:
+    """Every way to split ``total`` into ``parts`` positive integers, in lexicographic order
+    (probabilities in tenths or twentieths, built by hand)."""
+    if parts == 1:
+        return [(total,)]
+    return [(a, *rest) for a in range(1, total) for rest in compositions(parts - 1, total - a)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -13,7 +12,13 @@ from hypothesis import strategies as st
 import logitkit as lk
 import oracle
 import strategies as S
-from checks import assert_float32_like, assert_kept_between, check_out_forms, same_bits
+from checks import (
+    assert_float32_like,
+    assert_kept_between,
+    check_out_forms,
+    compositions,
+    same_bits,
+)
 
 
 def rows_of(a):
@@ -204,13 +209,7 @@ def test_min_p_equality_is_kept():
 def _decimal_distributions():
     """Probability vectors of 3 to 5 distinct multiples of 0.05 (in a shuffled order)."""
     rng = np.random.default_rng(8)
-    out = []
-    for n in (3, 4, 5):
-        for c in itertools.product(range(1, 19), repeat=n - 1):
-            last = 20 - sum(c)
-            if last >= 1 and len({*c, last}) == n:
-                out.append(rng.permutation([*c, last]))
-    return out
+    return [rng.permutation(c) for n in (3, 4, 5) for c in compositions(n, 20) if len(set(c)) == n]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import logitkit as lk
 import oracle
 import strategies as S
+from checks import compositions
 
 PARAM_NAMES = ("temperature", "top_k", "top_p", "min_p", "min_keep")
 
@@ -367,13 +368,6 @@ def test_masked_tokens_are_never_sampled():
         assert lk.sample(x, uniforms=u, top_k=5, top_p=0.99, min_p=0.01) == token
 
 
-def _tenths(parts, total=10):
-    """Every way to split ``total`` tenths into ``parts`` positive amounts."""
-    if parts == 1:
-        return [(total,)]
-    return [(a, *rest) for a in range(1, total) for rest in _tenths(parts - 1, total - a)]
-
-
 # README: a prefix whose exact mass falls short of top_p by less than 2**-23 (float32's machine
 # epsilon) of the total reaches it: equality at the precision of float32 logits (and of a
 # decimal top_p written as a float64).
@@ -401,7 +395,7 @@ def test_boundaries_of_hand_made_probabilities_follow_the_exact_row():
     # exactly (rational arithmetic on its float64 weights): the crossing token is kept when its
     # prefix has mass >= top_p, and the draw returns the first id whose cumulative probability
     # exceeds u (an equal one does not).
-    cases = [probs for parts in (2, 3, 4) for probs in _tenths(parts)]
+    cases = [probs for parts in (2, 3, 4) for probs in compositions(parts, 10)]
     assert len(cases) == 9 + 36 + 84
     for probs, tenth in itertools.product(cases, range(1, 10)):
         x = np.log(np.asarray(probs) / 10).astype(np.float32)
