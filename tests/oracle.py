@@ -123,7 +123,7 @@ def keep_min_p(z: np.ndarray, min_p: float, temperature: float = 1.0) -> np.ndar
         thr = np.float32(max(float(xmax) + temperature * ln, -float(np.finfo(np.float32).max)))
         delta = min(max(f32_ulp(float(xmax)), f32_ulp(float(thr))), -0.5 * temperature * ln)
         ln -= delta / temperature
-    return np.where(z >= z.max() + ln, z, -np.inf)
+    return np.where(z - z.max() >= ln, z, -np.inf)
 
 
 def with_min_keep(z_kept: np.ndarray, z_before: np.ndarray, min_keep: int) -> np.ndarray:

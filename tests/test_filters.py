@@ -258,6 +258,27 @@ def test_top_p_allowance_is_float32_epsilon_of_the_mass():
         assert got == kept, (short, got)
 
 
+@given(
+    xmax=st.floats(-60.0, 60.0, width=32),
+    min_p=st.floats(1e-4, 1.0),
+    steps=st.lists(st.integers(-3, 3), min_size=1, max_size=6),
+)
+def test_min_p_band_matches_the_oracle_at_the_threshold(xmax, min_p, steps):
+    """Rows of the float32 values around z_max + ln(min_p) (a few ulps either way): the kept
+    set is exactly the oracle's (equality at float32 precision, README)."""
+    t = np.float32(xmax + math.log(min_p))
+    vals = [xmax]
+    for k in steps:
+        v = t
+        for _ in range(abs(k)):
+            v = np.nextafter(v, np.float32(np.inf if k > 0 else -np.inf))
+        vals.append(min(float(v), xmax))
+    x = np.asarray(vals, dtype=np.float32)
+    np.testing.assert_array_equal(
+        np.isfinite(lk.mask_min_p(x, min_p)), np.isfinite(oracle.mask_min_p(x, min_p))
+    )
+
+
 def test_min_p_float32_equality_band_is_one_ulp():
     """z_max = 0, min_p = 0.5: float32(log 0.5) lies 1.9e-9 below log 0.5 and is kept; the next
     float32 down lies 6.1e-8 below (more than one ulp at 0.69, 6.0e-8) and is not; with
