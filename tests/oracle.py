@@ -86,16 +86,21 @@ def keep_top_k(z: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+# README: a prefix whose mass falls short of top_p by less than 2**-23 (float32's machine
+# epsilon) of the total reaches it (equality at float32 precision).
+TOP_P_SLACK = 2.0**-23
+
+
 def keep_top_p(z: np.ndarray, top_p: float) -> np.ndarray:
     """Top-p on one row: on softmax(z), in order (prob desc, ties lower id), keep the shortest
-    prefix whose mass is >= top_p (the crossing token is kept, so is the most probable token);
-    top_p = 1 disables."""
+    prefix whose mass is >= top_p, less TOP_P_SLACK (the crossing token is kept, so is the most
+    probable token); top_p = 1 disables."""
     if top_p >= 1.0:
         return z
     o = order(z)
     p = softmax(z)[o]
     mass_before = np.concatenate([[0.0], np.cumsum(p)[:-1]])
-    keep = mass_before < top_p
+    keep = mass_before < top_p - TOP_P_SLACK
     keep[0] = True
     out = np.full_like(z, -np.inf)
     out[o[keep]] = z[o[keep]]
