@@ -113,21 +113,26 @@ def f32_ulp(x: float) -> float:
     return float(np.nextafter(a, np.float32(np.inf))) - float(a)
 
 
-def keep_min_p(z: np.ndarray, min_p: float, temperature: float = 1.0) -> np.ndarray:
-    """Min-p on one row of z = x / temperature: keep z >= max(z) + ln(min_p), i.e.
-    p >= min_p * p_max (equality kept); min_p = 0 disables.
-
-    Equality at float32 precision (README): for min_p < 1 a logit x less than one float32 ulp
-    (at the larger magnitude of x_max and of the threshold, and at most half the way to x_max)
-    below x_max + T ln(min_p) is kept too."""
-    if min_p <= 0.0:
-        return z
+def min_p_log_threshold(zmax: float, min_p: float, temperature: float = 1.0) -> float:
+    """ln(min_p), lowered for equality at float32 precision (README): for min_p < 1, a logit x
+    less than one float32 ulp (at the larger magnitude of x_max and of the threshold, and at
+    most half the way to x_max) below x_max + T ln(min_p) passes. zmax = x_max / T."""
     ln = math.log(min_p)
     if min_p < 1.0:
-        xmax = np.float32(z.max() * temperature)
+        xmax = np.float32(zmax * temperature)
         thr = np.float32(max(float(xmax) + temperature * ln, -float(np.finfo(np.float32).max)))
         delta = min(max(f32_ulp(float(xmax)), f32_ulp(float(thr))), -0.5 * temperature * ln)
         ln -= delta / temperature
+    return ln
+
+
+def keep_min_p(z: np.ndarray, min_p: float, temperature: float = 1.0) -> np.ndarray:
+    """Min-p on one row of z = x / temperature: keep z >= max(z) + ln(min_p), i.e.
+    p >= min_p * p_max (equality kept, at float32 precision: min_p_log_threshold); min_p = 0
+    disables."""
+    if min_p <= 0.0:
+        return z
+    ln = min_p_log_threshold(z.max(), min_p, temperature)
     return np.where(z - z.max() >= ln, z, -np.inf)
 
 
@@ -326,20 +331,23 @@ def _top_p_sets(must, may, z, top_p, tol, surely, maybe):
         mass_lo = before_lo / (before_lo + w + after_hi)
     surely_first = (maybe & may[:, None]).sum(axis=0) == 0
     maybe_first = (surely & must[:, None]).sum(axis=0) == 0
-    must_out = must & ((mass_hi < top_p - tol) | surely_first)
-    may_out = may & ((mass_lo < top_p + tol) | maybe_first)
+    reach = top_p - TOP_P_SLACK
+    must_out = must & ((mass_hi < reach - tol) | surely_first)
+    may_out = may & ((mass_lo < reach + tol) | maybe_first)
     return must_out, may_out
 
 
-def _min_p_sets(must, may, z, x, min_p, tol):
-    """Min-p on the surviving set: z >= z_max + ln(min_p); the maximum itself always passes."""
+def _min_p_sets(must, may, z, x, min_p, tol, temperature):
+    """Min-p on the surviving set: z >= z_max + ln(min_p) (min_p_log_threshold); the maximum
+    itself always passes."""
     if min_p <= 0.0:
         return must, may
-    thr = math.log(min_p)
     zmax_hi = z[may].max()
     zmax_lo = z[must].max() if must.any() else -np.inf
+    hi = zmax_hi + min_p_log_threshold(zmax_hi, min_p, temperature)
+    lo = zmax_lo + min_p_log_threshold(zmax_lo, min_p, temperature) if must.any() else -np.inf
     is_max = x == x[may].max()
-    return must & ((z >= zmax_hi + thr + tol) | is_max), may & (z >= zmax_lo + thr - tol)
+    return must & ((z >= hi + tol) | is_max), may & (z >= lo - tol)
 
 
 def kept_sets(x, params: dict, tol: float) -> tuple[np.ndarray, np.ndarray]:
@@ -374,7 +382,7 @@ def kept_sets(x, params: dict, tol: float) -> tuple[np.ndarray, np.ndarray]:
         return kept[0] | extra[0], kept[1] | extra[1]
 
     def min_p_step(s):
-        kept = _min_p_sets(*s, z, x, min_p, tol)
+        kept = _min_p_sets(*s, z, x, min_p, tol, 1.0 if preset == "llama.cpp" else temperature)
         extra = _rank_sets(*s, min_keep, surely, maybe)
         return kept[0] | extra[0], kept[1] | extra[1]
 
