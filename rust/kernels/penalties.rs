@@ -51,49 +51,60 @@ pub fn apply_bias(row: &mut [f32], ids: &[u32], values: &[f64]) {
     }
 }
 
-/// A set of token ids with a count per id: `O(1)` insert and clear, no sort and no pass over the
-/// vocabulary (a sparse set: `slot[t]` points into `ids`, which validates it).
+/// A set of token ids with a count per id, in order of first appearance: an open-addressed hash
+/// table sized to the tokens of one row (twice their number, a power of two), so that a row
+/// costs `O(|prompt| + |output|)` and touches no memory in proportion to the vocabulary (a
+/// table indexed by token id would be evicted by the pass over a large row, and cost a cache
+/// and TLB miss per distinct token).
 #[derive(Clone, Debug, Default)]
 pub struct TokenCounts {
-    slot: Vec<u32>,
+    /// `(id, index into ids)`, with the index [`FREE`] for an empty entry.
+    table: Vec<(u32, u32)>,
     ids: Vec<u32>,
     counts: Vec<u32>,
     /// The logits of `ids`, gathered for [`penalize`].
     vals: Vec<f32>,
 }
 
+/// The index of an empty entry of [`TokenCounts`]' table (a row holds fewer distinct ids).
+const FREE: u32 = u32::MAX;
+
 impl TokenCounts {
-    /// Empties the set for ids below `vocab`.
-    fn clear(&mut self, vocab: usize) {
-        if self.slot.len() < vocab {
-            self.slot.resize(vocab, 0);
-        }
+    /// Empties the set, with room for `tokens` ids.
+    fn clear(&mut self, tokens: usize) {
+        let size = (2 * tokens).next_power_of_two().max(16);
+        self.table.clear();
+        self.table.resize(size, (0, FREE));
         self.ids.clear();
         self.counts.clear();
     }
 
     /// Adds `inc` occurrences of every token of `tokens` (a token not in the set yet enters it
-    /// with a count of `inc`, so `inc = 0` only marks tokens as seen).
+    /// with a count of `inc`, so `inc = 0` only marks tokens as seen). At most the `tokens`
+    /// given to [`Self::clear`] may be added in all.
     fn add(&mut self, tokens: &[u32], inc: u32) {
-        // The new ids go to room made in advance, counted in a local: the loop keeps the length
-        // in a register rather than in the vectors.
-        let mut n = self.ids.len();
-        self.ids.resize(n + tokens.len(), 0);
-        self.counts.resize(n + tokens.len(), 0);
-        let (slot, ids, counts) = (&mut self.slot[..], &mut self.ids[..], &mut self.counts[..]);
+        let (table, ids, counts) = (&mut self.table[..], &mut self.ids, &mut self.counts);
+        debug_assert!(ids.len() + tokens.len() <= table.len() / 2);
+        let mask = table.len() - 1;
+        // Fibonacci hashing: the top bits of the product index the table.
+        let shift = 64 - table.len().trailing_zeros();
         for &t in tokens {
-            let s = slot[t as usize] as usize;
-            if s < n && ids[s] == t {
-                counts[s] += inc;
-            } else {
-                slot[t as usize] = n as u32;
-                ids[n] = t;
-                counts[n] = inc;
-                n += 1;
+            let mut i = (u64::from(t).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize;
+            loop {
+                let (id, s) = table[i];
+                if s == FREE {
+                    table[i] = (t, ids.len() as u32);
+                    ids.push(t);
+                    counts.push(inc);
+                    break;
+                }
+                if id == t {
+                    counts[s as usize] += inc;
+                    break;
+                }
+                i = (i + 1) & mask;
             }
         }
-        self.ids.truncate(n);
-        self.counts.truncate(n);
     }
 }
 
@@ -114,7 +125,7 @@ pub fn apply_penalties(
     if !rep && !counted {
         return;
     }
-    seen.clear(row.len());
+    seen.clear(output.len() + if rep { prompt.len() } else { 0 });
     seen.add(output, 1);
     if rep {
         seen.add(prompt, 0);
@@ -189,6 +200,40 @@ mod tests {
         );
         assert_eq!(row[0].to_bits(), (-0.0f32).to_bits());
         assert_eq!(row[1], 1.5);
+    }
+
+    #[test]
+    fn the_set_counts_every_id_in_order_of_first_appearance() {
+        let mut next = crate::kernels::tests::lcg(7);
+        let mut seen = TokenCounts::default();
+        // Sizes around the table's minimum and growth, with repeats, ids that collide in the
+        // table's low and high bits, and the largest ids.
+        for n in [0, 1, 7, 8, 9, 300, 5000, 40] {
+            let output: Vec<u32> = (0..n)
+                .map(|i| match i % 4 {
+                    0 => next() % 64,
+                    1 => u32::MAX - next() % 8,
+                    2 => (next() % 16) << 20,
+                    _ => next() << 1,
+                })
+                .collect();
+            let prompt: Vec<u32> = (0..n / 2).map(|_| next() % 128).collect();
+            seen.clear(output.len() + prompt.len());
+            seen.add(&output, 1);
+            seen.add(&prompt, 0);
+            let mut ids: Vec<u32> = Vec::new();
+            for &t in output.iter().chain(&prompt) {
+                if !ids.contains(&t) {
+                    ids.push(t);
+                }
+            }
+            let counts: Vec<u32> = ids
+                .iter()
+                .map(|&t| output.iter().filter(|&&o| o == t).count() as u32)
+                .collect();
+            assert_eq!(seen.ids, ids, "n {n}");
+            assert_eq!(seen.counts, counts, "n {n}");
+        }
     }
 
     /// The definition token by token, in plain code.
