@@ -70,7 +70,7 @@ pub struct TokenCounts {
 const FREE: u32 = u32::MAX;
 
 impl TokenCounts {
-    /// Empties the set, with room for `tokens` ids.
+    /// Empties the set, with room for `tokens` distinct ids.
     fn clear(&mut self, tokens: usize) {
         let size = (2 * tokens).next_power_of_two().max(16);
         self.table.clear();
@@ -81,10 +81,9 @@ impl TokenCounts {
 
     /// Adds `inc` occurrences of every token of `tokens` (a token not in the set yet enters it
     /// with a count of `inc`, so `inc = 0` only marks tokens as seen). At most the `tokens`
-    /// given to [`Self::clear`] may be added in all.
+    /// given to [`Self::clear`] may be distinct, so the table stays at most half full.
     fn add(&mut self, tokens: &[u32], inc: u32) {
         let (table, ids, counts) = (&mut self.table[..], &mut self.ids, &mut self.counts);
-        debug_assert!(ids.len() + tokens.len() <= table.len() / 2);
         let mask = table.len() - 1;
         // Fibonacci hashing: the top bits of the product index the table.
         let shift = 64 - table.len().trailing_zeros();
@@ -105,6 +104,7 @@ impl TokenCounts {
                 i = (i + 1) & mask;
             }
         }
+        debug_assert!(2 * ids.len() <= table.len());
     }
 }
 
@@ -125,7 +125,8 @@ pub fn apply_penalties(
     if !rep && !counted {
         return;
     }
-    seen.clear(output.len() + if rep { prompt.len() } else { 0 });
+    // No more distinct ids than tokens, nor than the vocabulary (ids are below it).
+    seen.clear((output.len() + if rep { prompt.len() } else { 0 }).min(row.len()));
     seen.add(output, 1);
     if rep {
         seen.add(prompt, 0);
@@ -185,6 +186,26 @@ mod tests {
         assert_eq!(
             row,
             vec![1.0, -4.0 - 0.5 - 0.5, 0.5 - 0.25 - 0.5, 0.5, -0.0]
+        );
+    }
+
+    #[test]
+    fn a_history_longer_than_the_vocabulary_counts_every_token() {
+        let mut row = vec![1.0f32, -1.0, 0.5];
+        let output: Vec<u32> = (0..999).map(|i| i % 2).collect();
+        let p = Penalties {
+            repetition: 1.0,
+            presence: 0.0,
+            frequency: 0.01,
+        };
+        apply_penalties(&mut row, &[2; 50], &output, &p, &mut TokenCounts::default());
+        assert_eq!(
+            row,
+            vec![
+                (1.0 - 500.0 * 0.01) as f32,
+                (-1.0 - 499.0 * 0.01) as f32,
+                0.5
+            ]
         );
     }
 
