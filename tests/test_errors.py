@@ -521,6 +521,11 @@ WRONG_TYPES = [
     ("repetition_penalty", lambda: lk.apply_penalties(X1, repetition_penalty="1.1")),
     ("bias", lambda: lk.apply_logit_bias(X1, {1: "2.0"})),
     ("bias", lambda: lk.apply_logit_bias(X1, {1.5: 2.0})),
+    ("dtype", lambda: lk.softmax(X1, dtype=np.array([1, 2]))),
+    ("dtype", lambda: lk.sample(X1, dtype=np.array([1, 2]), seed=0)),
+    ("dtype", lambda: lk.sample_batch(X2, lk.SamplingParams(), dtype=np.array([1, 2]))),
+    ("dtype", lambda: lk.argmax(X1.view(np.uint16), dtype=np.dtype("float32"))),
+    ("order", lambda: lk.sample(X1, order=np.array(["vllm"]), seed=0)),
 ]
 
 
@@ -539,12 +544,20 @@ def test_wrong_logits_types_stay_plain_type_errors():
     assert not isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("order", [None, 5, b"vllm"])
+@pytest.mark.parametrize("order", [None, 5, b"vllm", np.array(["vllm"]), np.array([1, 2])])
 def test_order_of_the_wrong_type_is_named(order):
     x = np.asarray([[0.5, 1.0]], dtype=np.float32)
     for logits, how in ((x[0], {"seed": 1}), (x, {"seed": 1}), (x[0], {"uniforms": 0.5})):
         with pytest.raises((ValueError, TypeError), match="order"):
             lk.sample(logits, order=order, **how)
+
+
+@pytest.mark.parametrize("n", [0, -1, 1025, 2**64, 10**30])
+def test_thread_counts_out_of_range_are_named(n):
+    before = lk.get_num_threads()
+    with pytest.raises(ValueError, match="n: must be in"):
+        lk.set_num_threads(n)
+    assert lk.get_num_threads() == before
 
 
 def test_token_ids_beyond_int64_are_out_of_range():

@@ -86,12 +86,18 @@ BAD_FIELDS = [
     ("allowed_token_ids", [-3]),
     ("allowed_token_ids", []),
     ("stop_token_ids", [1.5]),
+    ("stop_token_ids", np.array(1)),
+    ("allowed_token_ids", np.array([[1, 2]])),
     ("min_tokens", -1),
     ("seed", -1),
     ("seed", 2**64),
     ("logprobs", -1),
     ("logprobs_mode", "final"),
+    ("logprobs_mode", np.array([1, 2])),
     ("order", "hf"),
+    ("order", np.array(["vllm"])),
+    ("order", np.array([1, 2])),
+    ("order", None),
 ]
 
 
@@ -103,6 +109,20 @@ def test_invalid_field_raises_value_error_naming_it(field, value):
 
 def test_bias_of_minus_inf_is_valid():
     lk.SamplingParams(logit_bias={3: float("-inf")})
+
+
+def test_none_bias_and_stop_ids_mean_empty():
+    p = lk.SamplingParams(logit_bias=None, stop_token_ids=None)  # type: ignore[arg-type]
+    assert p == lk.SamplingParams() and p.logit_bias == {} and p.stop_token_ids == []
+
+
+def test_params_hash_by_their_fields():
+    a = lk.SamplingParams(logit_bias={3: -1.5, 1: 2.0}, stop_token_ids=[2, 5], seed=1)
+    b = lk.SamplingParams(logit_bias={"1": 2, 3: -1.5}, stop_token_ids=(2, 5), seed=1)
+    assert a == b and hash(a) == hash(b)
+    groups = {a: "a", lk.SamplingParams(): "default"}
+    assert groups[b] == "a" and groups[lk.SamplingParams(temperature=1)] == "default"
+    assert len({a, b, dataclasses.replace(a, stop_token_ids=[5, 2])}) == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +172,13 @@ def test_from_openai_null_means_default_and_bad_values_name_the_field():
         lk.SamplingParams.from_openai({"logit_bias": {"abc": 1}})
     with pytest.raises(ValueError, match="typical_p"):
         lk.SamplingParams.from_openai({"typical_p": 0.9})
+    # Only integers and integer strings are token ids; values that are not numbers are named.
+    for key in (1.5, 2.0, True, "1.5"):
+        with pytest.raises(ValueError, match="logit_bias"):
+            lk.SamplingParams.from_openai({"logit_bias": {key: 1.0}})
+    for name in ("presence_penalty", "repetition_penalty", "temperature"):
+        with pytest.raises(ValueError, match=name):
+            lk.SamplingParams.from_openai({name: np.array([1.0, 2.0]), "repeat_last_n": 64})
 
 
 def test_from_openai_accepts_unsupported_features_that_are_off():

@@ -45,6 +45,7 @@ TokenIds = npt.ArrayLike | Sequence[npt.ArrayLike] | None
 _F32, _F16, _BF16 = 0, 1, 2
 _U64_MAX = 2**64 - 1
 _ORDERS = ("default", "vllm", "llama.cpp")
+_MAX_THREADS = 1024
 
 
 class TopK(NamedTuple):
@@ -145,8 +146,13 @@ def _logits(logits: ArrayLike, dtype: str | None) -> _Logits:
 
 
 def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
-    if dtype is not None and dtype != "bfloat16":
-        raise ValueError(f"dtype: must be None or 'bfloat16', got {dtype!r}")
+    if dtype is not None:
+        if not isinstance(dtype, str):
+            raise ParameterTypeError(
+                f"dtype: must be None or 'bfloat16', got {type(dtype).__name__}"
+            )
+        if dtype != "bfloat16":
+            raise ValueError(f"dtype: must be None or 'bfloat16', got {dtype!r}")
     if isinstance(logits, np.ndarray):
         a = logits
     else:
@@ -282,6 +288,15 @@ def _check_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ParameterTypeError(f"{name}: must be an integer, got {type(value).__name__}")
     return operator.index(value)
+
+
+def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of the strings ``choices``, else an error naming ``name``."""
+    if not isinstance(value, str):
+        raise ParameterTypeError(f"{name}: must be a str, got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
 
 
 def _check_float(value: Any, name: str) -> float:
@@ -864,8 +879,7 @@ def sample(
         except OverflowError:
             pass  # an int parameter beyond int64: the general path below clamps or names it
     x = _logits(logits, dtype)
-    if order not in _ORDERS:
-        raise ValueError(f"order: must be one of {', '.join(map(repr, _ORDERS))}, got {order!r}")
+    _check_choice(order, "order", _ORDERS)
     t = _scalar_or(temperature, "temperature", False)
     k = _scalar_or(top_k, "top_k", True)
     p = _scalar_or(top_p, "top_p", False)
@@ -934,11 +948,11 @@ def simd_level() -> str:
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the number of threads used for batches (default: the cores, at most 16; or
-    ``LOGITKIT_NUM_THREADS``). Results are identical for every thread count."""
+    """Sets the number of threads used for batches, at most 1024 (default: the cores, at most
+    16; or ``LOGITKIT_NUM_THREADS``). Results are identical for every thread count."""
     nn = _check_int(n, "n")
-    if nn < 1:
-        raise ValueError(f"n: must be >= 1, got {nn}")
+    if not 1 <= nn <= _MAX_THREADS:
+        raise ValueError(f"n: must be in [1, {_MAX_THREADS}], got {nn}")
     _core.set_num_threads(nn)
 
 

@@ -70,6 +70,14 @@ _PENALTY_WINDOWS = ("repeat_last_n", "penalty_last_n")
 # fmt: on
 
 
+def _hashable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted(value.items()))
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
 def _fail(name: str, message: str) -> ValueError:
     return ValueError(f"{name}: {message}")
 
@@ -92,6 +100,8 @@ def _num(value: Any, name: str) -> float:
 def _ids(value: Any, name: str) -> list[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
         raise _fail(name, f"must be a sequence of token ids, got {value!r}")
+    if isinstance(value, np.ndarray) and value.ndim != 1:
+        raise _fail(name, f"must be a 1-D sequence of token ids, got shape {value.shape}")
     out = [_int(v, name) for v in value]
     for t in out:
         if not 0 <= t < _ID_LIMIT:
@@ -107,6 +117,8 @@ class SamplingParams:
     ``logprobs=n`` asks for the sampled token's log-probability, its rank and the top ``n``;
     ``logprobs_mode="raw"`` measures them on the logits as given, ``"processed"`` on the
     distribution actually sampled from. ``seed=None`` draws fresh entropy at every step.
+    ``logit_bias=None`` and ``stop_token_ids=None`` are read as empty. Instances compare and
+    hash by their fields, so equal parameters can key a dict.
 
     >>> import logitkit
     >>> p = logitkit.SamplingParams(temperature=0.7, top_p=0.9, seed=1)
@@ -154,13 +166,14 @@ class SamplingParams:
         freq = _num(self.frequency_penalty, "frequency_penalty")
         if not math.isfinite(freq):
             raise _fail("frequency_penalty", f"must be finite, got {freq}")
-        if not isinstance(self.logit_bias, Mapping):
+        given_bias = {} if self.logit_bias is None else self.logit_bias
+        if not isinstance(given_bias, Mapping):
             raise _fail(
                 "logit_bias", f"must be a mapping {{token_id: value}}, got {self.logit_bias!r}"
             )
         bias_ids: list[int] = []
         bias_values: list[float] = []
-        for k, v in self.logit_bias.items():
+        for k, v in given_bias.items():
             key = int(k) if isinstance(k, str) and k.strip().lstrip("-").isdigit() else k
             tid = _int(key, "logit_bias")
             if not 0 <= tid < _ID_LIMIT:
@@ -177,7 +190,7 @@ class SamplingParams:
             allowed = _ids(self.allowed_token_ids, "allowed_token_ids")
             if not allowed:
                 raise _fail("allowed_token_ids", "is empty: no token could ever be sampled")
-        stop = _ids(self.stop_token_ids, "stop_token_ids")
+        stop = [] if self.stop_token_ids is None else _ids(self.stop_token_ids, "stop_token_ids")
         min_tokens = _int(self.min_tokens, "min_tokens")
         if min_tokens < 0:
             raise _fail("min_tokens", f"must be >= 0, got {min_tokens}")
@@ -191,14 +204,10 @@ class SamplingParams:
             logprobs = _int(self.logprobs, "logprobs")
             if logprobs < 0:
                 raise _fail("logprobs", f"must be >= 0, got {logprobs}")
-        if self.logprobs_mode not in _MODES:
-            raise _fail(
-                "logprobs_mode", f"must be 'raw' or 'processed', got {self.logprobs_mode!r}"
-            )
-        if self.order not in _ORDERS:
-            raise _fail(
-                "order", f"must be one of {', '.join(map(repr, _ORDERS))}, got {self.order!r}"
-            )
+        for name, choices in (("logprobs_mode", _MODES), ("order", _ORDERS)):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and value in choices):
+                raise _fail(name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
         # Store the validated values, so that fields hold what is sampled with: plain Python
         # numbers, integer token ids (string keys of logit_bias converted) and copies of the
         # caller's containers (changing them later changes nothing here).
@@ -217,6 +226,11 @@ class SamplingParams:
             None if logprobs is None else _clamp_i64(logprobs), self.logprobs_mode == "processed",
         )  # fmt: skip
         object.__setattr__(self, "_native", native)
+
+    def __hash__(self) -> int:
+        # The generated hash would fail on the dict field: the bias is hashed as sorted pairs
+        # and the id lists as tuples, which are equal exactly when the fields are.
+        return hash(tuple(_hashable(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # pickle and copy rebuild from the fields (validated again), not from the native form.
@@ -257,25 +271,19 @@ class SamplingParams:
                 )
             if key in names and value is not None:
                 kwargs[key] = value
-        penalties = ("repetition_penalty", "presence_penalty", "frequency_penalty")
-        penalized = any(kwargs.get(k, defaults[k]) != defaults[k] for k in penalties)
-        for key in _PENALTY_WINDOWS:
-            window = body.get(key)
-            if penalized and window is not None and window != -1:
-                raise ValueError(
-                    f"{key}: a penalty window is not supported (penalties read every token); "
-                    f"got {window!r} with a penalty on, expected -1 or null"
-                )
         bias = kwargs.get("logit_bias")
         if bias is not None:
             if not isinstance(bias, Mapping):
                 raise _fail("logit_bias", f"must be a mapping, got {bias!r}")
             parsed: dict[int, float] = {}
             for k, v in bias.items():
-                try:
-                    tid = int(k)
-                except (TypeError, ValueError):
-                    raise _fail("logit_bias", f"key {k!r} is not a token id") from None
+                if isinstance(k, str):
+                    try:
+                        tid = int(k)
+                    except ValueError:
+                        raise _fail("logit_bias", f"key {k!r} is not a token id") from None
+                else:
+                    tid = _int(k, "logit_bias")
                 if tid in parsed:
                     raise _fail("logit_bias", f"gives token id {tid} twice")
                 parsed[tid] = _num(v, "logit_bias")
@@ -290,7 +298,17 @@ class SamplingParams:
                 kwargs["logprobs"] = n
         elif lp is not None:
             kwargs["logprobs"] = _int(lp, "logprobs")
-        return cls(**kwargs)
+        params = cls(**kwargs)
+        penalties = ("repetition_penalty", "presence_penalty", "frequency_penalty")
+        penalized = any(getattr(params, k) != defaults[k] for k in penalties)
+        for key in _PENALTY_WINDOWS:
+            window = body.get(key)
+            if penalized and window is not None and not (_number(window) and window == -1):
+                raise ValueError(
+                    f"{key}: a penalty window is not supported (penalties read every token); "
+                    f"got {window!r} with a penalty on, expected -1 or null"
+                )
+        return params
 
 
 class BatchResult(NamedTuple):

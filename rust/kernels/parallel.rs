@@ -46,10 +46,14 @@ fn env_usize(name: &str) -> Option<usize> {
         .and_then(|s| s.trim().parse::<usize>().ok())
 }
 
+/// The most threads a pool has: counts above it are lowered to it.
+pub const MAX_THREADS: usize = 1024;
+
 fn default_threads() -> usize {
     env_usize("LOGITKIT_NUM_THREADS")
         .filter(|&n| n >= 1)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)))
+        .min(MAX_THREADS)
 }
 
 /// The state, with a pool inherited through `fork` (its threads do not exist in this process)
@@ -75,14 +79,15 @@ pub fn num_threads() -> usize {
     state().threads
 }
 
-/// Sets the number of threads batch calls use (`n >= 1`).
+/// Sets the number of threads batch calls use (`n` is brought into `1..=MAX_THREADS`).
 pub fn set_num_threads(n: usize) {
+    let n = n.clamp(1, MAX_THREADS);
     let old = {
         let mut st = state();
-        if st.threads == n.max(1) {
+        if st.threads == n {
             return;
         }
-        st.threads = n.max(1);
+        st.threads = n;
         st.pool.take()
     };
     // Joined outside the lock (a pool still in use by a call is joined when that call ends).
@@ -473,6 +478,17 @@ mod tests {
                 assert_eq!(square_rows(rows).unwrap(), want(rows), "{threads} threads");
             }
         }
+    }
+
+    #[test]
+    fn thread_counts_are_brought_into_range() {
+        let _t = lock(&TURN);
+        set_num_threads(0);
+        assert_eq!(num_threads(), 1);
+        set_num_threads(usize::MAX);
+        assert_eq!(num_threads(), MAX_THREADS);
+        set_num_threads(2);
+        assert_eq!(num_threads(), 2);
     }
 
     #[test]
