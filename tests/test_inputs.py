@@ -4,6 +4,8 @@ torch tensor tests are in test_integration_transformers.py)."""
 
 from __future__ import annotations
 
+import warnings
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -279,3 +281,19 @@ def test_token_list_array_likes_of_bad_ids_name_the_parameter():
         lk.logprobs(X[0], ArrayOnly(np.array([1.0, 2.0])))
     with pytest.raises(TypeError, match="output_tokens"):
         lk.apply_penalties(X, output_tokens=[Broken()] * 3, repetition_penalty=1.2)
+
+
+def test_float64_beyond_the_float32_range_saturates():
+    """Finite logits stay finite when rounded to float32 (no overflow to +-inf, no warning)."""
+    big = np.finfo(np.float32).max
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lk.softmax(np.array([1e39, 0.0])).tolist() == [1.0, 0.0]
+        assert int(lk.argmax(np.array([-1e300, -np.inf]))) == 0
+        assert int(lk.sample(np.array([-1e39, -np.inf, -np.inf]), seed=1)) == 0
+        lp = lk.log_softmax(np.array([[-1e39, 0.0], [1e300, 1e300]]))
+        assert np.isfinite(lp).all() and lp[1].tolist() == [float(np.float32(np.log(0.5)))] * 2
+        got = lk.mask_top_k(np.array([2e38, 5e38, -7e38, -np.inf]), 4)
+        assert got.tolist() == [np.float32(2e38), big, -big, -np.inf]
+    with pytest.raises(ValueError, match="index 1"):
+        lk.softmax(np.array([0.0, np.inf]))

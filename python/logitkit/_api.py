@@ -145,6 +145,18 @@ def _logits(logits: ArrayLike, dtype: str | None) -> _Logits:
     return _logits_any(logits, dtype)
 
 
+def _rounded_to_f32(a: np.ndarray) -> np.ndarray:
+    """Wider float logits rounded to float32 once. A finite value beyond the float32 range
+    saturates to +-3.4028235e38 (as bias and penalties do), so finite logits stay finite: a
+    logit of -1e300 is not masked, and 1e300 is not reported as ``+inf``."""
+    with np.errstate(over="ignore"):
+        b = a.astype(np.float32)
+    over = np.isinf(b) & np.isfinite(a)
+    if over.any():
+        b[over] = np.copysign(np.finfo(np.float32).max, a[over])
+    return b
+
+
 def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
     if dtype is not None:
         if not isinstance(dtype, str):
@@ -190,7 +202,7 @@ def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
             _FAST_DTYPES[id(dt)] = (dt, kind)
             _core.register_bfloat16(dt)
     elif dt.kind == "f":
-        a = a.astype(np.float32)
+        a = _rounded_to_f32(a)
         kind = _F32
     elif dt == np.uint16:
         raise TypeError(
