@@ -129,7 +129,11 @@ macro_rules! per_row_fn {
                         a.len()
                     )));
                 }
-                return Ok(PerRow::Each(a.as_slice()?.to_vec()));
+                return match a.as_slice() {
+                    Ok(values) => Ok(PerRow::Each(values.to_vec())),
+                    // Strided or misaligned: read through a contiguous copy.
+                    Err(_) => $name(&obj.call_method0("copy")?, name, rows),
+                };
             }
             Err(ParameterTypeError::new_err(format!(
                 "{name}: must be {} or a 1-D array of them",

@@ -297,3 +297,28 @@ def test_float64_beyond_the_float32_range_saturates():
         assert got.tolist() == [np.float32(2e38), big, -big, -np.inf]
     with pytest.raises(ValueError, match="index 1"):
         lk.softmax(np.array([0.0, np.inf]))
+
+
+def test_strided_and_misaligned_seed_arrays_on_the_fast_path():
+    """A uint64 seed array that is a column view or misaligned gives the contiguous result (with
+    every other parameter a plain scalar, the call takes the one-call native path)."""
+    x = np.random.default_rng(0).normal(size=(2, 50)).astype(np.float32)
+    want = lk.sample(x, seed=np.array([3, 4], dtype=np.uint64))
+    column = np.array([[3, 9], [4, 9]], dtype=np.uint64)[:, 0]
+    raw = np.zeros(17, dtype=np.uint8)
+    misaligned = raw[1:].view(np.uint64)
+    misaligned[:] = [3, 4]
+    assert not column.flags.c_contiguous and not misaligned.flags.aligned
+    for seed in (column, misaligned):
+        assert lk.sample(x, seed=seed).tolist() == want.tolist()
+        assert (
+            lk.sample(x, seed=seed, top_k=5).tolist() == lk.sample(x, seed=[3, 4], top_k=5).tolist()
+        )
+
+
+def test_lists_of_python_ints_beyond_uint64_are_numbers():
+    assert int(lk.argmax([2**64, 1])) == 0
+    assert int(lk.argmax([1, 10**30, -(10**30)])) == 1
+    assert lk.softmax([10**39, 0]).tolist() == [1.0, 0.0]
+    with pytest.raises(TypeError, match="logits"):
+        lk.argmax([1, "2"])

@@ -195,11 +195,18 @@ def test_from_openai_accepts_unsupported_features_that_are_off():
     assert lk.SamplingParams.from_openai(off) == lk.SamplingParams(temperature=0.5)
     for key, on in [
         ("typical_p", 0.95), ("mirostat", 2), ("top_n_sigma", 1.5), ("use_beam_search", True),
-        ("bad_words", ["x"]), ("guided_regex", "a+"), ("repeat_penalty", 1.1),
+        ("bad_words", ["x"]), ("logits_processors", ["m.f"]), ("repeat_penalty", 1.1),
         ("dry_multiplier", 0.8), ("xtc_probability", 0.5), ("tfs_z", 0.9),
     ]:  # fmt: skip
         with pytest.raises(ValueError, match=key):
             lk.SamplingParams.from_openai({**off, key: on})
+    # structured output arrives as sample_batch's token_bitmask: its keys are not read here
+    constrained = {
+        "response_format": {"type": "json_object"}, "guided_json": {"type": "object"},
+        "guided_regex": "a+", "guided_choice": ["a", "b"], "structured_outputs": {"regex": "a"},
+        "grammar": 'root ::= "a"', "json_schema": {}, "temperature": 0.5,
+    }  # fmt: skip
+    assert lk.SamplingParams.from_openai(constrained) == lk.SamplingParams(temperature=0.5)
     # a penalty window is refused only while a penalty is on (-1 is the whole context)
     with pytest.raises(ValueError, match="repeat_last_n"):
         lk.SamplingParams.from_openai({"repeat_last_n": 64, "frequency_penalty": 0.5})

@@ -149,6 +149,20 @@ def test_huge_temperature_is_uniform_over_finite_tokens(temperature):
     np.testing.assert_allclose(got, want_log, rtol=1e-6)
 
 
+@pytest.mark.parametrize("temperature", [3e-39, 1e-300])
+def test_tiny_temperatures_use_the_largest_scale_in_every_function(temperature):
+    """Below T = 1 / 2.3586574e38 every kernel scales the logits by 2.3586574e38 (the largest
+    scale whose exp factor is finite in float32): softmax, log_softmax and top-p agree."""
+    z = np.asarray([0.0, 2e-38], dtype=np.float32)
+    e = math.exp((float(z[0]) - float(z[1])) * float(np.float32(2.3586574e38)))
+    want = np.asarray([e, 1.0]) / (1.0 + e)
+    np.testing.assert_allclose(lk.softmax(z, temperature=temperature), want, rtol=1e-5)
+    lp = lk.log_softmax(z, temperature=temperature).astype(np.float64)
+    np.testing.assert_allclose(np.exp(lp), want, rtol=1e-5)
+    for top_p, kept in ((want[1] - 1e-4, 1), (want[1] + 1e-4, 2)):
+        assert np.isfinite(lk.mask_top_p(z, top_p, temperature=temperature)).sum() == kept
+
+
 @given(
     x=S.logits(masks=True, elements=st.floats(width=32, allow_nan=False, allow_infinity=False)),
     temperature=st.sampled_from([1.0, 0.5, 1e-3, 1e-30]),

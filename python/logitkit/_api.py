@@ -5,6 +5,7 @@ No arithmetic on logits happens here; every pass over a row runs in Rust with th
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 from collections.abc import Mapping, Sequence
@@ -177,8 +178,13 @@ def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
             a = from_dlpack
         else:
             a = _asarray(logits, "logits")
-            if a.dtype.kind in "iu" and isinstance(logits, (list, tuple)):
-                a = a.astype(np.float32)
+            if isinstance(logits, (list, tuple)):
+                if a.dtype.kind in "iu":
+                    a = a.astype(np.float32)
+                elif a.dtype == object:
+                    # Python ints beyond uint64 (NumPy keeps them as objects) are numbers too.
+                    with contextlib.suppress(TypeError, ValueError, OverflowError):
+                        a = np.asarray(logits, dtype=np.float64)
     dt = a.dtype
     if dtype == "bfloat16":
         if dt == np.uint16 or (dt.name == "bfloat16" and dt.itemsize == 2):

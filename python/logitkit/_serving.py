@@ -31,7 +31,11 @@ _NOT_SAMPLING = frozenset(
         "spaces_between_special_tokens", "add_generation_prompt", "continue_final_message",
         "chat_template", "chat_template_kwargs", "documents", "truncate_prompt_tokens",
         "detokenize", "output_kind", "request_id", "priority", "top_logprobs", "logprobs",
-        "prompt_logprobs", "max_new_tokens", "stop_sequences", "return_full_text",
+        "prompt_logprobs", "max_new_tokens", "stop_sequences", "return_full_text", "n_probs",
+        # Structured output: a grammar engine turns these into sample_batch's token_bitmask.
+        "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+        "guided_decoding_backend", "guided_whitespace_pattern", "structured_outputs", "grammar",
+        "json_schema",
     }
 )
 # Sampling parameters of other engines that logitkit does not implement: refused unless null or
@@ -45,10 +49,6 @@ def _equals(neutral: float) -> Any:
     return lambda v: _number(v) and v == neutral
 
 
-def _never(v: Any) -> bool:
-    return False
-
-
 _UNSUPPORTED: dict[str, Any] = {
     "typical_p": _equals(1.0), "tfs_z": _equals(1.0), "top_a": _equals(0.0),
     "mirostat": _equals(0), "mirostat_mode": _equals(0), "epsilon_cutoff": _equals(0.0),
@@ -58,8 +58,7 @@ _UNSUPPORTED: dict[str, Any] = {
     "top_n_sigma": lambda v: _number(v) and v <= 0,
     "use_beam_search": lambda v: v is False,
     "bad_words": lambda v: isinstance(v, (list, tuple)) and not v,
-    "guided_json": _never, "guided_regex": _never, "guided_choice": _never,
-    "guided_grammar": _never,
+    "logits_processors": lambda v: isinstance(v, (list, tuple)) and not v,
 }
 # Settings of those features that do nothing while the feature is off (mirostat_tau,
 # mirostat_eta, dry_base, dry_allowed_length, dry_penalty_last_n, dry_sequence_breakers,
@@ -248,8 +247,10 @@ class SamplingParams:
         sampling parameters logitkit does not implement (``typical_p``, ``mirostat``, ...)
         raise ``ValueError`` unless they hold the value that turns them off (``typical_p: 1``,
         ``mirostat: 0``, ``use_beam_search: false``, ...); a penalty window
-        (``repeat_last_n``) is refused while a penalty is on, unless it is -1. A ``null`` value
-        means the default.
+        (``repeat_last_n``) is refused while a penalty is on, unless it is -1. Structured-output
+        keys (``response_format``, ``guided_json``, ``grammar``, ...) are not read: the server
+        enforces them through ``sample_batch``'s ``token_bitmask``. A ``null`` value means the
+        default.
 
         >>> import logitkit
         >>> body = {"model": "m", "temperature": 0.5, "logprobs": True, "top_logprobs": 3,

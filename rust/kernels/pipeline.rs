@@ -332,12 +332,18 @@ fn hold<T>(s: &Scanned<'_, T>, scale: f32, thr: f32, total: f64, scr: &mut Scrat
     }));
 }
 
-/// `1 / t` as an `f32` scale (`t > 0`), clamped to `f32::MAX`. A tiny temperature thus puts all
-/// the mass on the maximum (shared among ties) and a huge one gives a scale of 0: the uniform
-/// distribution over the finite tokens, the two limits of `softmax(z / t)`.
+/// The largest scale of logits: the exp kernels take `e^((v - m) * scale)` as
+/// `2^((v - m) * (scale * log2 e))`, and `MAX_SCALE * log2 e` is the largest such factor that
+/// is finite in `f32`, so every kernel (weights, sums, log-softmax) uses the same scale.
+pub const MAX_SCALE: f32 = f32::MAX / prims::LOG2_E;
+
+/// `1 / t` as an `f32` scale (`t > 0`), clamped to [`MAX_SCALE`] (`2.3586574e38`). A tiny
+/// temperature thus puts all the mass on the maximum (shared among ties) and a huge one gives a
+/// scale of 0: the uniform distribution over the finite tokens, the two limits of
+/// `softmax(z / t)`.
 #[must_use]
 pub fn scale_of(t: f64) -> f32 {
-    ((1.0 / t) as f32).min(f32::MAX)
+    ((1.0 / t) as f32).min(MAX_SCALE)
 }
 
 /// Weights `e^((v - vmax) * scale)` of `list` into `wts`.
@@ -1328,6 +1334,16 @@ mod tests {
     fn is_first_pass(t: f32, vmax: f32, fs: f64, ln_min_p: f64) -> bool {
         let pass = |v: f32| (f64::from(v) - f64::from(vmax)) / fs >= ln_min_p;
         pass(t) && (t == ALL_FINITE || !pass(t.next_down()))
+    }
+
+    #[test]
+    fn the_largest_scale_keeps_the_exp_factor_finite() {
+        assert!((MAX_SCALE * prims::LOG2_E).is_finite());
+        assert!((MAX_SCALE.next_up() * prims::LOG2_E).is_infinite());
+        assert_eq!(scale_of(1e-300), MAX_SCALE);
+        assert_eq!(scale_of(3e-39), MAX_SCALE);
+        assert_eq!(scale_of(0.5), 2.0);
+        assert_eq!(scale_of(1e300), 0.0);
     }
 
     proptest! {
