@@ -31,6 +31,13 @@ def test_info_reports_version_simd_threads_and_profile() -> None:
     assert info["threads"] == "3"
 
 
+def test_thread_counts_from_the_environment_are_lowered_to_1024() -> None:
+    for value in ("5000", "99999999999999999999"):
+        assert _info(LOGITKIT_NUM_THREADS=value)["threads"] == "1024"
+    default = _info(LOGITKIT_NUM_THREADS="")["threads"]
+    assert _info(LOGITKIT_NUM_THREADS="many")["threads"] == default
+
+
 def test_info_takes_no_options() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "logitkit", "info", "--verbose"], capture_output=True, text=True

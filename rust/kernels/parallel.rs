@@ -40,10 +40,15 @@ static POOL: Mutex<PoolState> = Mutex::new(PoolState {
     pool: None,
 });
 
+/// A whole number from the environment; one too large for `usize` reads as `usize::MAX` (then
+/// lowered by the caller), anything else that is not a whole number as unset.
 fn env_usize(name: &str) -> Option<usize> {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
+    let s = std::env::var(name).ok()?;
+    match s.trim().parse::<usize>() {
+        Ok(n) => Some(n),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Some(usize::MAX),
+        Err(_) => None,
+    }
 }
 
 /// The most threads a pool has: counts above it are lowered to it.
