@@ -320,5 +320,7 @@ def test_lists_of_python_ints_beyond_uint64_are_numbers():
     assert int(lk.argmax([2**64, 1])) == 0
     assert int(lk.argmax([1, 10**30, -(10**30)])) == 1
     assert lk.softmax([10**39, 0]).tolist() == [1.0, 0.0]
-    with pytest.raises(TypeError, match="logits"):
-        lk.argmax([1, "2"])
+    assert int(lk.argmax([1, 10**400])) == 1 and int(lk.argmax([-(10**400), 1])) == 1
+    for bad in ([1, "2"], [2**70, "5"], [2**70, b"7"], [2**70, None]):
+        with pytest.raises(TypeError, match="logits"):
+            lk.argmax(bad)

@@ -173,7 +173,9 @@ def test_from_openai_null_means_default_and_bad_values_name_the_field():
     with pytest.raises(ValueError, match="typical_p"):
         lk.SamplingParams.from_openai({"typical_p": 0.9})
     # Only integers and integer strings are token ids; values that are not numbers are named.
-    for key in (1.5, 2.0, True, "1.5"):
+    for key in (1.5, 2.0, True, "1.5", "²", "--5", "4_2", "٤"):
+        with pytest.raises(ValueError, match="logit_bias"):
+            lk.SamplingParams(logit_bias={key: 1.0})
         with pytest.raises(ValueError, match="logit_bias"):
             lk.SamplingParams.from_openai({"logit_bias": {key: 1.0}})
     for name in ("presence_penalty", "repetition_penalty", "temperature"):
@@ -379,6 +381,16 @@ def test_processed_logprobs_are_over_the_kept_tempered_set(seed):
         np.testing.assert_allclose(res.top_logprobs[r, :7], ref[kept], atol=2e-5)
 
 
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300])
+def test_processed_logprobs_at_a_clamped_scale_are_log_softmax(temperature):
+    """Below T = 1 / 2.3586574e38 the weights and the log-probabilities use the same scale."""
+    x = np.asarray([[0.0, -1e-38]], dtype=np.float32)
+    p = lk.SamplingParams(temperature=temperature, logprobs=2, logprobs_mode="processed", seed=1)
+    got = lk.sample_batch(x, p).top_logprobs[0]
+    np.testing.assert_allclose(got, lk.log_softmax(x[0], temperature=temperature), rtol=1e-5)
+    assert abs(np.exp(got.astype(np.float64)).sum() - 1.0) < 1e-5
+
+
 def test_logprob_fields_are_none_unless_requested_and_padded_per_row():
     x = _rows(9, 2, 40)
     res = lk.sample_batch(x, lk.SamplingParams(seed=1))
@@ -393,8 +405,9 @@ def test_logprob_fields_are_none_unless_requested_and_padded_per_row():
 @pytest.mark.parametrize("temperature", [1e-310, 1e-45, 1e-30])
 def test_processed_logprobs_at_tiny_temperature_are_a_point_mass(temperature):
     """T -> 0 is greedy in the limit: the maximum has log-probability 0; every other kept token
-    has (z - z_max) / T, saturated at the most negative float32 once it leaves the float32 range
-    (finite logits keep finite log-probabilities; never NaN, also where 1 / T overflows)."""
+    has (z - z_max) / T (with 1 / T clamped to 2.3586574e38, the scale of every kernel),
+    saturated at the most negative float32 once it leaves the float32 range (finite logits keep
+    finite log-probabilities; never NaN, also where 1 / T overflows)."""
     x = np.asarray([[0.0, 1.0, -np.inf, 0.5]], dtype=np.float32)
     p = lk.SamplingParams(temperature=temperature, logprobs=3, logprobs_mode="processed", seed=1)
     got = lk.sample_batch(x, p)
@@ -402,8 +415,9 @@ def test_processed_logprobs_at_tiny_temperature_are_a_point_mass(temperature):
     assert got.top_ids[0, 0] == 1 and got.top_logprobs[0, 0] == 0.0
     assert got.top_ids[0].tolist() == [1, 3, 0]
     # log_softmax(z / T) is (z - z_max) / T minus log(1) here, saturated below float32's range
+    d = x[0, [1, 3, 0]].astype(np.float64) - 1.0
     with np.errstate(over="ignore"):
-        exact = (x[0, [1, 3, 0]].astype(np.float64) - 1.0) / temperature
+        exact = d / temperature if 1 / temperature < 2.3586574e38 else d * 2.3586574e38
     want = np.maximum(exact, -float(np.finfo(np.float32).max)).astype(np.float32)
     np.testing.assert_array_equal(got.top_logprobs[0], want)
 

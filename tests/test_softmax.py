@@ -159,8 +159,17 @@ def test_tiny_temperatures_use_the_largest_scale_in_every_function(temperature):
     np.testing.assert_allclose(lk.softmax(z, temperature=temperature), want, rtol=1e-5)
     lp = lk.log_softmax(z, temperature=temperature).astype(np.float64)
     np.testing.assert_allclose(np.exp(lp), want, rtol=1e-5)
-    for top_p, kept in ((want[1] - 1e-4, 1), (want[1] + 1e-4, 2)):
-        assert np.isfinite(lk.mask_top_p(z, top_p, temperature=temperature)).sum() == kept
+    # Near a boundary (within 1e-5) rows of up to 1024 tokens are decided again in float64:
+    # with the same scale, so padding a row with masked tokens changes nothing.
+    padded = np.concatenate([z, np.full(2000, -np.inf, dtype=np.float32)])
+    for gap in (1e-4, 3e-6):
+        for top_p, kept in ((want[1] - gap, 1), (want[1] + gap, 2)):
+            for row in (z, padded):
+                got = lk.mask_top_p(row, top_p, temperature=temperature)
+                assert np.isfinite(got).sum() == kept, (gap, top_p, len(row))
+        for u, token in ((want[0] - gap, 0), (want[0] + gap, 1)):
+            for row in (z, padded):
+                assert lk.sample(row, temperature=temperature, uniforms=u) == token
 
 
 @given(

@@ -5,9 +5,9 @@ No arithmetic on logits happens here; every pass over a row runs in Rust with th
 
 from __future__ import annotations
 
-import contextlib
 import operator
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, TypeGuard
 
@@ -146,6 +146,17 @@ def _logits(logits: ArrayLike, dtype: str | None) -> _Logits:
     return _logits_any(logits, dtype)
 
 
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _as_f64(v: Any) -> float:
+    try:
+        return float(v)
+    except OverflowError:
+        return sys.float_info.max if v > 0 else -sys.float_info.max
+
+
 def _rounded_to_f32(a: np.ndarray) -> np.ndarray:
     """Wider float logits rounded to float32 once. A finite value beyond the float32 range
     saturates to +-3.4028235e38 (as bias and penalties do), so finite logits stay finite: a
@@ -181,10 +192,10 @@ def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
             if isinstance(logits, (list, tuple)):
                 if a.dtype.kind in "iu":
                     a = a.astype(np.float32)
-                elif a.dtype == object:
-                    # Python ints beyond uint64 (NumPy keeps them as objects) are numbers too.
-                    with contextlib.suppress(TypeError, ValueError, OverflowError):
-                        a = np.asarray(logits, dtype=np.float64)
+                elif a.dtype == object and all(_is_real(v) for v in a.flat):
+                    # Python ints beyond uint64 (NumPy keeps them as objects) are numbers too;
+                    # beyond the float64 range they saturate like any value beyond float32.
+                    a = np.asarray([_as_f64(v) for v in a.flat], dtype=np.float64).reshape(a.shape)
     dt = a.dtype
     if dtype == "bfloat16":
         if dt == np.uint16 or (dt.name == "bfloat16" and dt.itemsize == 2):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -96,6 +97,15 @@ def _num(value: Any, name: str) -> float:
         raise _fail(name, "must be finite, got an integer beyond the float64 range") from None
 
 
+def _token_key(key: Any) -> int:
+    """A ``logit_bias`` key: an integer, or a string of ASCII digits with an optional sign."""
+    if isinstance(key, str):
+        if re.fullmatch(r"\s*[-+]?[0-9]+\s*", key) is None:
+            raise _fail("logit_bias", f"key {key!r} is not a token id")
+        return int(key)
+    return _int(key, "logit_bias")
+
+
 def _ids(value: Any, name: str) -> list[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
         raise _fail(name, f"must be a sequence of token ids, got {value!r}")
@@ -173,8 +183,7 @@ class SamplingParams:
         bias_ids: list[int] = []
         bias_values: list[float] = []
         for k, v in given_bias.items():
-            key = int(k) if isinstance(k, str) and k.strip().lstrip("-").isdigit() else k
-            tid = _int(key, "logit_bias")
+            tid = _token_key(k)
             if not 0 <= tid < _ID_LIMIT:
                 raise _fail("logit_bias", f"token id {tid} is out of range")
             val = _num(v, "logit_bias")
@@ -278,13 +287,7 @@ class SamplingParams:
                 raise _fail("logit_bias", f"must be a mapping, got {bias!r}")
             parsed: dict[int, float] = {}
             for k, v in bias.items():
-                if isinstance(k, str):
-                    try:
-                        tid = int(k)
-                    except ValueError:
-                        raise _fail("logit_bias", f"key {k!r} is not a token id") from None
-                else:
-                    tid = _int(k, "logit_bias")
+                tid = _token_key(k)
                 if tid in parsed:
                     raise _fail("logit_bias", f"gives token id {tid} twice")
                 parsed[tid] = _num(v, "logit_bias")

@@ -469,20 +469,19 @@ fn near_boundary(w: &[f32], n: Option<usize>, target: f64, total: f64) -> bool {
 
 /// Weights `e^((v - vmax) / fs)` in `f64`, with the limits of the `f32` weights (see
 /// [`scale_of`]): a scale `1 / fs` that is 0 in `f32` weighs every token 1 (the uniform
-/// distribution), one beyond `f32::MAX` is `f32::MAX`, and a difference `v - vmax` beyond the
-/// `f32` range weighs 0 (as if infinitely apart).
+/// distribution), one clamped to [`MAX_SCALE`] is `MAX_SCALE`, and a difference `v - vmax`
+/// beyond the `f32` range weighs 0 (as if infinitely apart).
 fn exact_weights(vals: impl Iterator<Item = f32>, vmax: f32, fs: f64) -> Vec<f64> {
     let vmax = f64::from(vmax);
     let scale = scale_of(fs);
-    let clamped = 1.0 / fs >= f64::from(f32::MAX);
     vals.map(|v| {
         let d = f64::from(v) - vmax;
         if scale == 0.0 {
             1.0
         } else if d < -f64::from(f32::MAX) {
             0.0
-        } else if clamped {
-            (d * f64::from(f32::MAX)).exp()
+        } else if scale == MAX_SCALE {
+            (d * f64::from(MAX_SCALE)).exp()
         } else {
             (d / fs).exp()
         }
