@@ -128,8 +128,8 @@ fn edit_row(row: &mut [f32], inp: &RowInput<'_>, scr: &mut Scratch) {
 
 /// Log-probabilities of the token `tok` and the top `n`, under `log_softmax(z / t)` restricted
 /// to `kept` (every finite token for raw log-probabilities, with `t = 1`). The weights use the
-/// scale of [`pipeline::scale_of`], and so do the log-probabilities (`1 / t` in `f64`, or
-/// [`pipeline::MAX_SCALE`] where that clamps it), so the kept set's probabilities sum to 1.
+/// scale of [`pipeline::scale_of`], and so do the log-probabilities ([`pipeline::tempered`]), so
+/// the kept set's probabilities sum to 1.
 fn logprobs_of<T: Elem>(
     s: &pipeline::Scanned<'_, T>,
     kept: &Kept,
@@ -153,19 +153,9 @@ fn logprobs_of<T: Elem>(
             (vmax, prims::sum_f64(&scr.wts).ln())
         }
     };
-    // The scale of the weights: `1 / t`, or `MAX_SCALE` where that clamps it.
-    let scaled = |d: f64| {
-        if scale == pipeline::MAX_SCALE {
-            d * f64::from(scale)
-        } else {
-            d / t
-        }
-    };
     let lp = |v: f32| {
-        prims::finite_logprob(
-            v,
-            (scaled(f64::from(v) - f64::from(vmax)) - log_total) as f32,
-        )
+        let z = pipeline::tempered(f64::from(v) - f64::from(vmax), t);
+        prims::finite_logprob(v, (z - log_total) as f32)
     };
     res.logprob = lp(v_tok);
     res.rank = 1 + match kept {

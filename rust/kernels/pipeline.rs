@@ -480,13 +480,21 @@ fn exact_weights(vals: impl Iterator<Item = f32>, vmax: f32, fs: f64) -> Vec<f64
             1.0
         } else if d < -f64::from(f32::MAX) {
             0.0
-        } else if scale == MAX_SCALE {
-            (d * f64::from(MAX_SCALE)).exp()
         } else {
-            (d / fs).exp()
+            tempered(d, fs).exp()
         }
     })
     .collect()
+}
+
+/// `d / fs` in `f64`, at the scale of [`scale_of`]: `d * MAX_SCALE` where that clamps `1 / fs`.
+#[must_use]
+pub fn tempered(d: f64, fs: f64) -> f64 {
+    if scale_of(fs) == MAX_SCALE {
+        d * f64::from(MAX_SCALE)
+    } else {
+        d / fs
+    }
 }
 
 /// A sum of `f64` values carried as `hi + lo` (error-free additions): the cumulative weights
