@@ -46,7 +46,6 @@ TokenIds = npt.ArrayLike | Sequence[npt.ArrayLike] | None
 _F32, _F16, _BF16 = 0, 1, 2
 _U64_MAX = 2**64 - 1
 _ORDERS = ("default", "vllm", "llama.cpp")
-_MAX_THREADS = 1024
 
 
 class TopK(NamedTuple):
@@ -319,10 +318,16 @@ def _check_int(value: Any, name: str) -> int:
     return operator.index(value)
 
 
-def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
-    """``value`` if it is one of the strings ``choices``, else an error naming ``name``."""
+def _check_choice(
+    value: Any,
+    name: str,
+    choices: tuple[str, ...],
+    wrong_type: type[Exception] = ParameterTypeError,
+) -> str:
+    """``value`` if it is one of the strings ``choices``, else an error naming ``name``
+    (``wrong_type`` when it is not a string)."""
     if not isinstance(value, str):
-        raise ParameterTypeError(f"{name}: must be a str, got {type(value).__name__}")
+        raise wrong_type(f"{name}: must be a str, got {type(value).__name__}")
     if value not in choices:
         raise ValueError(f"{name}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
@@ -980,8 +985,8 @@ def set_num_threads(n: int) -> None:
     """Sets the number of threads used for batches, at most 1024 (default: the cores, at most
     16; or ``LOGITKIT_NUM_THREADS``). Results are identical for every thread count."""
     nn = _check_int(n, "n")
-    if not 1 <= nn <= _MAX_THREADS:
-        raise ValueError(f"n: must be in [1, {_MAX_THREADS}], got {nn}")
+    if not 1 <= nn <= _core.MAX_THREADS:
+        raise ValueError(f"n: must be in [1, {_core.MAX_THREADS}], got {nn}")
     _core.set_num_threads(nn)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "MAX_THREADS",
     "RowParams",
     "__version__",
     "_after_fork_in_child",
@@ -236,6 +237,9 @@ def available_simd_levels() -> list[str]:
 
 def set_simd_level(name: str) -> None:
     """Forces a SIMD level; ``ValueError`` for an unknown name or one the CPU lacks."""
+
+MAX_THREADS: int
+"""The most threads ``set_num_threads`` takes."""
 
 def set_num_threads(n: int) -> None:
     """Sets the number of threads used for batches."""

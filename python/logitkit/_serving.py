@@ -12,11 +12,10 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._api import ArrayLike, _asarray, _clamp_i64, _logits, _u64
+from ._api import _ORDERS, ArrayLike, _asarray, _check_choice, _clamp_i64, _logits, _u64
 
 __all__ = ["BatchResult", "SamplingParams", "sample_batch"]
 
-_ORDERS = ("default", "vllm", "llama.cpp")
 _MODES = ("raw", "processed")
 _ID_LIMIT = 2**31
 
@@ -212,10 +211,8 @@ class SamplingParams:
             logprobs = _int(self.logprobs, "logprobs")
             if logprobs < 0:
                 raise _fail("logprobs", f"must be >= 0, got {logprobs}")
-        for name, choices in (("logprobs_mode", _MODES), ("order", _ORDERS)):
-            value = getattr(self, name)
-            if not (isinstance(value, str) and value in choices):
-                raise _fail(name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        _check_choice(self.logprobs_mode, "logprobs_mode", _MODES, wrong_type=ValueError)
+        _check_choice(self.order, "order", _ORDERS, wrong_type=ValueError)
         # Store the validated values, so that fields hold what is sampled with: plain Python
         # numbers, integer token ids (string keys of logit_bias converted) and copies of the
         # caller's containers (changing them later changes nothing here).
@@ -281,17 +278,6 @@ class SamplingParams:
                 )
             if key in names and value is not None:
                 kwargs[key] = value
-        bias = kwargs.get("logit_bias")
-        if bias is not None:
-            if not isinstance(bias, Mapping):
-                raise _fail("logit_bias", f"must be a mapping, got {bias!r}")
-            parsed: dict[int, float] = {}
-            for k, v in bias.items():
-                tid = _token_key(k)
-                if tid in parsed:
-                    raise _fail("logit_bias", f"gives token id {tid} twice")
-                parsed[tid] = _num(v, "logit_bias")
-            kwargs["logit_bias"] = parsed
         lp = body.get("logprobs")
         if isinstance(lp, bool):
             if lp:
