@@ -5,6 +5,7 @@
 //! strided input) with a `kind`: 0 = float32, 1 = float16 bits, 2 = bfloat16 bits (both as
 //! `uint16`, read in place).
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use numpy::ndarray::{Dimension, Ix1, Ix2, IxDyn};
@@ -15,7 +16,7 @@ use numpy::{
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PySequence, PyString};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PySequence, PyString};
 
 use crate::error::KernelError;
 use crate::kernels::batch::{Request, RowResult};
@@ -91,12 +92,28 @@ fn run<T: Send>(
     elements: usize,
     f: impl FnOnce() -> Result<T, KernelError> + Send,
 ) -> PyResult<T> {
-    if elements >= GIL_MIN_ELEMENTS {
-        py.detach(f)
+    // A panic (a broken assumption, such as another thread writing the logits during the
+    // call) becomes a ValueError rather than pyo3's PanicException, a BaseException.
+    let guarded = move || catch_unwind(AssertUnwindSafe(f));
+    let res = if elements >= GIL_MIN_ELEMENTS {
+        py.detach(guarded)
     } else {
-        f()
+        guarded()
+    };
+    match res {
+        Ok(r) => r.map_err(value_error),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(PyValueError::new_err(format!(
+                "logits: the call stopped on an inconsistency ({what}); the arrays of a call \
+                 must not change while it runs"
+            )))
+        }
     }
-    .map_err(value_error)
 }
 
 fn is_number(obj: &Bound<'_, PyAny>) -> bool {
@@ -214,12 +231,14 @@ fn token_row(
         if obj.getattr("size")?.extract::<usize>()? == 0 {
             return lists.push_row::<i64>(name, &[], vocab).map_err(value_error);
         }
-        if !["int8", "int16", "uint8", "uint16", "uint64"].contains(&dtype.as_str()) {
+        // Other integer dtypes (narrower, uint64, or not in native byte order) through int64.
+        let kind: String = obj.getattr("dtype")?.getattr("kind")?.extract()?;
+        if kind != "i" && kind != "u" {
             return Err(PyTypeError::new_err(format!(
                 "{name}: token ids must be integers, got dtype {dtype}"
             )));
         }
-        if dtype == "uint64" {
+        if kind == "u" {
             // Ids of 2**63 and more would wrap around in int64: name them as they are.
             let big: u64 = obj.call_method0("max")?.extract()?;
             if big > i64::MAX as u64 {
@@ -232,19 +251,39 @@ fn token_row(
         let a = np.call_method1("asarray", (obj, "int64"))?;
         return token_row(&a, name, vocab, lists);
     }
-    let ids = obj.extract::<Vec<i64>>().map_err(|_| {
-        // A sequence of ints, one of them beyond int64, holds an id out of range.
-        let big = obj.try_iter().ok().and_then(|items| {
-            items
-                .flatten()
-                .find(|t| is_int(t) && t.extract::<i64>().is_err())
-        });
-        match big {
-            Some(t) => PyValueError::new_err(format!("{name}: token id {t} is out of range")),
-            None => PyTypeError::new_err(format!("{name}: token ids must be integers")),
-        }
-    })?;
+    let ids = ids_of_sequence(obj, name)?;
     lists.push_row(name, &ids, vocab).map_err(value_error)
+}
+
+/// The ids of a sequence of Python ints (`bool` is refused: `True` is no token id).
+fn ids_of_sequence(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
+    let not_ints = || PyTypeError::new_err(format!("{name}: token ids must be integers"));
+    if obj.cast::<PySequence>().is_err() || obj.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "{name}: must be a 1-D int array or a sequence of ints"
+        )));
+    }
+    let items = obj.try_iter()?;
+    let mut ids = Vec::with_capacity(obj.len().unwrap_or(0));
+    for item in items {
+        let item = item?;
+        if item.is_instance_of::<PyBool>() {
+            return Err(PyTypeError::new_err(format!(
+                "{name}: token ids must be integers, got a bool"
+            )));
+        }
+        match item.extract::<i64>() {
+            Ok(id) => ids.push(id),
+            // An int beyond int64 is an id out of range.
+            Err(_) if is_int(&item) => {
+                return Err(PyValueError::new_err(format!(
+                    "{name}: token id {item} is out of range"
+                )))
+            }
+            Err(_) => return Err(not_ints()),
+        }
+    }
+    Ok(ids)
 }
 
 /// Reads token lists: `None`, one list (for one row), or a sequence of `rows` lists.
@@ -289,8 +328,14 @@ fn bias_row(obj: &Bound<'_, PyAny>, vocab: usize, row: Option<usize>) -> PyResul
     let mut ids = Vec::with_capacity(d.len());
     let mut vals = Vec::with_capacity(d.len());
     for (k, v) in d.iter() {
+        if k.is_instance_of::<PyBool>() {
+            return Err(ParameterTypeError::new_err(format!(
+                "bias: token id {k} is a bool, not an integer"
+            )));
+        }
         let id: i64 = k.extract().map_err(|_| {
-            if is_int(&k) {
+            // An integer (a Python int or a NumPy one) beyond int64 is out of range.
+            if is_int(&k) || k.call_method0("__index__").is_ok() {
                 value_error(KernelError::param(
                     "bias",
                     row,
@@ -307,8 +352,22 @@ fn bias_row(obj: &Bound<'_, PyAny>, vocab: usize, row: Option<usize>) -> PyResul
                 format!("token id {id} is outside [0, {vocab})"),
             )));
         }
+        if v.is_instance_of::<PyBool>() {
+            return Err(ParameterTypeError::new_err(format!(
+                "bias: value for token {id} is a bool, not a number"
+            )));
+        }
         let val: f64 = v.extract().map_err(|_| {
-            ParameterTypeError::new_err(format!("bias: value for token {id} is not a number"))
+            if is_int(&v) {
+                // An int beyond the float64 range: finite, but no float holds it.
+                value_error(KernelError::param(
+                    "bias",
+                    row,
+                    format!("value for token {id} is beyond the float64 range"),
+                ))
+            } else {
+                ParameterTypeError::new_err(format!("bias: value for token {id} is not a number"))
+            }
         })?;
         ids.push(id as u32);
         vals.push(val);
@@ -710,7 +769,7 @@ fn direct_kind(arr: &Bound<'_, PyUntypedArray>) -> Option<u8> {
 /// its own path): an exact float32, float16 or (registered) bfloat16 ndarray, C-contiguous and
 /// aligned, of one or two dimensions and a non-empty last one; exact `float` temperature, top-p
 /// and min-p; exact `int` top-k and min-keep (within int64) and step (within uint64); an exact
-/// `str` order; a seed that is an exact `int` in `[0, 2**64)`, a uint64 ndarray, or `None` for a
+/// `str` order; a seed that is an exact `int` in `[0, 2**64)`, a 1-D uint64 ndarray, or `None` for a
 /// greedy call. Returns the token (an `int`) of a 1-D row or the int64 array of a batch.
 #[pyfunction]
 #[pyo3(signature = (logits, temperature, top_k, top_p, min_p, min_keep, order, seed, step))]
@@ -773,7 +832,7 @@ fn sample_direct<'py>(
             return Ok(None);
         }
         seed
-    } else if seed.cast::<PyArray<u64, IxDyn>>().is_ok()
+    } else if seed.cast::<PyArray1<u64>>().is_ok()
         // SAFETY: `seed` is a live object; the check reads its type pointer only.
         && unsafe { PyArray_CheckExact(py, seed.as_ptr()) } != 0
     {
@@ -1179,8 +1238,10 @@ fn get_num_threads(py: Python<'_>) -> usize {
 }
 
 #[pyfunction]
-fn _before_fork() {
-    kernels::parallel::before_fork();
+fn _before_fork(py: Python<'_>) {
+    // Waits for the state lock without the GIL: another thread may hold the lock for its own
+    // fork and need the GIL to finish it (its later fork hooks run Python code).
+    py.detach(kernels::parallel::before_fork);
 }
 
 #[pyfunction]

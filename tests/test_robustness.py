@@ -1,5 +1,6 @@
 """Threads, fork and memory: the same answers everywhere, caller buffers untouched, no leaks."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -108,6 +109,58 @@ def test_fork_after_use_works():
     got = os.read(r, 1)
     os.waitpid(pid, 0)
     assert got == b"1"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_two_threads_forking_at_once_do_not_deadlock():
+    """Two threads fork while a slow Python fork hook (registered before logitkit's, so run
+    after it) hands the GIL over between logitkit's hook and the fork: the second thread's
+    hook waits for the first fork without holding the GIL."""
+    code = (
+        "import os, threading\n"
+        "os.register_at_fork(before=lambda: sum(range(300000)))\n"
+        "import logitkit\n"
+        "def forker():\n"
+        "    for _ in range(20):\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:\n"
+        "            os._exit(0)\n"
+        "        os.waitpid(pid, 0)\n"
+        "ts = [threading.Thread(target=forker) for _ in range(2)]\n"
+        "for t in ts: t.start()\n"
+        "for t in ts: t.join()\n"
+        "print('done')\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert res.stdout.strip() == "done", res.stderr
+
+
+def test_logits_written_during_a_call_give_a_value_error_at_worst():
+    """Another thread writing the logits while a call reads them (without the GIL) is a
+    caller's error; the call still ends in a result or a ValueError, never a PanicException
+    (a BaseException that `except Exception` would not catch)."""
+    x = np.random.default_rng(0).normal(size=(4, 1 << 17)).astype(np.float32)
+    base = x.copy()
+    stop = threading.Event()
+
+    def writer():
+        while not stop.is_set():
+            x[:] = -np.inf
+            x[:, 0] = 0
+            x[:] = base
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(400):
+            for call in (lambda: lk.top_k(x, 50), lambda: lk.sample(x, top_k=50, seed=1)):
+                with contextlib.suppress(ValueError):
+                    call()
+    finally:
+        stop.set()
+        t.join()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

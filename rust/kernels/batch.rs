@@ -264,8 +264,18 @@ fn sample_request_in<T: Elem>(
         step(&raw, inp, scr, &mut res);
     }
     if let (Some(n), false) = (req.logprobs, req.processed) {
+        // Raw log-probabilities depend on the logits alone: they are always normalised by the
+        // sums of the fused scan at scale 1 (as in `kernels::logprobs`), never by sums that
+        // this row's temperature, filters, edits or bitmask made the pipeline take otherwise.
+        let again;
+        let lp_scan = if raw_sums == Some(1.0) && pipeline::holds(&raw, 1.0, ALL_FINITE, scr) {
+            &raw
+        } else {
+            again = pipeline::scan_with(x, bmax2, Some(1.0), scr)?;
+            &again
+        };
         logprobs_of(
-            &raw,
+            lp_scan,
             &Kept::Threshold(ALL_FINITE),
             1.0,
             res.token as usize,

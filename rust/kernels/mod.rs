@@ -505,6 +505,10 @@ pub struct RowLogprobs {
     pub top_logprobs: Vec<f32>,
 }
 
+/// From this many tokens in a row on, [`logprobs`] ranks them in a sorted copy of the row
+/// (`O(V log V)` once) instead of counting the larger tokens for each (`O(V)` per token).
+const RANK_SORT_MIN: usize = 64;
+
 /// Log-probabilities of `tokens` (row by row) and the top `top_n` of every row.
 ///
 /// # Errors
@@ -534,11 +538,28 @@ pub fn logprobs<T: Elem>(
             let res = &mut o[0];
             res.token_logprobs.clear();
             res.ranks.clear();
-            for &t in tokens.row(r) {
+            let toks = tokens.row(r);
+            // Many tokens: their ranks come from one sorted copy of the row (largest first)
+            // rather than from one counting pass over the row each.
+            let sorted = (toks.len() >= RANK_SORT_MIN).then(|| {
+                let mut vals = std::mem::take(&mut scr.vals);
+                vals.clear();
+                vals.extend(row.iter().map(|z| z.to_f32()));
+                vals.sort_unstable_by(|a, b| b.total_cmp(a));
+                vals
+            });
+            for &t in toks {
                 let v = row[t as usize].to_f32();
                 res.token_logprobs.push(lp(v));
-                let larger = prims::count_ge(row, s.bmax, v.next_up()) as i64;
-                res.ranks.push(1 + larger);
+                let larger = match &sorted {
+                    // Monotone in that order: -0.0 and 0.0 are both not larger than either.
+                    Some(vals) => vals.partition_point(|&y| y > v),
+                    None => prims::count_ge(row, s.bmax, v.next_up()),
+                };
+                res.ranks.push(1 + larger as i64);
+            }
+            if let Some(vals) = sorted {
+                scr.vals = vals;
             }
             res.top_ids.clear();
             res.top_logprobs.clear();

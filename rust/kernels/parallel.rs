@@ -388,6 +388,14 @@ where
     O: Send,
     F: Fn(usize, &mut [O], &mut Scratch) -> Result<(), KernelError> + Sync,
 {
+    if u32::try_from(vocab).is_err() {
+        // Token ids are 32-bit throughout (candidates, token lists, the penalties' table).
+        return Err(KernelError::param(
+            "logits",
+            None,
+            format!("a row of {vocab} tokens is longer than the 2**32 - 1 supported"),
+        ));
+    }
     if Some(out.len()) != rows.checked_mul(out_per_row) {
         return Err(KernelError::param(
             "out",

@@ -591,7 +591,8 @@ proptest! {
     #[test]
     fn logprobs_match_the_reference(
         b in batch(),
-        picks in prop::collection::vec(prop::collection::vec(any::<Index>(), 0..6), 3),
+        // Up to 130 tokens a row: from 64 on, ranks come from a sorted copy of the row.
+        picks in prop::collection::vec(prop::collection::vec(any::<Index>(), 0..130), 3),
         mode in 0u8..4,
         at in any::<Index>(),
     ) {
@@ -1813,6 +1814,39 @@ fn log_softmax_of_finite_logits_is_finite() {
 }
 
 /// Log-probabilities of two tied large logits are `ln(1/2)` each, whatever their magnitude.
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn rows_longer_than_32_bit_ids_are_refused() {
+    // No row is read: the length alone is refused (ids are 32-bit).
+    let vocab = 1usize << 32;
+    let err = kernels::argmax::<f32>(&[], vocab, &mut []).unwrap_err();
+    assert!(err.to_string().starts_with("logits: "), "{err}");
+    assert!(kernels::argmax::<f32>(&[], vocab - 1, &mut []).is_ok());
+}
+
+#[test]
+fn ranks_of_many_tokens_count_strictly_larger_logits() {
+    // Ties, signed zeros and masked tokens, ranked by counting and by the sorted copy.
+    let row: Vec<f32> = (0..300)
+        .map(|i| match i % 7 {
+            0 => 0.0,
+            1 => -0.0,
+            2 => f32::NEG_INFINITY,
+            3 => 1.5,
+            _ => (i % 13) as f32 - 6.0,
+        })
+        .collect();
+    let all: Vec<i64> = (0..300).collect();
+    for n in [1, 63, 64, 300] {
+        let tokens = vec![all[..n].to_vec()];
+        let lists = TokenLists::new("tokens", tokens, row.len()).unwrap();
+        let mut out = vec![RowLogprobs::default()];
+        kernels::logprobs(&row, row.len(), &lists, 0, &mut out).unwrap();
+        let want = re::logprobs(&row, &to_u32(&all[..n]), 0);
+        assert_eq!(out[0].ranks, want.ranks, "{n} tokens");
+    }
+}
+
 #[test]
 fn logprobs_of_large_logits_keep_their_precision() {
     let src = [1e17f32, 1e17, 0.0, -1e17];
