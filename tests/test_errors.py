@@ -570,3 +570,84 @@ def test_token_ids_beyond_int64_are_out_of_range():
         lk.apply_penalties(x, output_tokens=[1, 2**70], repetition_penalty=1.1)
     with pytest.raises(ValueError, match="bias"):
         lk.apply_logit_bias(x, {2**63: 1.0})
+
+
+def test_an_out_whose_elements_share_memory_is_refused():
+    """No result can be written correctly into a view whose rows (or elements) overlap."""
+    from numpy.lib.stride_tricks import as_strided
+
+    base = np.zeros(8, dtype=np.float32)
+    rows_alias = as_strided(base, shape=X2.shape, strides=(0, 4), writeable=True)
+    half_overlap = as_strided(base, shape=X2.shape, strides=(8, 4), writeable=True)
+    for out in (rows_alias, half_overlap):
+        for call in (
+            lambda o: lk.softmax(X2, out=o),
+            lambda o: lk.mask_top_k(X2, 2, out=o),
+            lambda o: lk.apply_penalties(X2, repetition_penalty=1.2, out=o),
+        ):
+            with pytest.raises(ValueError, match=r"^out: "):
+                call(out)
+    assert not base.any()
+    # Interleaved strides whose elements are all distinct are written correctly.
+    wide = np.zeros(16, dtype=np.float32)
+    interleaved = as_strided(wide, shape=X2.shape, strides=(4, 8), writeable=True)
+    np.testing.assert_array_equal(lk.softmax(X2, out=interleaved), lk.softmax(X2))
+
+
+def test_seed_and_step_are_checked_when_uniforms_decide_the_draw():
+    x = np.asarray([[0.5, 1.0], [1.0, 0.5]], dtype=np.float32)
+    u = np.asarray([0.1, 0.9])
+    for kw in ({"seed": -1}, {"seed": 2**64}, {"step": -5}, {"seed": np.array([1, 2, 3])}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            lk.sample(x, uniforms=u, **kw)
+    for kw in ({"seed": "abc"}, {"step": 1.5}):
+        with pytest.raises(lk.ParameterTypeError, match=next(iter(kw))):
+            lk.sample(x, uniforms=u, **kw)
+    with pytest.raises(ValueError, match="seed"):
+        lk.sample(x[0], seed=-1, uniforms=0.5)
+    valid = lk.sample(x, uniforms=u, seed=np.array([1, 2], dtype=np.uint64), step=3)
+    np.testing.assert_array_equal(valid, lk.sample(x, uniforms=u))
+
+
+def test_zero_dimensional_integer_seeds_are_integers():
+    x = np.asarray([0.5, 1.0, 0.0], dtype=np.float32)
+    want = lk.sample(x, seed=5, step=2)
+    for seed in (np.array(5, np.uint64), np.array(5), np.uint64(5), np.int8(5)):
+        assert lk.sample(x, seed=seed, step=2) == want
+
+
+def test_bools_are_not_token_ids():
+    x = np.asarray([0.5, 1.0, 0.0], dtype=np.float32)
+    with pytest.raises(TypeError, match=r"^tokens: "):
+        lk.logprobs(x, [True])
+    with pytest.raises(TypeError, match=r"^output_tokens: "):
+        lk.apply_penalties(x, output_tokens=[0, False], repetition_penalty=1.1)
+    with pytest.raises(TypeError, match=r"^prompt_tokens: "):
+        lk.sample_batch(x[None], lk.SamplingParams(), prompt_tokens=[[True]])
+    with pytest.raises(TypeError, match=r"^tokens: "):
+        lk.logprobs(x, np.array([True]))
+    with pytest.raises(TypeError, match="bias"):
+        lk.apply_logit_bias(x, {True: 1.0})
+    with pytest.raises(TypeError, match="bias"):
+        lk.apply_logit_bias(x, {1: True})
+
+
+@pytest.mark.parametrize("dtype", [">i8", ">i4", ">u4", ">u8", ">i2", "<i2", "u1"])
+def test_token_arrays_of_any_integer_dtype_and_byte_order_are_read(dtype):
+    x = np.asarray([[0.5, 1.0, 0.0, 2.0]], dtype=np.float32)
+    ids = np.array([3, 1, 1], dtype=dtype)
+    want = lk.logprobs(x[0], [3, 1, 1])
+    got = lk.logprobs(x[0], ids)
+    np.testing.assert_array_equal(got.ranks, want.ranks)
+    np.testing.assert_array_equal(
+        lk.apply_penalties(x, output_tokens=[ids], frequency_penalty=0.5),
+        lk.apply_penalties(x, output_tokens=[[3, 1, 1]], frequency_penalty=0.5),
+    )
+
+
+def test_bias_keys_and_values_beyond_their_range_are_named_as_such():
+    x = np.asarray([0.5, 1.0, 0.0], dtype=np.float32)
+    with pytest.raises(ValueError, match="bias: token id 18446744073709551615 is outside"):
+        lk.apply_logit_bias(x, {np.uint64(2**64 - 1): 1.0})
+    with pytest.raises(ValueError, match="bias: value for token 1 is beyond the float64 range"):
+        lk.apply_logit_bias(x, {1: 10**400})

@@ -20,6 +20,11 @@ from checks import assert_kept_between
 
 try:
     import torch
+
+    HAVE_TORCH = True
+except ImportError:
+    HAVE_TORCH = False
+try:
     import transformers
     from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
@@ -33,6 +38,7 @@ except ImportError:
     HAVE_HF = False
 
 needs_hf = pytest.mark.skipif(not HAVE_HF, reason="needs torch and transformers")
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
 
 VOCAB = 128
 PARAMS = [
@@ -139,7 +145,7 @@ def test_processor_one_row_out_of_vocab_ids_and_validation() -> None:
         LogitkitLogitsProcessor(top_k=2)(torch.tensor([[0]]), torch.full((1, 4), -np.inf))
 
 
-@needs_hf
+@needs_torch
 def test_logitkit_reads_torch_tensors() -> None:
     """Any CPU tensor (bf16, fp16, requiring grad) and __dlpack__-only objects are logits."""
     x = torch.randn(2, 50)
@@ -163,6 +169,37 @@ def test_logitkit_reads_torch_tensors() -> None:
     np.testing.assert_array_equal(lk.argmax(DLPackOnly(x)), x.argmax(-1).numpy())
     with pytest.raises(TypeError, match="logits"):
         lk.argmax(DLPackOnly(x.to(torch.int32)))
+
+
+@needs_torch
+def test_lazy_views_and_subclasses_of_tensors_are_read_and_odd_tensors_named() -> None:
+    """A tensor with a lazy negation (``.conj().imag`` of a complex one) and a subclass defined
+    outside torch read as their values; tensors NumPy cannot hold are a TypeError naming
+    logits, never torch's own RuntimeError."""
+    x = torch.randn(2, 40)
+    lazy = (x * 1j).conj().imag  # -x, with the negative bit set
+    assert lazy.is_neg()
+    np.testing.assert_array_equal(lk.softmax(lazy), lk.softmax((-x).numpy()))
+    np.testing.assert_array_equal(lk.argmax(lazy), lk.argmax((-x).numpy()))
+
+    class Wrapped(torch.Tensor):
+        pass
+
+    sub = x.as_subclass(Wrapped)
+    np.testing.assert_array_equal(lk.mask_top_k(sub, 3), lk.mask_top_k(x.numpy(), 3))
+    np.testing.assert_array_equal(
+        lk.softmax(sub.clone().requires_grad_(True)), lk.softmax(x.numpy())
+    )
+    sub_bf16 = x.to(torch.bfloat16).as_subclass(Wrapped)
+    np.testing.assert_array_equal(lk.argmax(sub_bf16), lk.argmax(x.to(torch.bfloat16).float()))
+    odd = [x.to_sparse(), torch.empty(2, 40, device="meta")]
+    if hasattr(torch, "float8_e4m3fn"):
+        odd.append(x.to(torch.float8_e4m3fn))
+    for t in odd:
+        with pytest.raises(TypeError, match=r"^logits: "):
+            lk.softmax(t)
+    with pytest.raises(TypeError, match=r"^tokens: "):
+        lk.logprobs(x[0], lazy[0])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -162,3 +162,18 @@ def test_masked_token_has_neg_inf_logprob():
     np.testing.assert_allclose(got.token_logprobs[1], np.log(0.5), rtol=1e-6)
     np.testing.assert_array_equal(got.top_ids, [0, 2, 1])
     assert got.top_logprobs[2] == -np.inf
+
+
+@pytest.mark.parametrize("n", [63, 64, 500])
+def test_ranks_of_many_tokens_of_a_row(n):
+    """Ranks of many tokens of one row (counted per token, or read from one sorted copy of the
+    row) are 1 + the number of strictly larger logits, ties and signed zeros included."""
+    rng = np.random.default_rng(n)
+    x = rng.integers(-4, 5, 700).astype(np.float32)
+    x[rng.integers(0, 700, 50)] = -np.inf
+    x[rng.integers(0, 700, 50)] = -0.0
+    tokens = rng.integers(0, 700, n)
+    got = lk.logprobs(x, tokens)
+    want = [1 + int(np.count_nonzero(x > x[t])) for t in tokens]
+    np.testing.assert_array_equal(got.ranks, want)
+    np.testing.assert_allclose(got.token_logprobs, lk.log_softmax(x)[tokens], rtol=1e-6)

@@ -49,6 +49,44 @@ def test_frozen_and_replace_revalidates():
         dataclasses.replace(p, top_p=2.0)
 
 
+def test_container_fields_are_read_only_copies():
+    """A frozen SamplingParams holds read-only copies: a change would show in the field (and
+    the hash) but not in what is sampled, so none is allowed; they still compare, print and
+    serialise as the dict and lists they were given as."""
+    bias, stop = {1: 5.0}, [3]
+    p = lk.SamplingParams(temperature=0.0, logit_bias=bias, stop_token_ids=stop,
+                          allowed_token_ids=[1, 2])  # fmt: skip
+    bias[2], stop[0] = 100.0, 0  # the caller's own containers stay theirs
+    assert p.logit_bias == {1: 5.0} and p.stop_token_ids == [3]
+    attempts = [
+        lambda: p.logit_bias.__setitem__(2, 100.0),
+        lambda: p.logit_bias.update({2: 100.0}),
+        lambda: p.logit_bias.pop(1),
+        lambda: p.logit_bias.clear(),
+        lambda: p.stop_token_ids.append(0),
+        lambda: p.stop_token_ids.__setitem__(0, 1),
+        lambda: p.allowed_token_ids.extend([3]),
+        lambda: p.allowed_token_ids.sort(),
+    ]
+    for attempt in attempts:
+        with pytest.raises(TypeError, match=r"dataclasses\.replace"):
+            attempt()
+    assert p.logit_bias == {1: 5.0} and p.allowed_token_ids == [1, 2]
+    x = np.zeros((1, 4), dtype=np.float32)
+    assert lk.sample_batch(x, p).tokens.tolist() == [1]
+    q = dataclasses.replace(p, logit_bias={**p.logit_bias, 2: 100.0})
+    assert lk.sample_batch(x, q).tokens.tolist() == [2]
+    assert repr(p).endswith("logit_bias={1: 5.0}, allowed_token_ids=[1, 2], stop_token_ids=[3], "
+                            "min_tokens=0, seed=None, logprobs=None, logprobs_mode='raw', "
+                            "order='default')")  # fmt: skip
+    assert isinstance(p.logit_bias, dict) and isinstance(p.stop_token_ids, list)
+    assert (
+        type(copy.copy(p.logit_bias)) is dict
+        and type(pickle.loads(pickle.dumps(p.stop_token_ids))) is list
+    )
+    assert dataclasses.asdict(p)["logit_bias"] == {1: 5.0}
+
+
 def test_params_pickle_and_copy_to_equal_working_params():
     """Servers move params between processes (pickle) and copy them (copy, deepcopy)."""
     p = lk.SamplingParams(
@@ -312,6 +350,39 @@ def test_bitmask_is_respected_and_bits_beyond_v_are_ignored(seed, v):
     greedy = lk.sample_batch(x, lk.SamplingParams(temperature=0.0), token_bitmask=mask).tokens[0]
     masked = np.where(allowed, x[0], -np.inf)
     assert greedy == int(np.argmax(masked))
+
+
+def test_bitmask_words_in_either_byte_order_read_alike():
+    x = np.random.default_rng(5).normal(0, 2, (2, 70)).astype(np.float32)
+    mask = np.random.default_rng(6).integers(-(2**31), 2**31, (2, 3)).astype(np.int32)
+    p = lk.SamplingParams(seed=3)
+    want = lk.sample_batch(x, p, token_bitmask=mask).tokens
+    for m in (mask.astype(">i4"), mask.view(np.uint32).astype(">u4")):
+        np.testing.assert_array_equal(lk.sample_batch(x, p, token_bitmask=m).tokens, want)
+
+
+def test_raw_logprobs_depend_on_the_logits_alone():
+    """Raw log-probabilities of a row are the same bits whatever its temperature, filters,
+    penalties or (all-ones) bitmask, and equal logprobs()'s; so a request's raw log-probs do
+    not change with the other requests of its batch (a grammar request adds a bitmask)."""
+    rng = np.random.default_rng(0)
+    v = 50000
+    x = rng.normal(0, 2, (1, v)).astype(np.float32)
+    x[0, 40000] = 12.0
+    ones = np.full((1, -(-v // 32)), -1, dtype=np.int32)
+    variants = [
+        {}, {"top_k": 40}, {"temperature": 0.5}, {"temperature": 0.0}, {"top_p": 0.9},
+        {"min_p": 0.1, "temperature": 2.0}, {"temperature": 0.7, "order": "llama.cpp"},
+    ]  # fmt: skip
+    results = []
+    for kw in variants:
+        p = lk.SamplingParams(seed=1, logprobs=3, **kw)
+        for mask in (None, ones):
+            r = lk.sample_batch(x, p, token_bitmask=mask)
+            results.append((r.top_ids.tolist(), r.top_logprobs.tobytes()))
+    assert all(r == results[0] for r in results), "raw log-probs changed with the parameters"
+    ref = lk.logprobs(x[0], np.array([40000]), top_n=3)
+    assert results[0] == (ref.top_ids.reshape(1, 3).tolist(), ref.top_logprobs.tobytes())
 
 
 def test_bad_bitmask_and_empty_rows():

@@ -76,19 +76,23 @@ def _torch_array(x: Any) -> tuple[np.ndarray, str | None] | None:
 
     A CPU tensor is read in place (``detach`` shares its memory, gradients or not); a bfloat16
     tensor becomes a uint16 view of its bits, read with ``dtype="bfloat16"``. A tensor on
-    another device is copied to the CPU once.
+    another device, or with a lazy negation or conjugation, is materialised on the CPU once.
+    Tensors NumPy cannot hold (sparse, meta, float8) are a ``TypeError`` naming ``logits``.
     """
-    if type(x).__module__.split(".")[0] != "torch":
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is None or not isinstance(x, torch.Tensor):
         return None
-    import torch
-
-    if not isinstance(x, torch.Tensor):
-        return None
-    t = x.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        bits: np.ndarray = t.view(torch.int16).numpy().view(np.uint16)
-        return bits, "bfloat16"
-    a: np.ndarray = t.numpy()
+    try:
+        t = x.detach()
+        if t.layout != torch.strided:
+            raise TypeError(f"a {t.layout} tensor (convert it with .to_dense())")
+        t = t.cpu().resolve_conj().resolve_neg()
+        if t.dtype == torch.bfloat16:
+            bits: np.ndarray = t.view(torch.int16).numpy().view(np.uint16)
+            return bits, "bfloat16"
+        a: np.ndarray = t.numpy()
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
+        raise TypeError(f"logits: cannot read this torch.Tensor as an array ({e})") from e
     return a, None
 
 
@@ -249,6 +253,8 @@ def _asarray(value: Any, name: str) -> np.ndarray:
         return np.asarray(value)
     except (ValueError, TypeError) as e:
         raise type(e)(f"{name}: cannot be read as an array ({e})") from e
+    except (RuntimeError, NotImplementedError) as e:  # e.g. a torch tensor NumPy cannot view
+        raise TypeError(f"{name}: cannot be read as an array ({e})") from e
 
 
 def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
@@ -278,6 +284,8 @@ def _out(out: np.ndarray | None, x: _Logits) -> _Out:
         raise ValueError(f"out: must have shape {x.shape}, got {out.shape}")
     if not out.flags.writeable:
         raise ValueError("out: is read-only")
+    if not _direct(out) and _overlaps_itself(out):
+        raise ValueError("out: its elements overlap one another in memory")
     src = x.source
     in_place = out is src  # out=logits, the common in-place form
     if not in_place and src is not None and np.may_share_memory(out, src):
@@ -291,6 +299,25 @@ def _out(out: np.ndarray | None, x: _Logits) -> _Out:
     if _direct(out):
         return _Out(out.reshape(x.array.shape), out, in_place)
     return _Out(_core.empty_f32(x.array.shape), out, in_place)
+
+
+def _overlaps_itself(a: np.ndarray) -> bool:
+    """Whether two elements of ``a`` share memory (a view made with zero or overlapping
+    strides), where no result could be written correctly."""
+    dims = sorted((abs(s), n) for s, n in zip(a.strides, a.shape, strict=True) if n > 1)
+    span = a.itemsize
+    for stride, n in dims:
+        if stride < span:
+            break
+        span = stride * (n - 1) + span
+    else:
+        return False  # each axis steps over the whole extent of the smaller ones
+    # Strides that interleave: compare the byte offsets of the elements themselves.
+    offsets = np.zeros((), dtype=np.int64)
+    for stride, n in zip(a.strides, a.shape, strict=True):
+        offsets = np.add.outer(offsets, np.arange(n, dtype=np.int64) * stride)
+    starts = np.sort(offsets.ravel())
+    return bool(np.any(np.diff(starts) < a.itemsize))
 
 
 def _direct(out: np.ndarray) -> bool:
@@ -430,12 +457,15 @@ def _u64(value: Any, name: str) -> Any:
 # Token ids 0, 1, ... as an int64 array: indexing it gives the np.int64 scalar of an id several
 # times faster than np.int64(id) (the one-row fast paths return one per call).
 _IDS = np.arange(0, dtype=np.int64)
+_IDS_MAX = 1 << 20
 
 
 def _id_scalar(token: int, vocab: int) -> np.int64:
     """``np.int64(token)`` for ``0 <= token < vocab``."""
     global _IDS
     ids = _IDS
+    if vocab > _IDS_MAX:
+        return np.int64(token)  # no table for rows longer than any tokenizer's vocabulary
     if ids.shape[0] < vocab:
         ids = _IDS = np.arange(max(vocab, 2 * ids.shape[0]), dtype=np.int64)
     return ids[token]  # type: ignore[no-any-return]
@@ -810,6 +840,12 @@ def _seed(seed: Any, rows: int) -> Any:
     return _u64(seed, "seed")
 
 
+def _rows_of(value: Any, name: str, rows: int) -> None:
+    """Refuses a per-row array (of ``_seed`` or ``_u64``) whose length is not ``rows``."""
+    if isinstance(value, np.ndarray) and value.shape != (rows,):
+        raise ValueError(f"{name}: has {value.shape[0]} values for {rows} rows")
+
+
 def _scalar_or(value: Any, name: str, integer: bool) -> Any:
     t = type(value)
     if t is float or (t is int and value is not True and value is not False):
@@ -882,7 +918,7 @@ def sample(
         and (
             seed is None
             or (type(seed) is int and 0 <= seed <= _U64_MAX)
-            or (type(seed) is np.ndarray and seed.dtype == np.uint64)
+            or (type(seed) is np.ndarray and seed.dtype == np.uint64 and seed.ndim == 1)
         )
         and type(step) is int
         and type(temperature) is float
@@ -923,6 +959,10 @@ def sample(
     res = np.empty(rows, dtype=np.int64)
     if uniforms is not None:
         u = _uniforms(x, uniforms)
+        # The uniforms decide the draw, but seed and step are still checked (SPEC §4's ranges).
+        if seed is not None:
+            _rows_of(_seed(seed, rows), "seed", rows)
+        _rows_of(_u64(step, "step"), "step", rows)
         _core.sample(x.array, x.kind, t, k, p, mp, mk, order, 0, 0, u, res)
     else:
         st = step if type(step) is int and 0 <= step <= _U64_MAX else _u64(step, "step")

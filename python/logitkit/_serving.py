@@ -77,6 +77,35 @@ def _hashable(value: Any) -> Any:
     return value
 
 
+def _read_only(self: Any, *args: Any, **kwargs: Any) -> Any:
+    raise TypeError(
+        "SamplingParams is frozen, its containers too: build a new one with dataclasses.replace"
+    )
+
+
+class _FrozenDict(dict):  # type: ignore[type-arg]
+    """The ``logit_bias`` of a ``SamplingParams``: a dict that refuses changes (a change would
+    show in the field, and in the hash, but not in what is sampled)."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))  # copies and pickles are plain dicts
+
+
+class _FrozenList(list):  # type: ignore[type-arg]
+    """The token-id lists of a ``SamplingParams``: a list that refuses changes."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (list(self),))
+
+
 def _fail(name: str, message: str) -> ValueError:
     return ValueError(f"{name}: {message}")
 
@@ -214,13 +243,15 @@ class SamplingParams:
         _check_choice(self.logprobs_mode, "logprobs_mode", _MODES, wrong_type=ValueError)
         _check_choice(self.order, "order", _ORDERS, wrong_type=ValueError)
         # Store the validated values, so that fields hold what is sampled with: plain Python
-        # numbers, integer token ids (string keys of logit_bias converted) and copies of the
-        # caller's containers (changing them later changes nothing here).
+        # numbers, integer token ids (string keys of logit_bias converted) and read-only
+        # copies of the caller's containers (changing those later changes nothing here).
         normalized = {
             "temperature": t, "top_k": top_k, "top_p": top_p, "min_p": min_p,
             "min_keep": min_keep, "repetition_penalty": rep, "presence_penalty": pres,
-            "frequency_penalty": freq, "logit_bias": dict(zip(bias_ids, bias_values, strict=True)),
-            "allowed_token_ids": allowed, "stop_token_ids": stop, "min_tokens": min_tokens,
+            "frequency_penalty": freq,
+            "logit_bias": _FrozenDict(zip(bias_ids, bias_values, strict=True)),
+            "allowed_token_ids": None if allowed is None else _FrozenList(allowed),
+            "stop_token_ids": _FrozenList(stop), "min_tokens": min_tokens,
             "seed": seed, "logprobs": logprobs,
         }  # fmt: skip
         for name, value in normalized.items():
@@ -360,6 +391,8 @@ def sample_batch(
     mask = None
     if token_bitmask is not None:
         m = _asarray(token_bitmask, "token_bitmask")
+        if m.dtype.kind in "iu" and m.dtype.itemsize == 4 and not m.dtype.isnative:
+            m = m.astype(m.dtype.newbyteorder("="))  # the same words in native byte order
         if m.dtype == np.uint32:
             m = m.view(np.int32)
         if m.dtype != np.int32:
