@@ -453,6 +453,21 @@ fn argmax_row(py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<i64> {
     Ok(o[0])
 }
 
+/// `argmax` of every row of a C-contiguous float32 `(B, V)` array, into a new int64 array.
+#[pyfunction]
+fn argmax_rows<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let x = read::<f32, Ix2>(x, "logits")?;
+    let (rows, vocab) = (x.shape()[0], x.shape()[1]);
+    let s = x.as_slice()?;
+    let out = PyArray1::<i64>::zeros(py, rows, false);
+    {
+        let mut w = out.try_readwrite().map_err(|_| in_use("out"))?;
+        let o = w.as_slice_mut()?;
+        run(py, s.len(), || kernels::argmax(s, vocab, o))?;
+    }
+    Ok(out)
+}
+
 #[pyfunction]
 fn argmax(py: Python<'_>, x: &Bound<'_, PyAny>, kind: u8, out: &Bound<'_, PyAny>) -> PyResult<()> {
     let mut out = write::<i64, Ix1>(out, "out")?;
@@ -1269,6 +1284,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(softmax, m)?)?;
     m.add_function(wrap_pyfunction!(argmax, m)?)?;
     m.add_function(wrap_pyfunction!(argmax_row, m)?)?;
+    m.add_function(wrap_pyfunction!(argmax_rows, m)?)?;
     m.add_function(wrap_pyfunction!(softmax_new, m)?)?;
     m.add_function(wrap_pyfunction!(empty_f32, m)?)?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;

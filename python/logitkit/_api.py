@@ -547,8 +547,10 @@ def argmax(logits: ArrayLike, *, dtype: str | None = None) -> Any:
     >>> int(logitkit.argmax(np.array([1.0, 3.0, 3.0], dtype=np.float32)))
     1
     """
-    if dtype is None and _plain_f32(logits) and logits.ndim == 1:
-        return _id_scalar(_core.argmax_row(logits), logits.shape[0])  # a decoding loop
+    if dtype is None and _plain_f32(logits):  # a decoding loop
+        if logits.ndim == 1:
+            return _id_scalar(_core.argmax_row(logits), logits.shape[0])
+        return _core.argmax_rows(logits)
     x = _logits(logits, dtype)
     res = np.empty(x.array.shape[0], dtype=np.int64)
     _core.argmax(x.array, x.kind, res)

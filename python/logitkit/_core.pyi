@@ -23,6 +23,7 @@ __all__ = [
     "_before_fork",
     "argmax",
     "argmax_row",
+    "argmax_rows",
     "available_simd_levels",
     "bias_and_penalties",
     "build_profile",
@@ -81,6 +82,9 @@ def empty_f32(shape: Sequence[int]) -> npt.NDArray[np.float32]:
 
 def argmax_row(x: _F32) -> int:
     """``argmax`` of one C-contiguous float32 row."""
+
+def argmax_rows(x: _F32) -> _I64:
+    """``argmax`` of every row of a C-contiguous float32 ``(B, V)`` array, as a new array."""
 
 def argmax(x: _LogitsArray, kind: int, out: _I64) -> None:
     """Writes each row's argmax (ties: lowest index) into ``out`` (shape ``(B,)``)."""
