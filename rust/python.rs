@@ -274,8 +274,8 @@ fn ids_of_sequence(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
         }
         match item.extract::<i64>() {
             Ok(id) => ids.push(id),
-            // An int beyond int64 is an id out of range.
-            Err(_) if is_int(&item) => {
+            // An int (a Python or a NumPy one) beyond int64 is an id out of range.
+            Err(_) if is_int(&item) || item.call_method0("__index__").is_ok() => {
                 return Err(PyValueError::new_err(format!(
                     "{name}: token id {item} is out of range"
                 )))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -651,3 +653,14 @@ def test_bias_keys_and_values_beyond_their_range_are_named_as_such():
         lk.apply_logit_bias(x, {np.uint64(2**64 - 1): 1.0})
     with pytest.raises(ValueError, match="bias: value for token 1 is beyond the float64 range"):
         lk.apply_logit_bias(x, {1: 10**400})
+    with pytest.raises(ValueError, match=r"^tokens: token id 18446744073709551615 is out of range"):
+        lk.logprobs(x, [np.uint64(2**64 - 1)])
+
+
+def test_a_stand_in_torch_module_changes_nothing(monkeypatch):
+    """Logits are told from torch tensors through sys.modules['torch'] (never imported by
+    logitkit); a stand-in module there without a Tensor type is not consulted."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    np.testing.assert_array_equal(lk.softmax([1.0, 2.0]), lk.softmax(np.array([1.0, 2.0])))

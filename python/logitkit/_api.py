@@ -79,11 +79,15 @@ def _torch_array(x: Any) -> tuple[np.ndarray, str | None] | None:
     another device, or with a lazy negation or conjugation, is materialised on the CPU once.
     Tensors NumPy cannot hold (sparse, meta, float8) are a ``TypeError`` naming ``logits``.
     """
-    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
-    if torch is None or not isinstance(x, torch.Tensor):
+    # A tensor exists only once torch is imported (the module may also be a stand-in).
+    tensor = getattr(sys.modules.get("torch"), "Tensor", None)
+    if not isinstance(tensor, type) or not isinstance(x, tensor):
         return None
+    import torch
+
+    tensor_x: Any = x
     try:
-        t = x.detach()
+        t = tensor_x.detach()
         if t.layout != torch.strided:
             raise TypeError(f"a {t.layout} tensor (convert it with .to_dense())")
         t = t.cpu().resolve_conj().resolve_neg()
@@ -91,7 +95,7 @@ def _torch_array(x: Any) -> tuple[np.ndarray, str | None] | None:
             bits: np.ndarray = t.view(torch.int16).numpy().view(np.uint16)
             return bits, "bfloat16"
         a: np.ndarray = t.numpy()
-    except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
+    except (RuntimeError, TypeError, ValueError, NotImplementedError, AttributeError) as e:
         raise TypeError(f"logits: cannot read this torch.Tensor as an array ({e})") from e
     return a, None
 
@@ -305,6 +309,8 @@ def _overlaps_itself(a: np.ndarray) -> bool:
     """Whether two elements of ``a`` share memory (a view made with zero or overlapping
     strides), where no result could be written correctly."""
     dims = sorted((abs(s), n) for s, n in zip(a.strides, a.shape, strict=True) if n > 1)
+    if len({s for s, _ in dims}) < len(dims) or any(s == 0 for s, _ in dims):
+        return True  # a zero stride, or two axes with one step: (1, 0) meets (0, 1) or (1, 1)
     span = a.itemsize
     for stride, n in dims:
         if stride < span:

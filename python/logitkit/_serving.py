@@ -85,25 +85,45 @@ def _read_only(self: Any, *args: Any, **kwargs: Any) -> Any:
 
 class _FrozenDict(dict):  # type: ignore[type-arg]
     """The ``logit_bias`` of a ``SamplingParams``: a dict that refuses changes (a change would
-    show in the field, and in the hash, but not in what is sampled)."""
+    show in the field, and in the hash, but not in what is sampled). Made by ``_frozen_dict``;
+    calling the class (as ``dataclasses.asdict`` does) gives a plain dict."""
 
     __slots__ = ()
-    __setitem__ = __delitem__ = __ior__ = _read_only
+    __init__ = __setitem__ = __delitem__ = __ior__ = _read_only
     clear = pop = popitem = setdefault = update = _read_only
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        return dict(*args, **kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (dict, (dict(self),))  # copies and pickles are plain dicts
 
 
 class _FrozenList(list):  # type: ignore[type-arg]
-    """The token-id lists of a ``SamplingParams``: a list that refuses changes."""
+    """The token-id lists of a ``SamplingParams``: a list that refuses changes. Made by
+    ``_frozen_list``; calling the class gives a plain list."""
 
     __slots__ = ()
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    __init__ = __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
     append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        return list(*args, **kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (list, (list(self),))
+
+
+def _frozen_dict(items: Any) -> dict[int, float]:
+    d: dict[int, float] = dict.__new__(_FrozenDict)
+    dict.update(d, items)
+    return d
+
+
+def _frozen_list(items: Any) -> list[int]:
+    out: list[int] = list.__new__(_FrozenList)
+    list.extend(out, items)
+    return out
 
 
 def _fail(name: str, message: str) -> ValueError:
@@ -249,9 +269,9 @@ class SamplingParams:
             "temperature": t, "top_k": top_k, "top_p": top_p, "min_p": min_p,
             "min_keep": min_keep, "repetition_penalty": rep, "presence_penalty": pres,
             "frequency_penalty": freq,
-            "logit_bias": _FrozenDict(zip(bias_ids, bias_values, strict=True)),
-            "allowed_token_ids": None if allowed is None else _FrozenList(allowed),
-            "stop_token_ids": _FrozenList(stop), "min_tokens": min_tokens,
+            "logit_bias": _frozen_dict(zip(bias_ids, bias_values, strict=True)),
+            "allowed_token_ids": None if allowed is None else _frozen_list(allowed),
+            "stop_token_ids": _frozen_list(stop), "min_tokens": min_tokens,
             "seed": seed, "logprobs": logprobs,
         }  # fmt: skip
         for name, value in normalized.items():

@@ -273,6 +273,7 @@ pub fn top_k<T: Elem>(
             format!("must be in [1, {vocab}], got {k}"),
         ));
     }
+    parallel::check_vocab(vocab)?; // before the candidates are allocated
     let rows = rows_of(x, vocab);
     let mut cands = vec![Cand { v: 0.0, id: 0 }; rows * k];
     for_rows(rows, vocab, &mut cands, k, |r, o, scr| {
@@ -505,9 +506,19 @@ pub struct RowLogprobs {
     pub top_logprobs: Vec<f32>,
 }
 
-/// From this many tokens in a row on, [`logprobs`] ranks them in a sorted copy of the row
-/// (`O(V log V)` once) instead of counting the larger tokens for each (`O(V)` per token).
-const RANK_SORT_MIN: usize = 64;
+/// How many rows' worth of elements [`logprobs`] reads to rank a row's tokens by counting
+/// before it sorts the row instead (sorting a row costs about 40 counting reads of it).
+const RANK_SORT_READS: usize = 32;
+
+/// A key whose unsigned order is the order of the (non-NaN) floats, `-0.0` equal to `0.0`.
+fn order_key(v: f32) -> u32 {
+    let b = (v + 0.0).to_bits(); // -0.0 + 0.0 is 0.0
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
 
 /// Log-probabilities of `tokens` (row by row) and the top `top_n` of every row.
 ///
@@ -539,27 +550,34 @@ pub fn logprobs<T: Elem>(
             res.token_logprobs.clear();
             res.ranks.clear();
             let toks = tokens.row(r);
-            // Many tokens: their ranks come from one sorted copy of the row (largest first)
-            // rather than from one counting pass over the row each.
-            let sorted = (toks.len() >= RANK_SORT_MIN).then(|| {
-                let mut vals = std::mem::take(&mut scr.vals);
-                vals.clear();
-                vals.extend(row.iter().map(|z| z.to_f32()));
-                vals.sort_unstable_by(|a, b| b.total_cmp(a));
-                vals
-            });
+            // Ranks count the larger tokens, reading only the blocks that can hold one; once
+            // that has read RANK_SORT_READS rows' worth, the rest come from one sorted copy of
+            // the row (as order keys), which costs about that much: never much more than the
+            // cheaper of the two for the row's tokens.
+            let mut budget = RANK_SORT_READS.saturating_mul(row.len());
+            let mut sorted: Option<Vec<u32>> = None;
             for &t in toks {
                 let v = row[t as usize].to_f32();
                 res.token_logprobs.push(lp(v));
-                let larger = match &sorted {
-                    // Monotone in that order: -0.0 and 0.0 are both not larger than either.
-                    Some(vals) => vals.partition_point(|&y| y > v),
-                    None => prims::count_ge(row, s.bmax, v.next_up()),
+                if sorted.is_none() && budget == 0 {
+                    let mut keys = std::mem::take(&mut scr.ids);
+                    keys.clear();
+                    keys.extend(row.iter().map(|z| order_key(z.to_f32())));
+                    keys.sort_unstable();
+                    sorted = Some(keys);
+                }
+                let larger = if let Some(keys) = &sorted {
+                    let k = order_key(v);
+                    keys.len() - keys.partition_point(|&y| y <= k)
+                } else {
+                    let (n, read) = prims::count_ge_read(row, s.bmax, v.next_up());
+                    budget = budget.saturating_sub(read.max(s.bmax.len()));
+                    n
                 };
                 res.ranks.push(1 + larger as i64);
             }
-            if let Some(vals) = sorted {
-                scr.vals = vals;
+            if let Some(keys) = sorted {
+                scr.ids = keys;
             }
             res.top_ids.clear();
             res.top_logprobs.clear();

@@ -371,12 +371,29 @@ pub fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     })
 }
 
+/// Refuses rows longer than `u32::MAX` tokens: token ids are 32-bit throughout (candidates,
+/// token lists, the penalties' table).
+///
+/// # Errors
+/// A row of more than `u32::MAX` tokens.
+pub fn check_vocab(vocab: usize) -> Result<(), KernelError> {
+    if u32::try_from(vocab).is_err() {
+        return Err(KernelError::param(
+            "logits",
+            None,
+            format!("a row of {vocab} tokens is longer than the 2**32 - 1 supported"),
+        ));
+    }
+    Ok(())
+}
+
 /// Calls `f(row, out_chunk, scratch)` for every row, where `out_chunk` is that row's
 /// `out_per_row` outputs, in parallel when the call is big enough. Every row runs, whatever
 /// fails; returns the error of the lowest failing row, renumbered to that row.
 ///
 /// # Errors
-/// `out` not `rows * out_per_row` long (naming `out`); the first (lowest row) error of `f`.
+/// A row longer than `u32::MAX` tokens; `out` not `rows * out_per_row` long (naming
+/// `out`); the first (lowest row) error of `f`.
 pub fn for_rows<O, F>(
     rows: usize,
     vocab: usize,
@@ -388,14 +405,7 @@ where
     O: Send,
     F: Fn(usize, &mut [O], &mut Scratch) -> Result<(), KernelError> + Sync,
 {
-    if u32::try_from(vocab).is_err() {
-        // Token ids are 32-bit throughout (candidates, token lists, the penalties' table).
-        return Err(KernelError::param(
-            "logits",
-            None,
-            format!("a row of {vocab} tokens is longer than the 2**32 - 1 supported"),
-        ));
-    }
+    check_vocab(vocab)?;
     if Some(out.len()) != rows.checked_mul(out_per_row) {
         return Err(KernelError::param(
             "out",

@@ -841,12 +841,19 @@ multiversion! {
 /// Number of elements `>= thr`, reading only blocks whose maximum reaches `thr`.
 #[must_use]
 pub fn count_ge<T: Elem>(x: &[T], bmax: &[f32], thr: f32) -> usize {
-    let mut n = 0;
+    count_ge_read(x, bmax, thr).0
+}
+
+/// [`count_ge`], and how many elements it read.
+#[must_use]
+pub fn count_ge_read<T: Elem>(x: &[T], bmax: &[f32], thr: f32) -> (usize, usize) {
+    let (mut n, mut read) = (0, 0);
     for_live_blocks(bmax, Live::Ge(thr), |b| {
         let blk = block(x, b);
+        read += blk.len();
         n += blk.iter().filter(|e| e.to_f32() >= thr).count();
     });
-    n
+    (n, read)
 }
 
 #[cfg(test)]

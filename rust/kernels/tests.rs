@@ -1822,6 +1822,9 @@ fn rows_longer_than_32_bit_ids_are_refused() {
     let err = kernels::argmax::<f32>(&[], vocab, &mut []).unwrap_err();
     assert!(err.to_string().starts_with("logits: "), "{err}");
     assert!(kernels::argmax::<f32>(&[], vocab - 1, &mut []).is_ok());
+    // top_k refuses before it allocates its candidates.
+    let err = kernels::top_k::<f32>(&[], vocab, 1, &mut [], &mut []).unwrap_err();
+    assert!(err.to_string().starts_with("logits: "), "{err}");
 }
 
 #[test]
