@@ -381,11 +381,12 @@ def test_raw_logprobs_depend_on_the_logits_alone():
         {}, {"top_k": 40}, {"temperature": 0.5}, {"temperature": 0.0}, {"top_p": 0.9},
         {"min_p": 0.1, "temperature": 2.0}, {"temperature": 0.7, "order": "llama.cpp"},
     ]  # fmt: skip
+    variants.append({"repetition_penalty": 1.3, "logit_bias": {5: 2.0}})
     results = []
     for kw in variants:
         p = lk.SamplingParams(seed=1, logprobs=3, **kw)
         for mask in (None, ones):
-            r = lk.sample_batch(x, p, token_bitmask=mask)
+            r = lk.sample_batch(x, p, token_bitmask=mask, output_tokens=[[40000, 7]])
             results.append((r.top_ids.tolist(), r.top_logprobs.tobytes()))
     assert all(r == results[0] for r in results), "raw log-probs changed with the parameters"
     ref = lk.logprobs(x[0], np.array([40000]), top_n=3)

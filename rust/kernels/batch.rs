@@ -129,9 +129,12 @@ fn edit_row(row: &mut [f32], inp: &RowInput<'_>, scr: &mut Scratch) {
 /// Log-probabilities of the token `tok` and the top `n`, under `log_softmax(z / t)` restricted
 /// to `kept` (every finite token for raw log-probabilities, with `t = 1`). The weights use the
 /// scale of [`pipeline::scale_of`], and so do the log-probabilities ([`pipeline::tempered`]), so
-/// the kept set's probabilities sum to 1.
+/// the kept set's probabilities sum to 1. `total`, when given, is the weight total of a
+/// threshold set, already taken.
+#[allow(clippy::too_many_arguments)]
 fn logprobs_of<T: Elem>(
     s: &pipeline::Scanned<'_, T>,
+    total: Option<f64>,
     kept: &Kept,
     t: f64,
     tok: usize,
@@ -143,7 +146,7 @@ fn logprobs_of<T: Elem>(
     let scale = pipeline::scale_of(t);
     let (vmax, log_total) = match kept {
         Kept::Threshold(thr) => {
-            let (total, _) = pipeline::weight_sums(s, scale, *thr, scr);
+            let total = total.unwrap_or_else(|| pipeline::weight_sums(s, scale, *thr, scr).0);
             (s.m, total.ln())
         }
         Kept::List(l) | Kept::Ids(l) => {
@@ -244,12 +247,18 @@ fn sample_request_in<T: Elem>(
     let first = pipeline::first_sums_scale(&req.filters, x.len());
     let raw_lp = req.logprobs.is_some() && !req.processed;
     let raw_sums = if edits {
-        None
+        raw_lp.then_some(1.0)
     } else {
         first.or(raw_lp.then_some(1.0))
     };
     // The caller's row is checked first, so NaN/+inf errors name the caller's index.
     let raw = pipeline::scan_with(x, bmax, raw_sums, scr)?;
+    // Raw log-probabilities depend on the logits alone: they are always normalised by the total
+    // of the fused scan at scale 1 (as in `kernels::logprobs`), never by sums that this row's
+    // temperature, filters, edits or bitmask made the pipeline take otherwise. Taken now, while
+    // `bsum` still holds that scan's sums.
+    let raw_total = (raw_lp && raw_sums == Some(1.0))
+        .then(|| pipeline::weight_sums(&raw, 1.0, ALL_FINITE, scr).0);
     let mut res = RowResult {
         logprob: f32::NAN,
         ..RowResult::default()
@@ -264,18 +273,18 @@ fn sample_request_in<T: Elem>(
         step(&raw, inp, scr, &mut res);
     }
     if let (Some(n), false) = (req.logprobs, req.processed) {
-        // Raw log-probabilities depend on the logits alone: they are always normalised by the
-        // sums of the fused scan at scale 1 (as in `kernels::logprobs`), never by sums that
-        // this row's temperature, filters, edits or bitmask made the pipeline take otherwise.
+        // The pipeline's first sums used another scale: the fused scan at 1 once more.
         let again;
-        let lp_scan = if raw_sums == Some(1.0) && pipeline::holds(&raw, 1.0, ALL_FINITE, scr) {
-            &raw
+        let (lp_scan, total) = if let Some(total) = raw_total {
+            (&raw, total)
         } else {
             again = pipeline::scan_with(x, bmax2, Some(1.0), scr)?;
-            &again
+            let total = pipeline::weight_sums(&again, 1.0, ALL_FINITE, scr).0;
+            (&again, total)
         };
         logprobs_of(
             lp_scan,
+            Some(total),
             &Kept::Threshold(ALL_FINITE),
             1.0,
             res.token as usize,
@@ -312,6 +321,6 @@ fn step<T: Elem>(
     };
     res.token = tok as i64;
     if let (Some(n), true) = (inp.req.logprobs, inp.req.processed) {
-        logprobs_of(s, &kept, t_lp, tok, n, scr, res);
+        logprobs_of(s, None, &kept, t_lp, tok, n, scr, res);
     }
 }

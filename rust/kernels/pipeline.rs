@@ -320,7 +320,7 @@ pub fn weight_sums<'s, T: Elem>(
 }
 
 /// Whether `scr.bsum` still holds the sums of `s` at `scale` over the tokens `>= thr`.
-pub fn holds<T>(s: &Scanned<'_, T>, scale: f32, thr: f32, scr: &Scratch) -> bool {
+fn holds<T>(s: &Scanned<'_, T>, scale: f32, thr: f32, scr: &Scratch) -> bool {
     s.held
         .get()
         .is_some_and(|h| (h.scale, h.thr, h.gen) == (scale.to_bits(), thr.to_bits(), scr.bsum_gen))
