@@ -255,33 +255,49 @@ fn token_row(
     lists.push_row(name, &ids, vocab).map_err(value_error)
 }
 
-/// The ids of a sequence of Python ints (`bool` is refused: `True` is no token id).
+/// Why a Python object is not an `i64` token id.
+enum NotAnId {
+    /// `True` / `False`: an `int` to Python, but no token id.
+    Bool,
+    /// An integer (a Python or a NumPy one) beyond `i64`: an id out of range.
+    Huge,
+    /// Not an integer.
+    NotInt,
+}
+
+/// `obj` as an `i64` token id.
+fn id_of(obj: &Bound<'_, PyAny>) -> Result<i64, NotAnId> {
+    if obj.is_instance_of::<PyBool>() {
+        return Err(NotAnId::Bool);
+    }
+    obj.extract::<i64>().map_err(|_| {
+        if is_int(obj) || obj.call_method0("__index__").is_ok() {
+            NotAnId::Huge
+        } else {
+            NotAnId::NotInt
+        }
+    })
+}
+
+/// The ids of a sequence of Python ints.
 fn ids_of_sequence(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
-    let not_ints = || PyTypeError::new_err(format!("{name}: token ids must be integers"));
     if obj.cast::<PySequence>().is_err() || obj.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err(format!(
             "{name}: must be a 1-D int array or a sequence of ints"
         )));
     }
-    let items = obj.try_iter()?;
     let mut ids = Vec::with_capacity(obj.len().unwrap_or(0));
-    for item in items {
+    for item in obj.try_iter()? {
         let item = item?;
-        if item.is_instance_of::<PyBool>() {
-            return Err(PyTypeError::new_err(format!(
-                "{name}: token ids must be integers, got a bool"
-            )));
-        }
-        match item.extract::<i64>() {
-            Ok(id) => ids.push(id),
-            // An int (a Python or a NumPy one) beyond int64 is an id out of range.
-            Err(_) if is_int(&item) || item.call_method0("__index__").is_ok() => {
-                return Err(PyValueError::new_err(format!(
-                    "{name}: token id {item} is out of range"
-                )))
+        ids.push(id_of(&item).map_err(|why| match why {
+            NotAnId::Bool => {
+                PyTypeError::new_err(format!("{name}: token ids must be integers, got a bool"))
             }
-            Err(_) => return Err(not_ints()),
-        }
+            NotAnId::Huge => {
+                PyValueError::new_err(format!("{name}: token id {item} is out of range"))
+            }
+            NotAnId::NotInt => PyTypeError::new_err(format!("{name}: token ids must be integers")),
+        })?);
     }
     Ok(ids)
 }
@@ -328,30 +344,26 @@ fn bias_row(obj: &Bound<'_, PyAny>, vocab: usize, row: Option<usize>) -> PyResul
     let mut ids = Vec::with_capacity(d.len());
     let mut vals = Vec::with_capacity(d.len());
     for (k, v) in d.iter() {
-        if k.is_instance_of::<PyBool>() {
-            return Err(ParameterTypeError::new_err(format!(
-                "bias: token id {k} is a bool, not an integer"
-            )));
-        }
-        let id: i64 = k.extract().map_err(|_| {
-            // An integer (a Python int or a NumPy one) beyond int64 is out of range.
-            if is_int(&k) || k.call_method0("__index__").is_ok() {
-                value_error(KernelError::param(
+        let id = match id_of(&k) {
+            Ok(id) if id >= 0 && (id as u64) < vocab as u64 => id,
+            Ok(_) | Err(NotAnId::Huge) => {
+                return Err(value_error(KernelError::param(
                     "bias",
                     row,
                     format!("token id {k} is outside [0, {vocab})"),
-                ))
-            } else {
-                ParameterTypeError::new_err(format!("bias: token id {k} is not an integer"))
+                )))
             }
-        })?;
-        if id < 0 || id as u64 >= vocab as u64 {
-            return Err(value_error(KernelError::param(
-                "bias",
-                row,
-                format!("token id {id} is outside [0, {vocab})"),
-            )));
-        }
+            Err(NotAnId::Bool) => {
+                return Err(ParameterTypeError::new_err(format!(
+                    "bias: token id {k} is a bool, not an integer"
+                )))
+            }
+            Err(NotAnId::NotInt) => {
+                return Err(ParameterTypeError::new_err(format!(
+                    "bias: token id {k} is not an integer"
+                )))
+            }
+        };
         if v.is_instance_of::<PyBool>() {
             return Err(ParameterTypeError::new_err(format!(
                 "bias: value for token {id} is a bool, not a number"

@@ -69,14 +69,6 @@ _PENALTY_WINDOWS = ("repeat_last_n", "penalty_last_n")
 # fmt: on
 
 
-def _hashable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return tuple(sorted(value.items()))
-    if isinstance(value, list):
-        return tuple(value)
-    return value
-
-
 def _read_only(self: Any, *args: Any, **kwargs: Any) -> Any:
     raise TypeError(
         "SamplingParams is frozen, its containers too: build a new one with dataclasses.replace"
@@ -95,6 +87,9 @@ class _FrozenDict(dict):  # type: ignore[type-arg]
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         return dict(*args, **kwargs)
 
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))  # equal exactly when the dicts are
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (dict, (dict(self),))  # copies and pickles are plain dicts
 
@@ -109,6 +104,9 @@ class _FrozenList(list):  # type: ignore[type-arg]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         return list(*args, **kwargs)
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(self))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (list, (list(self),))
@@ -282,11 +280,6 @@ class SamplingParams:
             None if logprobs is None else _clamp_i64(logprobs), self.logprobs_mode == "processed",
         )  # fmt: skip
         object.__setattr__(self, "_native", native)
-
-    def __hash__(self) -> int:
-        # The generated hash would fail on the dict field: the bias is hashed as sorted pairs
-        # and the id lists as tuples, which are equal exactly when the fields are.
-        return hash(tuple(_hashable(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # pickle and copy rebuild from the fields (validated again), not from the native form.

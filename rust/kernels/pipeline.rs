@@ -310,20 +310,15 @@ pub fn weight_sums<'s, T: Elem>(
     thr: f32,
     scr: &'s mut Scratch,
 ) -> (f64, &'s [f32]) {
-    if let Some(h) = s.held.get().filter(|_| holds(s, scale, thr, scr)) {
-        return (h.total, &scr.bsum[..]);
+    if let Some(h) = s.held.get() {
+        if (h.scale, h.thr, h.gen) == (scale.to_bits(), thr.to_bits(), scr.bsum_gen) {
+            return (h.total, &scr.bsum[..]);
+        }
     }
     scr.bsum.resize(s.bmax.len(), 0.0);
     let total = prims::weight_sums(s.x, s.bmax, s.m, scale, thr, &mut scr.bsum);
     hold(s, scale, thr, total, scr);
     (total, &scr.bsum[..])
-}
-
-/// Whether `scr.bsum` still holds the sums of `s` at `scale` over the tokens `>= thr`.
-fn holds<T>(s: &Scanned<'_, T>, scale: f32, thr: f32, scr: &Scratch) -> bool {
-    s.held
-        .get()
-        .is_some_and(|h| (h.scale, h.thr, h.gen) == (scale.to_bits(), thr.to_bits(), scr.bsum_gen))
 }
 
 /// Records that `scr.bsum` now holds the sums of `s` at `scale` over the tokens `>= thr`.
