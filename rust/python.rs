@@ -124,6 +124,20 @@ fn is_int(obj: &Bound<'_, PyAny>) -> bool {
     obj.is_instance_of::<PyInt>()
 }
 
+/// A Python or a NumPy bool (`np.bool_` is no `bool`, but reads as a number).
+fn is_bool(obj: &Bound<'_, PyAny>) -> bool {
+    if obj.is_instance_of::<PyBool>() {
+        return true;
+    }
+    if obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyInt>() {
+        return false;
+    }
+    obj.getattr("dtype")
+        .and_then(|d| d.getattr("kind"))
+        .and_then(|k| k.extract::<String>())
+        .is_ok_and(|k| k == "b")
+}
+
 // `logitkit.ParameterTypeError`: a parameter of the wrong type, both a `ValueError` and a
 // `TypeError` (defined in Python, imported on first use).
 pyo3::import_exception!(logitkit._errors, ParameterTypeError);
@@ -337,9 +351,16 @@ fn token_lists(
     Ok(lists)
 }
 
-fn bias_row(obj: &Bound<'_, PyAny>, vocab: usize, row: Option<usize>) -> PyResult<Bias> {
+fn bias_row(
+    obj: &Bound<'_, PyAny>,
+    name: &'static str,
+    vocab: usize,
+    row: Option<usize>,
+) -> PyResult<Bias> {
     let d = obj.cast::<PyDict>().map_err(|_| {
-        PyTypeError::new_err("bias: must be a dict {token_id: value} or a sequence of them")
+        PyTypeError::new_err(format!(
+            "{name}: must be a dict {{token_id: value}} or a sequence of them"
+        ))
     })?;
     let mut ids = Vec::with_capacity(d.len());
     let mut vals = Vec::with_capacity(d.len());
@@ -348,60 +369,74 @@ fn bias_row(obj: &Bound<'_, PyAny>, vocab: usize, row: Option<usize>) -> PyResul
             Ok(id) if id >= 0 && (id as u64) < vocab as u64 => id,
             Ok(_) | Err(NotAnId::Huge) => {
                 return Err(value_error(KernelError::param(
-                    "bias",
+                    name,
                     row,
                     format!("token id {k} is outside [0, {vocab})"),
                 )))
             }
             Err(NotAnId::Bool) => {
                 return Err(ParameterTypeError::new_err(format!(
-                    "bias: token id {k} is a bool, not an integer"
+                    "{name}: token id {k} is a bool, not an integer"
                 )))
             }
             Err(NotAnId::NotInt) => {
                 return Err(ParameterTypeError::new_err(format!(
-                    "bias: token id {k} is not an integer"
+                    "{name}: token id {k} is not an integer"
                 )))
             }
         };
-        if v.is_instance_of::<PyBool>() {
+        if is_bool(&v) {
             return Err(ParameterTypeError::new_err(format!(
-                "bias: value for token {id} is a bool, not a number"
+                "{name}: value for token {id} is a bool, not a number"
             )));
         }
         let val: f64 = v.extract().map_err(|_| {
             if is_int(&v) {
                 // An int beyond the float64 range: finite, but no float holds it.
                 value_error(KernelError::param(
-                    "bias",
+                    name,
                     row,
                     format!("value for token {id} is beyond the float64 range"),
                 ))
             } else {
-                ParameterTypeError::new_err(format!("bias: value for token {id} is not a number"))
+                ParameterTypeError::new_err(format!("{name}: value for token {id} is not a number"))
             }
         })?;
+        if val.is_nan() || val == f64::INFINITY {
+            return Err(value_error(KernelError::param(
+                name,
+                row,
+                format!("value {val} for token {id} must be finite or -inf"),
+            )));
+        }
         ids.push(id as u32);
         vals.push(val);
     }
     Ok((ids, vals))
 }
 
-fn bias_rows(obj: &Bound<'_, PyAny>, rows: usize, vocab: usize) -> PyResult<PerRow<Bias>> {
+fn bias_rows(
+    obj: &Bound<'_, PyAny>,
+    name: &'static str,
+    rows: usize,
+    vocab: usize,
+) -> PyResult<PerRow<Bias>> {
     if obj.cast::<PyDict>().is_ok() {
-        return Ok(PerRow::All(bias_row(obj, vocab, None)?));
+        return Ok(PerRow::All(bias_row(obj, name, vocab, None)?));
     }
     let seq = obj.cast::<PySequence>().map_err(|_| {
-        PyTypeError::new_err("bias: must be a dict {token_id: value} or a sequence of them")
+        PyTypeError::new_err(format!(
+            "{name}: must be a dict {{token_id: value}} or a sequence of them"
+        ))
     })?;
     let n = seq.len()?;
     if n != rows {
         return Err(PyValueError::new_err(format!(
-            "bias: has {n} dicts for {rows} rows"
+            "{name}: has {n} dicts for {rows} rows"
         )));
     }
     (0..n)
-        .map(|r| bias_row(&seq.get_item(r)?, vocab, Some(r)))
+        .map(|r| bias_row(&seq.get_item(r)?, name, vocab, Some(r)))
         .collect::<PyResult<Vec<_>>>()
         .map(PerRow::Each)
 }
@@ -541,7 +576,7 @@ fn mask(
 }
 
 #[pyfunction]
-#[pyo3(signature = (x, kind, out, one_row, bias=None, prompt_tokens=None, output_tokens=None, repetition_penalty=None, presence_penalty=None, frequency_penalty=None))]
+#[pyo3(signature = (x, kind, out, one_row, bias=None, prompt_tokens=None, output_tokens=None, repetition_penalty=None, presence_penalty=None, frequency_penalty=None, bias_name="bias"))]
 #[allow(clippy::too_many_arguments)]
 fn bias_and_penalties(
     py: Python<'_>,
@@ -555,10 +590,19 @@ fn bias_and_penalties(
     repetition_penalty: Option<&Bound<'_, PyAny>>,
     presence_penalty: Option<&Bound<'_, PyAny>>,
     frequency_penalty: Option<&Bound<'_, PyAny>>,
+    bias_name: &str,
 ) -> PyResult<()> {
     let mut out = write::<f32, Ix2>(out, "out")?;
     let (rows, vocab) = (out.shape()[0], out.shape()[1]);
-    let bias = bias.map(|b| bias_rows(b, rows, vocab)).transpose()?;
+    // The parameter's name in `apply_penalties` or `apply_logit_bias`.
+    let bias_name = if bias_name == "logit_bias" {
+        "logit_bias"
+    } else {
+        "bias"
+    };
+    let bias = bias
+        .map(|b| bias_rows(b, bias_name, rows, vocab))
+        .transpose()?;
     let pen = match repetition_penalty {
         None => None,
         Some(rep) => {

@@ -634,6 +634,68 @@ def test_bools_are_not_token_ids():
         lk.apply_logit_bias(x, {1: True})
 
 
+@pytest.mark.parametrize("value", [True, np.bool_(True), np.bool_(False)])
+def test_a_bool_bias_value_is_refused_in_every_function(value):
+    x = np.asarray([0.5, 1.0, 0.0], dtype=np.float32)
+    with pytest.raises(lk.ParameterTypeError, match=r"^bias: value for token 1 is a bool"):
+        lk.apply_logit_bias(x, {1: value})
+    with pytest.raises(lk.ParameterTypeError, match=r"^logit_bias: value for token 1 is a bool"):
+        lk.apply_penalties(x, logit_bias={1: value})
+    inplace = x.copy()
+    with pytest.raises(lk.ParameterTypeError, match=r"^logit_bias: "):
+        lk.apply_penalties(inplace, logit_bias={1: value}, out=inplace)
+    np.testing.assert_array_equal(inplace, x)
+    with pytest.raises(ValueError, match="logit_bias"):
+        lk.SamplingParams(logit_bias={1: value})
+
+
+def test_apply_penalties_names_its_logit_bias_parameter():
+    x = np.asarray([0.5, 1.0, 0.0], dtype=np.float32)
+    bad = [
+        ("x", TypeError),
+        ({9: 1.0}, ValueError),
+        ({0: float("nan")}, ValueError),
+        ({0: float("inf")}, ValueError),
+        ({0: "a"}, TypeError),
+        ({"a": 1.0}, TypeError),
+    ]
+    for bias, error in bad:
+        with pytest.raises(error, match=r"^logit_bias: "):
+            lk.apply_penalties(x, logit_bias=bias)
+        inplace = x.copy()
+        with pytest.raises(error, match=r"^logit_bias: "):
+            lk.apply_penalties(inplace, logit_bias=bias, out=inplace)
+        with pytest.raises(error, match=r"^bias: "):
+            lk.apply_logit_bias(x, bias)
+    with pytest.raises(ValueError, match=r"^logit_bias: has 1 dicts for 2 rows"):
+        lk.apply_penalties(np.stack([x, x]), logit_bias=[{0: 1.0}])
+
+
+def test_zero_dimensional_arrays_are_scalars_in_every_function():
+    x = np.asarray([[0.5, 1.0, -1.0, 2.0]], dtype=np.float32)
+    a = np.array
+    pairs = [
+        (lambda v: lk.softmax(x, temperature=v), 0.5, a(0.5)),
+        (lambda v: lk.log_softmax(x, temperature=v), 0.5, a(0.5, np.float32)),
+        (lambda v: lk.mask_top_p(x, v), 0.5, a(0.5)),
+        (lambda v: lk.mask_top_p(x, 0.1, min_keep=v), 2, a(2)),
+        (lambda v: lk.mask_min_p(x, v), 0.1, a(0.1)),
+        (lambda v: lk.mask_top_k(x, v), 2, a(2, np.uint8)),
+        (lambda v: lk.top_k(x, v).indices, 2, a(2)),
+        (lambda v: lk.logprobs(x, [[0]], top_n=v).top_ids, 2, a(2)),
+        (lambda v: lk.sample(x, temperature=v, seed=1), 0.5, a(0.5)),
+        (lambda v: lk.sample(x, top_k=v, seed=1), 2, a(2)),
+    ]
+    for f, scalar, zero_d in pairs:
+        np.testing.assert_array_equal(f(zero_d), f(scalar))
+    with pytest.raises(lk.ParameterTypeError, match=r"^k: "):
+        lk.top_k(x, a(True))
+    with pytest.raises(lk.ParameterTypeError, match=r"^k: "):
+        lk.top_k(x, a(2.0))
+    with pytest.raises(lk.ParameterTypeError, match=r"^temperature: "):
+        lk.softmax(x, temperature=a("a"))
+
+
 @pytest.mark.parametrize("dtype", [">i8", ">i4", ">u4", ">u8", ">i2", "<i2", "u1"])
 def test_token_arrays_of_any_integer_dtype_and_byte_order_are_read(dtype):
     x = np.asarray([[0.5, 1.0, 0.0, 2.0]], dtype=np.float32)

@@ -345,7 +345,15 @@ def _input_for(x: _Logits, o: _Out) -> np.ndarray:
     return x.array
 
 
+def _zero_d(value: Any, kinds: str) -> Any:
+    """The element of a 0-d array of one of the dtype ``kinds`` (a NumPy scalar), else ``value``."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in kinds:
+        return value[()]
+    return value
+
+
 def _check_int(value: Any, name: str) -> int:
+    value = _zero_d(value, "iu")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ParameterTypeError(f"{name}: must be an integer, got {type(value).__name__}")
     return operator.index(value)
@@ -367,6 +375,7 @@ def _check_choice(
 
 
 def _check_float(value: Any, name: str) -> float:
+    value = _zero_d(value, "fiu")
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ParameterTypeError(f"{name}: must be a number, got {type(value).__name__}")
     return _float(value, name)
@@ -705,18 +714,18 @@ def apply_logit_bias(
     return _finish(o)
 
 
-def _bias(bias: Any, x: _Logits) -> Any:
+def _bias(bias: Any, x: _Logits, name: str = "bias") -> Any:
     if isinstance(bias, Mapping):
         return bias if isinstance(bias, dict) else dict(bias)
     if len(x.shape) == 1:
-        raise TypeError("bias: must be a dict {token_id: value} for 1-D logits")
+        raise TypeError(f"{name}: must be a dict {{token_id: value}} for 1-D logits")
     if isinstance(bias, (str, bytes)) or not isinstance(bias, Sequence):
-        raise TypeError("bias: must be a dict {token_id: value} or a sequence of them")
+        raise TypeError(f"{name}: must be a dict {{token_id: value}} or a sequence of them")
     rows = []
     for b in bias:
         if not isinstance(b, Mapping):
             raise TypeError(
-                "bias: must be a dict {token_id: value} or a sequence of them, got a sequence "
+                f"{name}: must be a dict {{token_id: value}} or a sequence of them, got a sequence "
                 f"holding {type(b).__name__}"
             )
         rows.append(b if isinstance(b, dict) else dict(b))
@@ -780,7 +789,7 @@ def apply_penalties(
         o = _out(out, x)
         src = None if o.in_place and _direct(o.result) else x.array
         kind, one_row, target = x.kind, len(x.shape) == 1, o.target
-        bias = None if logit_bias is None else _bias(logit_bias, x)
+        bias = None if logit_bias is None else _bias(logit_bias, x, "logit_bias")
     _core.bias_and_penalties(
         src,
         kind,
@@ -792,6 +801,7 @@ def apply_penalties(
         presence_penalty=pres,
         frequency_penalty=freq,
         bias=bias,
+        bias_name="logit_bias",
     )
     return logits if fast else _finish(o)
 
