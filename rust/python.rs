@@ -402,12 +402,8 @@ fn bias_row(
                 ParameterTypeError::new_err(format!("{name}: value for token {id} is not a number"))
             }
         })?;
-        if val.is_nan() || val == f64::INFINITY {
-            return Err(value_error(KernelError::param(
-                name,
-                row,
-                format!("value {val} for token {id} must be finite or -inf"),
-            )));
+        if let Some(why) = kernels::bad_bias_value(id as u32, val) {
+            return Err(value_error(KernelError::param(name, row, why)));
         }
         ids.push(id as u32);
         vals.push(val);
@@ -576,7 +572,7 @@ fn mask(
 }
 
 #[pyfunction]
-#[pyo3(signature = (x, kind, out, one_row, bias=None, prompt_tokens=None, output_tokens=None, repetition_penalty=None, presence_penalty=None, frequency_penalty=None, bias_name="bias"))]
+#[pyo3(signature = (x, kind, out, one_row, bias=None, prompt_tokens=None, output_tokens=None, repetition_penalty=None, presence_penalty=None, frequency_penalty=None))]
 #[allow(clippy::too_many_arguments)]
 fn bias_and_penalties(
     py: Python<'_>,
@@ -590,12 +586,12 @@ fn bias_and_penalties(
     repetition_penalty: Option<&Bound<'_, PyAny>>,
     presence_penalty: Option<&Bound<'_, PyAny>>,
     frequency_penalty: Option<&Bound<'_, PyAny>>,
-    bias_name: &str,
 ) -> PyResult<()> {
     let mut out = write::<f32, Ix2>(out, "out")?;
     let (rows, vocab) = (out.shape()[0], out.shape()[1]);
-    // The parameter's name in `apply_penalties` or `apply_logit_bias`.
-    let bias_name = if bias_name == "logit_bias" {
+    // The bias's parameter: `logit_bias` in `apply_penalties` (the one caller that passes
+    // penalties), `bias` in `apply_logit_bias`.
+    let bias_name = if repetition_penalty.is_some() {
         "logit_bias"
     } else {
         "bias"

@@ -801,7 +801,6 @@ def apply_penalties(
         presence_penalty=pres,
         frequency_penalty=freq,
         bias=bias,
-        bias_name="logit_bias",
     )
     return logits if fast else _finish(o)
 

@@ -117,12 +117,11 @@ def bias_and_penalties(
     repetition_penalty: _PerRowFloat | None = None,
     presence_penalty: _PerRowFloat | None = None,
     frequency_penalty: _PerRowFloat | None = None,
-    bias_name: str = "bias",
 ) -> None:
     """Writes biased and penalised logits into ``out`` (``x=None``: ``out`` in place).
 
-    The three penalties are given together or not at all. ``bias_name`` is the parameter that
-    errors in ``bias`` name.
+    The three penalties are given together or not at all. Errors in ``bias`` name
+    ``logit_bias`` when penalties are given (``apply_penalties``), else ``bias``.
     """
 
 def sample(

@@ -353,6 +353,14 @@ pub fn mask<T: Elem>(x: &[T], vocab: usize, m: Mask, out: &mut [f32]) -> Result<
 /// The logit bias of one row: ids (in range) and values (finite or `-inf`).
 pub type Bias = (Vec<u32>, Vec<f64>);
 
+/// Why the bias `v` of token `id` is refused (NaN or `+inf`), or `None` when it is finite or
+/// `-inf`.
+#[must_use]
+pub fn bad_bias_value(id: u32, v: f64) -> Option<String> {
+    (v.is_nan() || v == f64::INFINITY)
+        .then(|| format!("value {v} for token {id} must be finite or -inf"))
+}
+
 /// Checks bias entries: ids in `[0, vocab)`, values finite or `-inf`.
 ///
 /// # Errors
@@ -367,12 +375,8 @@ pub fn check_bias(bias: &PerRow<Bias>, vocab: usize) -> Result<(), KernelError> 
                     format!("token id {id} is outside [0, {vocab})"),
                 ));
             }
-            if v.is_nan() || v == f64::INFINITY {
-                return Err(KernelError::param(
-                    "bias",
-                    r,
-                    format!("value {v} for token {id} must be finite or -inf"),
-                ));
+            if let Some(why) = bad_bias_value(id, v) {
+                return Err(KernelError::param("bias", r, why));
             }
         }
     }
