@@ -45,6 +45,17 @@ fn read<'py, T: Element, D: Dimension>(
         .map_err(|_| in_use(name))
 }
 
+/// The shape of C-contiguous float32 logits handed over whole (`(V,)` or `(B, V)`, `V >= 1`)
+/// and their `V`.
+fn plain_shape(x: &PyReadonlyArray<'_, f32, IxDyn>) -> PyResult<(Vec<usize>, usize)> {
+    let dims = x.shape().to_vec();
+    let vocab = *dims
+        .last()
+        .filter(|&&v| v > 0 && dims.len() <= 2)
+        .ok_or_else(|| PyValueError::new_err("logits: must be (V,) or (B, V) with V >= 1"))?;
+    Ok((dims, vocab))
+}
+
 /// `obj` as a NumPy array of `T`, borrowed for writing; refused like [`read`] when another call
 /// reads or writes it at the same time.
 fn write<'py, T: Element, D: Dimension>(
@@ -381,7 +392,8 @@ fn bias_row(
             }
             Err(NotAnId::NotInt) => {
                 return Err(ParameterTypeError::new_err(format!(
-                    "{name}: token id {k} is not an integer"
+                    "{name}: token id {} is not an integer",
+                    k.repr()?
                 )))
             }
         };
@@ -467,11 +479,7 @@ fn softmax_new<'py>(
     log: bool,
 ) -> PyResult<Bound<'py, PyArray<f32, IxDyn>>> {
     let x = read::<f32, IxDyn>(x, "logits")?;
-    let dims = x.shape().to_vec();
-    let vocab = *dims
-        .last()
-        .filter(|&&v| v > 0 && dims.len() <= 2)
-        .ok_or_else(|| PyValueError::new_err("logits: must be (V,) or (B, V) with V >= 1"))?;
+    let (dims, vocab) = plain_shape(&x)?;
     let s = x.as_slice()?;
     // The array is not seen from Python before every element is written (softmax writes all of
     // them); on an error it is dropped unseen.
@@ -538,6 +546,49 @@ fn top_k(
     )))
 }
 
+/// The values and the indices of `top_k_new`.
+type TopKArrays<'py> = (
+    Bound<'py, PyArray<f32, IxDyn>>,
+    Bound<'py, PyArray<i64, IxDyn>>,
+);
+
+/// `top_k` of a C-contiguous float32 array of 1 or 2 dimensions into new `(..., k)` arrays of
+/// values and indices: the common call, with no Python-side allocation.
+#[pyfunction]
+fn top_k_new<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, k: usize) -> PyResult<TopKArrays<'py>> {
+    let x = read::<f32, IxDyn>(x, "logits")?;
+    let (dims, vocab) = plain_shape(&x)?;
+    let s = x.as_slice()?;
+    let mut shape = dims;
+    *shape.last_mut().unwrap_or(&mut 0) = k;
+    let values = PyArray::<f32, IxDyn>::zeros(py, shape.as_slice(), false);
+    let indices = PyArray::<i64, IxDyn>::zeros(py, shape.as_slice(), false);
+    {
+        let mut v = values.try_readwrite().map_err(|_| in_use("values"))?;
+        let mut i = indices.try_readwrite().map_err(|_| in_use("indices"))?;
+        let (v, i) = (v.as_slice_mut()?, i.as_slice_mut()?);
+        run(py, s.len(), || kernels::top_k(s, vocab, k, v, i))?;
+    }
+    Ok((values, indices))
+}
+
+/// The filter that `which` (`"top_k"`, `"top_p"` or `"min_p"`) names.
+fn mask_of(which: &str, value: f64, temperature: f64, min_keep: usize) -> Mask {
+    match which {
+        "top_k" => Mask::TopK(value as usize),
+        "top_p" => Mask::TopP {
+            top_p: value,
+            temperature,
+            min_keep,
+        },
+        _ => Mask::MinP {
+            min_p: value,
+            temperature,
+            min_keep,
+        },
+    }
+}
+
 #[pyfunction]
 #[pyo3(signature = (x, kind, which, value, temperature, min_keep, out))]
 #[allow(clippy::too_many_arguments)]
@@ -552,23 +603,37 @@ fn mask(
     out: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let mut out = write::<f32, Ix2>(out, "out")?;
-    let m = match which {
-        "top_k" => Mask::TopK(value as usize),
-        "top_p" => Mask::TopP {
-            top_p: value,
-            temperature,
-            min_keep,
-        },
-        _ => Mask::MinP {
-            min_p: value,
-            temperature,
-            min_keep,
-        },
-    };
+    let m = mask_of(which, value, temperature, min_keep);
     let o = out.as_slice_mut()?;
     with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::mask(
         s, vocab, m, o
     )))
+}
+
+/// A mask of a C-contiguous float32 array of 1 or 2 dimensions into a new array of its shape:
+/// the common call, with no Python-side allocation.
+#[pyfunction]
+fn mask_new<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    which: &str,
+    value: f64,
+    temperature: f64,
+    min_keep: usize,
+) -> PyResult<Bound<'py, PyArray<f32, IxDyn>>> {
+    let x = read::<f32, IxDyn>(x, "logits")?;
+    let (dims, vocab) = plain_shape(&x)?;
+    let s = x.as_slice()?;
+    let m = mask_of(which, value, temperature, min_keep);
+    // As in `softmax_new`: a mask writes every element, and on an error the array is dropped
+    // unseen.
+    let out = new_output(py, &dims)?;
+    {
+        let mut w = out.try_readwrite().map_err(|_| in_use("out"))?;
+        let o = w.as_slice_mut()?;
+        run(py, s.len(), || kernels::mask(s, vocab, m, o))?;
+    }
+    Ok(out)
 }
 
 #[pyfunction]
@@ -1340,7 +1405,9 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(softmax_new, m)?)?;
     m.add_function(wrap_pyfunction!(empty_f32, m)?)?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;
+    m.add_function(wrap_pyfunction!(top_k_new, m)?)?;
     m.add_function(wrap_pyfunction!(mask, m)?)?;
+    m.add_function(wrap_pyfunction!(mask_new, m)?)?;
     m.add_function(wrap_pyfunction!(bias_and_penalties, m)?)?;
     m.add_function(wrap_pyfunction!(sample, m)?)?;
     m.add_function(wrap_pyfunction!(uniforms, m)?)?;

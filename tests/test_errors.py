@@ -696,6 +696,45 @@ def test_zero_dimensional_arrays_are_scalars_in_every_function():
         lk.softmax(x, temperature=a("a"))
 
 
+def test_zero_dimensional_arrays_are_scalars_in_sampling_params():
+    a = np.array
+    fields = {
+        "temperature": (0.5, a(0.5)),
+        "top_k": (3, a(3, np.int32)),
+        "top_p": (0.9, a(0.9, np.float32)),
+        "min_p": (0.1, a(0.1)),
+        "min_keep": (2, a(2)),
+        "repetition_penalty": (1.1, a(1.1)),
+        "presence_penalty": (0.5, a(0.5)),
+        "frequency_penalty": (1, a(1)),
+        "min_tokens": (4, a(4, np.uint16)),
+        "seed": (7, a(7, np.uint64)),
+        "logprobs": (2, a(2)),
+    }
+    for name, (scalar, zero_d) in fields.items():
+        got = lk.SamplingParams(**{name: zero_d})
+        assert got == lk.SamplingParams(**{name: zero_d[()]}), name
+        assert type(getattr(got, name)) is type(getattr(lk.SamplingParams(**{name: scalar}), name))
+    assert lk.SamplingParams(logit_bias={3: a(1.5)}).logit_bias == {3: 1.5}
+    for name, bad in [("top_k", a(3.0)), ("temperature", a(True)), ("seed", a("7"))]:
+        with pytest.raises(ValueError, match=f"^{name}: "):
+            lk.SamplingParams(**{name: bad})
+
+
+def test_messages_show_floats_and_keys_as_written():
+    """A float in a message is short (``-1e-300``, not 300 digits) and a key that is not a
+    token id is quoted."""
+    x = np.zeros(3, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^uniforms: .*got -1e-300\b"):
+        lk.sample(x, uniforms=-1e-300)
+    with pytest.raises(ValueError, match=r"^top_p: .*got -1e-300$"):
+        lk.mask_top_p(x, -1e-300)
+    with pytest.raises(ValueError, match=r"^temperature: .*got -1e-300$"):
+        lk.softmax(x, temperature=-1e-300)
+    with pytest.raises(lk.ParameterTypeError, match=r"^bias: token id '1' is not an integer$"):
+        lk.apply_logit_bias(x, {"1": 1.0})
+
+
 @pytest.mark.parametrize("dtype", [">i8", ">i4", ">u4", ">u8", ">i2", "<i2", "u1"])
 def test_token_arrays_of_any_integer_dtype_and_byte_order_are_read(dtype):
     x = np.asarray([[0.5, 1.0, 0.0, 2.0]], dtype=np.float32)

@@ -324,3 +324,106 @@ def test_lists_of_python_ints_beyond_uint64_are_numbers():
     for bad in ([1, "2"], [2**70, "5"], [2**70, b"7"], [2**70, None]):
         with pytest.raises(TypeError, match="logits"):
             lk.argmax(bad)
+
+
+ONE_STEP = {
+    # name: (call with plain Python scalars, the same call with NumPy scalars, which takes the
+    # general path)
+    "mask_top_k": (lambda x: lk.mask_top_k(x, 7), lambda x: lk.mask_top_k(x, np.int64(7))),
+    "mask_top_k_all": (
+        lambda x: lk.mask_top_k(x, 10**30),
+        lambda x: lk.mask_top_k(x, np.uint64(2**64 - 1)),
+    ),
+    "mask_top_p": (
+        lambda x: lk.mask_top_p(x, 0.8, temperature=0.7, min_keep=3),
+        lambda x: lk.mask_top_p(x, np.float64(0.8), temperature=0.7, min_keep=np.int64(3)),
+    ),
+    "mask_min_p": (
+        lambda x: lk.mask_min_p(x, 0.05, temperature=1.3),
+        lambda x: lk.mask_min_p(x, np.float64(0.05), temperature=np.float64(1.3)),
+    ),
+    "top_k": (lambda x: lk.top_k(x, 5), lambda x: lk.top_k(x, np.int64(5))),
+    "logprobs": (
+        lambda x: lk.logprobs(x, [4, 0, 9], top_n=3),
+        lambda x: lk.logprobs(x, [4, 0, 9], top_n=np.int64(3)),
+    ),
+    "apply_logit_bias": (
+        lambda x: lk.apply_logit_bias(x, {3: 2.5, 7: -np.inf}),
+        lambda x: lk.apply_logit_bias(x, MappingProxy({3: 2.5, 7: -np.inf})),
+    ),
+}
+
+
+class MappingProxy(dict):
+    """A dict subclass: a mapping that the one-step paths leave to the general path."""
+
+
+@pytest.mark.parametrize(
+    ("name", "rows"),
+    [(n, r) for n in ONE_STEP for r in (None, 1, 3) if n != "logprobs" or r is None],
+)
+def test_one_step_paths_agree_with_the_general_path(name, rows, monkeypatch):
+    """The masks, `top_k`, one-row `logprobs` and `apply_logit_bias` take contiguous float32
+    logits and plain scalars in one call to the extension: same results as the general path,
+    and the logits untouched."""
+    from logitkit import _api
+
+    fast, general = ONE_STEP[name]
+    x = X[1] if rows is None else X[:rows]
+    before = x.copy()
+    want = general(x)
+    with monkeypatch.context() as m:
+        m.setattr(_api, "_logits", None)  # the general path starts there
+        got = fast(x)
+    with monkeypatch.context() as m:
+        m.setattr(_api, "_logits", None)
+        with pytest.raises(TypeError):
+            general(x)  # the general path was the one taken
+    np.testing.assert_array_equal(x, before)
+    for g, w in zip(got, want, strict=True) if isinstance(got, tuple) else [(got, want)]:
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+
+
+def test_one_step_paths_check_their_parameters():
+    x = X[0]
+    with pytest.raises(ValueError, match="k"):
+        lk.mask_top_k(x, 0)
+    with pytest.raises(ValueError, match=r"k: must be in \[1, 257\]"):
+        lk.top_k(x, 258)
+    with pytest.raises(ValueError, match="top_p"):
+        lk.mask_top_p(x, 1.5)
+    with pytest.raises(ValueError, match="min_p"):
+        lk.mask_min_p(x, float("nan"))
+    with pytest.raises(ValueError, match="temperature"):
+        lk.mask_top_p(x, 0.5, temperature=0.0)
+    with pytest.raises(ValueError, match="min_keep"):
+        lk.mask_min_p(x, 0.5, min_keep=0)
+    with pytest.raises(ValueError, match="top_n"):
+        lk.logprobs(x, [1], top_n=258)
+    with pytest.raises(ValueError, match="tokens"):
+        lk.logprobs(x, [257])
+    with pytest.raises(ValueError, match="bias"):
+        lk.apply_logit_bias(x, {257: 1.0})
+    bad = x.copy()
+    bad[100] = np.nan
+    for call in (
+        lambda a: lk.mask_top_p(a, 0.5),
+        lambda a: lk.top_k(a, 2),
+        lambda a: lk.logprobs(a, [0]),
+        lambda a: lk.apply_logit_bias(a, {}),
+    ):
+        with pytest.raises(ValueError, match="100"):
+            call(bad)
+
+
+def test_apply_logit_bias_in_place_matches_a_new_array():
+    x = X.copy()
+    want = lk.apply_logit_bias(x, {3: 2.5, 7: -np.inf})
+    np.testing.assert_array_equal(x, X)
+    assert lk.apply_logit_bias(x, {3: 2.5, 7: -np.inf}, out=x) is x
+    np.testing.assert_array_equal(x, want)
+    read_only = X.copy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="out"):
+        lk.apply_logit_bias(read_only, {}, out=read_only)

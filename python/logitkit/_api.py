@@ -586,6 +586,8 @@ def top_k(logits: ArrayLike, k: int, *, dtype: str | None = None) -> TopK:
     >>> logitkit.top_k(np.array([1.0, 3.0, 2.0], dtype=np.float32), 2).indices.tolist()
     [1, 2]
     """
+    if dtype is None and type(k) is int and _plain_f32(logits) and 1 <= k <= logits.shape[-1]:
+        return TopK(*_core.top_k_new(logits, k))  # the common call, in one step
     x = _logits(logits, dtype)
     kk = _check_int(k, "k")
     vocab = x.shape[-1]
@@ -612,6 +614,8 @@ def mask_top_k(
     >>> logitkit.mask_top_k(np.array([1.0, 3.0, 2.0], dtype=np.float32), 2).tolist()
     [-inf, 3.0, 2.0]
     """
+    if out is None and dtype is None and type(k) is int and k >= 1 and _plain_f32(logits):
+        return _core.mask_new(logits, "top_k", float(min(k, logits.shape[-1])), 1.0, 1)
     x = _logits(logits, dtype)
     kk = _check_int(k, "k")
     if kk < 1:
@@ -683,6 +687,16 @@ def _probability_mask(
     out: np.ndarray | None,
 ) -> npt.NDArray[np.float32]:
     """The top-p or min-p mask: `which` names the parameter `value`."""
+    if (
+        out is None
+        and dtype is None
+        and type(value) is float
+        and type(temperature) is float
+        and type(min_keep) is int
+        and 1 <= min_keep <= _I64_MAX
+        and _plain_f32(logits)
+    ):
+        return _core.mask_new(logits, which, value, temperature, min_keep)  # in one step
     x = _logits(logits, dtype)
     p = _check_float(value, which)
     t = _check_float(temperature, "temperature")
@@ -707,6 +721,19 @@ def apply_logit_bias(
     >>> logitkit.apply_logit_bias(np.zeros(3, dtype=np.float32), {2: -np.inf}).tolist()
     [0.0, 0.0, -inf]
     """
+    # Fast path: a contiguous float32 array and a dict, into a new array or in place.
+    if (
+        dtype is None
+        and type(bias) is dict
+        and _plain_f32(logits)
+        and (out is None or (out is logits and logits.flags.writeable))
+    ):
+        one_row = logits.ndim == 1
+        res = logits if out is logits else _core.empty_f32(logits.shape)
+        src = None if out is logits else (logits.reshape(1, -1) if one_row else logits)
+        target = res.reshape(1, -1) if one_row else res
+        _core.bias_and_penalties(src, _F32, target, one_row, bias=bias)
+        return res
     x = _logits(logits, dtype)
     o = _out(out, x)
     src = None if o.in_place and _direct(o.result) else x.array
@@ -1002,6 +1029,16 @@ def logprobs(
     >>> r.ranks.tolist(), r.top_ids.tolist()
     ([1, 3], [2])
     """
+    if (
+        dtype is None
+        and type(top_n) is int
+        and tokens is not None
+        and _plain_f32(logits)
+        and logits.ndim == 1
+        and 0 <= top_n <= logits.shape[0]
+    ):  # one row, the common call
+        lp, rk, _, ti, tl = _core.logprobs(logits.reshape(1, -1), _F32, tokens, True, top_n)
+        return LogProbs(lp, rk, ti, tl)
     x = _logits(logits, dtype)
     if tokens is None:
         raise TypeError("tokens: must be token ids (a 1-D int array, or one per row)")

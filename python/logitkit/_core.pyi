@@ -32,6 +32,7 @@ __all__ = [
     "get_num_threads",
     "logprobs",
     "mask",
+    "mask_new",
     "philox4x32_10",
     "register_bfloat16",
     "sample",
@@ -44,6 +45,7 @@ __all__ = [
     "softmax",
     "softmax_new",
     "top_k",
+    "top_k_new",
     "uniform",
     "uniforms",
 ]
@@ -92,6 +94,10 @@ def argmax(x: _LogitsArray, kind: int, out: _I64) -> None:
 def top_k(x: _LogitsArray, kind: int, k: int, values: _F32, indices: _I64) -> None:
     """Writes each row's ``k`` largest logits and their indices into ``(B, k)`` arrays."""
 
+def top_k_new(x: _F32, k: int) -> tuple[_F32, _I64]:
+    """``top_k`` of a C-contiguous float32 ``(V,)`` or ``(B, V)`` array into new ``(..., k)``
+    arrays of values and indices."""
+
 def mask(
     x: _LogitsArray,
     kind: int,
@@ -105,6 +111,11 @@ def mask(
 
     ``which`` is ``"top_k"`` (``value`` = k), ``"top_p"`` or ``"min_p"``.
     """
+
+def mask_new(
+    x: npt.NDArray[np.float32], which: str, value: float, temperature: float, min_keep: int
+) -> npt.NDArray[np.float32]:
+    """``mask`` of a C-contiguous float32 ``(V,)`` or ``(B, V)`` array into a new array."""
 
 def bias_and_penalties(
     x: _LogitsArray | None,

@@ -128,13 +128,23 @@ def _fail(name: str, message: str) -> ValueError:
     return ValueError(f"{name}: {message}")
 
 
+def _scalar(value: Any, kinds: str) -> Any:
+    """The element of a 0-d array of one of the dtype ``kinds``, else ``value`` (a 0-d array is
+    a scalar here as in every function)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in kinds:
+        return value[()]
+    return value
+
+
 def _int(value: Any, name: str) -> int:
+    value = _scalar(value, "iu")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise _fail(name, f"must be an integer, got {value!r}")
     return int(value)
 
 
 def _num(value: Any, name: str) -> float:
+    value = _scalar(value, "fiu")
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise _fail(name, f"must be a number, got {value!r}")
     try:
