@@ -43,3 +43,41 @@ def test_info_takes_no_options() -> None:
         [sys.executable, "-m", "logitkit", "info", "--verbose"], capture_output=True, text=True
     )
     assert run.returncode == 2 and "takes no options" in run.stderr
+
+
+def _import_warnings(**env: str) -> str:
+    run = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import logitkit"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LOGITKIT_SIMD": "", "LOGITKIT_NUM_THREADS": "", **env},
+    )
+    return run.stderr
+
+
+def test_an_unreadable_environment_variable_is_ignored_with_a_warning() -> None:
+    for name, value in [
+        ("LOGITKIT_SIMD", "sse9"),
+        ("LOGITKIT_SIMD", "fast"),
+        ("LOGITKIT_NUM_THREADS", "many"),
+        ("LOGITKIT_NUM_THREADS", "0"),
+        ("LOGITKIT_NUM_THREADS", "-3"),
+        ("LOGITKIT_NUM_THREADS", "1.5"),
+    ]:
+        err = _import_warnings(**{name: value})
+        assert "RuntimeWarning" in err and f"{name}={value!r}" in err, (name, value, err)
+    for name, value in [
+        ("LOGITKIT_SIMD", ""),
+        ("LOGITKIT_SIMD", " AVX2 "),
+        ("LOGITKIT_SIMD", "neon"),  # a level this CPU may lack falls back, as documented
+        ("LOGITKIT_NUM_THREADS", ""),
+        ("LOGITKIT_NUM_THREADS", " 3 "),
+        ("LOGITKIT_NUM_THREADS", "+2"),
+        ("LOGITKIT_NUM_THREADS", "99999999999999999999"),
+    ]:
+        assert _import_warnings(**{name: value}) == "", (name, value)
+    # The ignored value leaves the default, as an empty one does.
+    default = _info(LOGITKIT_NUM_THREADS="")["threads"]
+    assert _info(LOGITKIT_NUM_THREADS="0")["threads"] == default
+    assert _info(LOGITKIT_NUM_THREADS="+2")["threads"] == "2"

@@ -52,6 +52,33 @@ __all__ = [
     "uniform",
 ]
 
+
+def _check_environment() -> None:
+    """Warn about an environment variable that logitkit cannot read (it is then ignored, as an
+    empty one is)."""
+    import warnings
+
+    simd = _os.environ.get("LOGITKIT_SIMD")
+    if simd and simd.strip().lower() not in ("", "scalar", "avx2", "avx512", "neon"):
+        warnings.warn(
+            f"LOGITKIT_SIMD={simd!r} is not one of scalar, avx2, avx512, neon: ignored "
+            f"(the level in use is {_core.simd_level()})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    threads = _os.environ.get("LOGITKIT_NUM_THREADS")
+    digits = (threads or "").strip().removeprefix("+")
+    if threads and threads.strip() and not (digits.isascii() and digits.isdigit() and int(digits)):
+        warnings.warn(
+            f"LOGITKIT_NUM_THREADS={threads!r} is not a positive integer: ignored (the default "
+            "applies: one thread per core, at most 16)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+_check_environment()
+
 if hasattr(_os, "register_at_fork"):
     # A child process inherits no pool threads: it builds a fresh pool on first use. The pool's
     # state lock is held across the fork, so that the child never inherits it locked.
