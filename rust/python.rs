@@ -393,7 +393,8 @@ fn bias_row(
             Err(NotAnId::NotInt) => {
                 return Err(ParameterTypeError::new_err(format!(
                     "{name}: token id {} is not an integer",
-                    k.repr()?
+                    k.repr()
+                        .map_or_else(|_| "<unprintable>".to_owned(), |r| r.to_string())
                 )))
             }
         };

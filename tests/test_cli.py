@@ -64,6 +64,8 @@ def test_an_unreadable_environment_variable_is_ignored_with_a_warning() -> None:
         ("LOGITKIT_NUM_THREADS", "0"),
         ("LOGITKIT_NUM_THREADS", "-3"),
         ("LOGITKIT_NUM_THREADS", "1.5"),
+        ("LOGITKIT_SIMD", "\x1cavx2"),  # not white space to Rust's str::trim
+        ("LOGITKIT_NUM_THREADS", "\x1f3"),
     ]:
         err = _import_warnings(**{name: value})
         assert "RuntimeWarning" in err and f"{name}={value!r}" in err, (name, value, err)
@@ -73,6 +75,7 @@ def test_an_unreadable_environment_variable_is_ignored_with_a_warning() -> None:
         ("LOGITKIT_SIMD", "neon"),  # a level this CPU may lack falls back, as documented
         ("LOGITKIT_NUM_THREADS", ""),
         ("LOGITKIT_NUM_THREADS", " 3 "),
+        ("LOGITKIT_NUM_THREADS", "\u30003\t"),
         ("LOGITKIT_NUM_THREADS", "+2"),
         ("LOGITKIT_NUM_THREADS", "99999999999999999999"),
     ]:
@@ -81,3 +84,5 @@ def test_an_unreadable_environment_variable_is_ignored_with_a_warning() -> None:
     default = _info(LOGITKIT_NUM_THREADS="")["threads"]
     assert _info(LOGITKIT_NUM_THREADS="0")["threads"] == default
     assert _info(LOGITKIT_NUM_THREADS="+2")["threads"] == "2"
+    assert _info(LOGITKIT_NUM_THREADS="\u30003\t")["threads"] == "3"
+    assert _info(LOGITKIT_NUM_THREADS="\x1f3")["threads"] == default

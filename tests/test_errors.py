@@ -734,6 +734,27 @@ def test_messages_show_floats_and_keys_as_written():
     with pytest.raises(lk.ParameterTypeError, match=r"^bias: token id '1' is not an integer$"):
         lk.apply_logit_bias(x, {"1": 1.0})
 
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    for call in (
+        lambda b: lk.apply_logit_bias(x, b),
+        lambda b: lk.apply_logit_bias(x[::-1], b),
+        lambda b: lk.apply_penalties(x, logit_bias=b),
+    ):
+        with pytest.raises(lk.ParameterTypeError, match="token id <unprintable> is not an"):
+            call({Unprintable(): 1.0})
+    for field, value in [
+        ("logit_bias", {Unprintable(): 1.0}),
+        ("logit_bias", {1: Unprintable()}),
+        ("temperature", Unprintable()),
+        ("seed", Unprintable()),
+        ("stop_token_ids", Unprintable()),
+    ]:
+        with pytest.raises(ValueError, match=f"^{field}: .*<unprintable>"):
+            lk.SamplingParams(**{field: value})
+
 
 @pytest.mark.parametrize("dtype", [">i8", ">i4", ">u4", ">u8", ">i2", "<i2", "u1"])
 def test_token_arrays_of_any_integer_dtype_and_byte_order_are_read(dtype):

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._errors import ParameterTypeError
+from ._errors import ParameterTypeError, shown
 
 __all__ = [
     "LogProbs",
@@ -183,7 +183,7 @@ def _logits_any(logits: ArrayLike, dtype: str | None) -> _Logits:
                 f"dtype: must be None or 'bfloat16', got {type(dtype).__name__}"
             )
         if dtype != "bfloat16":
-            raise ValueError(f"dtype: must be None or 'bfloat16', got {dtype!r}")
+            raise ValueError(f"dtype: must be None or 'bfloat16', got {shown(dtype)}")
     if isinstance(logits, np.ndarray):
         a = logits
     else:

@@ -18,3 +18,12 @@ class ParameterTypeError(ValueError, TypeError):
     ...     print(e)
     top_k: must be an integer, got float
     """
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, or ``<unprintable>`` when that ``repr`` raises (the
+    error stays the ``ValueError`` / ``TypeError`` that names the parameter)."""
+    try:
+        return repr(value)
+    except Exception:
+        return "<unprintable>"

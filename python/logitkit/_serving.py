@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from . import _core
 from ._api import _ORDERS, ArrayLike, _asarray, _check_choice, _clamp_i64, _logits, _u64
+from ._errors import shown
 
 __all__ = ["BatchResult", "SamplingParams", "sample_batch"]
 
@@ -139,14 +140,14 @@ def _scalar(value: Any, kinds: str) -> Any:
 def _int(value: Any, name: str) -> int:
     value = _scalar(value, "iu")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise _fail(name, f"must be an integer, got {value!r}")
+        raise _fail(name, f"must be an integer, got {shown(value)}")
     return int(value)
 
 
 def _num(value: Any, name: str) -> float:
     value = _scalar(value, "fiu")
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise _fail(name, f"must be a number, got {value!r}")
+        raise _fail(name, f"must be a number, got {shown(value)}")
     try:
         return float(value)
     except OverflowError:
@@ -164,7 +165,7 @@ def _token_key(key: Any) -> int:
 
 def _ids(value: Any, name: str) -> list[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
-        raise _fail(name, f"must be a sequence of token ids, got {value!r}")
+        raise _fail(name, f"must be a sequence of token ids, got {shown(value)}")
     if isinstance(value, np.ndarray) and value.ndim != 1:
         raise _fail(name, f"must be a 1-D sequence of token ids, got shape {value.shape}")
     out = [_int(v, name) for v in value]
@@ -234,7 +235,7 @@ class SamplingParams:
         given_bias = {} if self.logit_bias is None else self.logit_bias
         if not isinstance(given_bias, Mapping):
             raise _fail(
-                "logit_bias", f"must be a mapping {{token_id: value}}, got {self.logit_bias!r}"
+                "logit_bias", f"must be a mapping {{token_id: value}}, got {shown(self.logit_bias)}"
             )
         bias_ids: list[int] = []
         bias_values: list[float] = []
@@ -327,8 +328,8 @@ class SamplingParams:
         for key, value in body.items():
             if key in _UNSUPPORTED and value is not None and not _UNSUPPORTED[key](value):
                 raise ValueError(
-                    f"{key}: is a sampling parameter logitkit does not support (got {value!r}; "
-                    "only null or the value that turns it off is accepted)"
+                    f"{key}: is a sampling parameter logitkit does not support "
+                    f"(got {shown(value)}; only null or the value that turns it off is accepted)"
                 )
             if key in names and value is not None:
                 kwargs[key] = value
@@ -350,7 +351,7 @@ class SamplingParams:
             if penalized and window is not None and not (_number(window) and window == -1):
                 raise ValueError(
                     f"{key}: a penalty window is not supported (penalties read every token); "
-                    f"got {window!r} with a penalty on, expected -1 or null"
+                    f"got {shown(window)} with a penalty on, expected -1 or null"
                 )
         return params
 
