@@ -731,6 +731,15 @@ def test_messages_show_floats_and_keys_as_written():
         lk.mask_top_p(x, -1e-300)
     with pytest.raises(ValueError, match=r"^temperature: .*got -1e-300$"):
         lk.softmax(x, temperature=-1e-300)
+    # ... as Python writes them, in the kernels' checks as in the Python layer's
+    with pytest.raises(ValueError, match=r"^temperature: .*got nan$"):
+        lk.sample(x, temperature=float("nan"))
+    with pytest.raises(ValueError, match=r"^temperature: .*got nan$"):
+        lk.SamplingParams(temperature=float("nan"))
+    with pytest.raises(ValueError, match=r"^min_p: .*got 1e\+300$"):
+        lk.mask_min_p(x, 1e300)
+    with pytest.raises(ValueError, match=r"^repetition_penalty: .*got -1e-05$"):
+        lk.apply_penalties(x, repetition_penalty=-1e-5)
     with pytest.raises(lk.ParameterTypeError, match=r"^bias: token id '1' is not an integer$"):
         lk.apply_logit_bias(x, {"1": 1.0})
 

@@ -148,7 +148,7 @@ fn check_temperature(t: f64) -> Result<(), KernelError> {
         Err(KernelError::param(
             "temperature",
             None,
-            format!("must be finite and > 0, got {t:?}"),
+            format!("must be finite and > 0, got {}", crate::error::shown(t)),
         ))
     }
 }
@@ -335,7 +335,7 @@ pub fn mask<T: Elem>(x: &[T], vocab: usize, m: Mask, out: &mut [f32]) -> Result<
                 return Err(KernelError::param(
                     name,
                     None,
-                    format!("must be in [0, 1], got {top_p:?}"),
+                    format!("must be in [0, 1], got {}", crate::error::shown(top_p)),
                 ));
             }
             check_temperature(temperature)?;
@@ -393,21 +393,24 @@ pub fn check_penalties(p: &PerRow<Penalties>) -> Result<(), KernelError> {
             return Err(KernelError::param(
                 "repetition_penalty",
                 r,
-                format!("must be finite and > 0, got {:?}", p.repetition),
+                format!(
+                    "must be finite and > 0, got {}",
+                    crate::error::shown(p.repetition)
+                ),
             ));
         }
         if !p.presence.is_finite() {
             return Err(KernelError::param(
                 "presence_penalty",
                 r,
-                format!("must be finite, got {:?}", p.presence),
+                format!("must be finite, got {}", crate::error::shown(p.presence)),
             ));
         }
         if !p.frequency.is_finite() {
             return Err(KernelError::param(
                 "frequency_penalty",
                 r,
-                format!("must be finite, got {:?}", p.frequency),
+                format!("must be finite, got {}", crate::error::shown(p.frequency)),
             ));
         }
     }
@@ -486,7 +489,7 @@ pub fn sample<T: Elem>(
             return Err(KernelError::param(
                 "uniforms",
                 Some(r),
-                format!("must be in [0, 1), got {ur:?}"),
+                format!("must be in [0, 1), got {}", crate::error::shown(ur)),
             ));
         }
     }

@@ -86,21 +86,21 @@ impl Filters {
             return Err(KernelError::param(
                 "temperature",
                 None,
-                format!("must be finite and >= 0, got {t:?}"),
+                format!("must be finite and >= 0, got {}", crate::error::shown(t)),
             ));
         }
         if !(0.0..=1.0).contains(&self.top_p) {
             return Err(KernelError::param(
                 "top_p",
                 None,
-                format!("must be in [0, 1], got {:?}", self.top_p),
+                format!("must be in [0, 1], got {}", crate::error::shown(self.top_p)),
             ));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
             return Err(KernelError::param(
                 "min_p",
                 None,
-                format!("must be in [0, 1], got {:?}", self.min_p),
+                format!("must be in [0, 1], got {}", crate::error::shown(self.min_p)),
             ));
         }
         if self.min_keep < 1 {
