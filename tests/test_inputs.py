@@ -347,6 +347,26 @@ ONE_STEP = {
         lambda x: lk.logprobs(x, [4, 0, 9], top_n=3),
         lambda x: lk.logprobs(x, [4, 0, 9], top_n=np.int64(3)),
     ),
+    "apply_penalties": (
+        lambda x: lk.apply_penalties(
+            x,
+            prompt_tokens=[[1, 2]] * len(x) if x.ndim == 2 else [1, 2],
+            output_tokens=[[2, 5, 5]] * len(x) if x.ndim == 2 else [2, 5, 5],
+            repetition_penalty=1.3,
+            presence_penalty=0.5,
+            frequency_penalty=0.25,
+            logit_bias={3: 2.5, 7: -np.inf},
+        ),
+        lambda x: lk.apply_penalties(
+            x,
+            prompt_tokens=[[1, 2]] * len(x) if x.ndim == 2 else [1, 2],
+            output_tokens=[[2, 5, 5]] * len(x) if x.ndim == 2 else [2, 5, 5],
+            repetition_penalty=np.float64(1.3),
+            presence_penalty=0.5,
+            frequency_penalty=0.25,
+            logit_bias={3: 2.5, 7: -np.inf},
+        ),
+    ),
     "apply_logit_bias": (
         lambda x: lk.apply_logit_bias(x, {3: 2.5, 7: -np.inf}),
         lambda x: lk.apply_logit_bias(x, MappingProxy({3: 2.5, 7: -np.inf})),
@@ -363,7 +383,8 @@ class MappingProxy(dict):
     [(n, r) for n in ONE_STEP for r in (None, 1, 3) if n != "logprobs" or r is None],
 )
 def test_one_step_paths_agree_with_the_general_path(name, rows, monkeypatch):
-    """The masks, `top_k`, one-row `logprobs` and `apply_logit_bias` take contiguous float32
+    """The masks, `top_k`, one-row `logprobs`, `apply_logit_bias` and `apply_penalties` (into a
+    new array here) take contiguous float32
     logits and plain scalars in one call to the extension: same results as the general path,
     and the logits untouched."""
     from logitkit import _api

@@ -787,13 +787,13 @@ def apply_penalties(
     >>> logitkit.apply_penalties(x, output_tokens=np.array([0, 1]), repetition_penalty=2.0).tolist()
     [1.0, -4.0, 1.0]
     """
-    # Fast path: in place on a contiguous float32 array, float penalties and a dict bias (or
-    # none), the form of a decoding loop: no argument handling beyond the kernel's own.
+    # Fast path: a contiguous float32 array, into a new array or in place, float penalties and a
+    # dict bias (or none), the form of a decoding loop: no argument handling beyond the kernel's
+    # own.
     fast = (
-        out is logits
-        and dtype is None
+        dtype is None
         and _plain_f32(logits)
-        and logits.flags.writeable
+        and (out is None or (out is logits and logits.flags.writeable))
         and type(repetition_penalty) is float
         and type(presence_penalty) is float
         and type(frequency_penalty) is float
@@ -805,8 +805,10 @@ def apply_penalties(
     bias: Any
     if fast:
         assert isinstance(logits, np.ndarray)
-        src, kind, one_row = None, _F32, logits.ndim == 1
-        target = logits if logits.ndim == 2 else logits.reshape(1, -1)
+        kind, one_row = _F32, logits.ndim == 1
+        res = logits if out is logits else _core.empty_f32(logits.shape)
+        src = None if out is logits else (logits.reshape(1, -1) if one_row else logits)
+        target = res.reshape(1, -1) if one_row else res
         rep, pres, freq, bias = repetition_penalty, presence_penalty, frequency_penalty, logit_bias
     else:
         x = _logits(logits, dtype)
@@ -829,7 +831,7 @@ def apply_penalties(
         frequency_penalty=freq,
         bias=bias,
     )
-    return logits if fast else _finish(o)
+    return res if fast else _finish(o)
 
 
 # ---------------------------------------------------------------------------------------------
