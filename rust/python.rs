@@ -561,7 +561,8 @@ fn top_k_new<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, k: usize) -> PyResult<
     let (dims, vocab) = plain_shape(&x)?;
     let s = x.as_slice()?;
     let mut shape = dims;
-    *shape.last_mut().unwrap_or(&mut 0) = k;
+    let last = shape.len() - 1; // plain_shape: 1 or 2 dimensions
+    shape[last] = k; // (..., V) -> (..., k)
     let values = PyArray::<f32, IxDyn>::zeros(py, shape.as_slice(), false);
     let indices = PyArray::<i64, IxDyn>::zeros(py, shape.as_slice(), false);
     {

@@ -722,23 +722,34 @@ def apply_logit_bias(
     [0.0, 0.0, -inf]
     """
     # Fast path: a contiguous float32 array and a dict, into a new array or in place.
-    if (
-        dtype is None
-        and type(bias) is dict
-        and _plain_f32(logits)
-        and (out is None or (out is logits and logits.flags.writeable))
-    ):
-        one_row = logits.ndim == 1
-        res = logits if out is logits else _core.empty_f32(logits.shape)
-        src = None if out is logits else (logits.reshape(1, -1) if one_row else logits)
-        target = res.reshape(1, -1) if one_row else res
-        _core.bias_and_penalties(src, _F32, target, one_row, bias=bias)
+    if type(bias) is dict and (plain := _plain_edit(logits, dtype, out)) is not None:
+        res, src, target = plain
+        _core.bias_and_penalties(src, _F32, target, res.ndim == 1, bias=bias)
         return res
     x = _logits(logits, dtype)
     o = _out(out, x)
     src = None if o.in_place and _direct(o.result) else x.array
     _core.bias_and_penalties(src, x.kind, o.target, len(x.shape) == 1, bias=_bias(bias, x))
     return _finish(o)
+
+
+def _plain_edit(
+    logits: Any, dtype: str | None, out: Any
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
+    """For contiguous float32 logits edited into a new array or in place (``out=logits``): the
+    result, the array that ``bias_and_penalties`` reads (None: in place) and the ``(B, V)``
+    view it writes. None for every other form (the general path)."""
+    if dtype is not None or not _plain_f32(logits):
+        return None
+    one_row = logits.ndim == 1
+    if out is logits and logits.flags.writeable:
+        return logits, None, logits.reshape(1, -1) if one_row else logits
+    if out is not None:
+        return None
+    res = _core.empty_f32(logits.shape)
+    if one_row:
+        return res, logits.reshape(1, -1), res.reshape(1, -1)
+    return res, logits, res
 
 
 def _bias(bias: Any, x: _Logits, name: str = "bias") -> Any:
@@ -790,25 +801,21 @@ def apply_penalties(
     # Fast path: a contiguous float32 array, into a new array or in place, float penalties and a
     # dict bias (or none), the form of a decoding loop: no argument handling beyond the kernel's
     # own.
-    fast = (
-        dtype is None
-        and _plain_f32(logits)
-        and (out is None or (out is logits and logits.flags.writeable))
-        and type(repetition_penalty) is float
+    plain = (
+        _plain_edit(logits, dtype, out)
+        if type(repetition_penalty) is float
         and type(presence_penalty) is float
         and type(frequency_penalty) is float
         and (logit_bias is None or type(logit_bias) is dict)
+        else None
     )
     rep: Any
     pres: Any
     freq: Any
     bias: Any
-    if fast:
-        assert isinstance(logits, np.ndarray)
-        kind, one_row = _F32, logits.ndim == 1
-        res = logits if out is logits else _core.empty_f32(logits.shape)
-        src = None if out is logits else (logits.reshape(1, -1) if one_row else logits)
-        target = res.reshape(1, -1) if one_row else res
+    if plain is not None:
+        res, src, target = plain
+        kind, one_row = _F32, res.ndim == 1
         rep, pres, freq, bias = repetition_penalty, presence_penalty, frequency_penalty, logit_bias
     else:
         x = _logits(logits, dtype)
@@ -831,7 +838,7 @@ def apply_penalties(
         frequency_penalty=freq,
         bias=bias,
     )
-    return res if fast else _finish(o)
+    return res if plain is not None else _finish(o)
 
 
 # ---------------------------------------------------------------------------------------------

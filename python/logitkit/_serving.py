@@ -12,7 +12,16 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._api import _ORDERS, ArrayLike, _asarray, _check_choice, _clamp_i64, _logits, _u64
+from ._api import (
+    _ORDERS,
+    ArrayLike,
+    _asarray,
+    _check_choice,
+    _clamp_i64,
+    _logits,
+    _u64,
+    _zero_d,
+)
 from ._errors import shown
 
 __all__ = ["BatchResult", "SamplingParams", "sample_batch"]
@@ -129,23 +138,15 @@ def _fail(name: str, message: str) -> ValueError:
     return ValueError(f"{name}: {message}")
 
 
-def _scalar(value: Any, kinds: str) -> Any:
-    """The element of a 0-d array of one of the dtype ``kinds``, else ``value`` (a 0-d array is
-    a scalar here as in every function)."""
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in kinds:
-        return value[()]
-    return value
-
-
 def _int(value: Any, name: str) -> int:
-    value = _scalar(value, "iu")
+    value = _zero_d(value, "iu")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise _fail(name, f"must be an integer, got {shown(value)}")
     return int(value)
 
 
 def _num(value: Any, name: str) -> float:
-    value = _scalar(value, "fiu")
+    value = _zero_d(value, "fiu")
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise _fail(name, f"must be a number, got {shown(value)}")
     try:

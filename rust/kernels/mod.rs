@@ -32,7 +32,7 @@ pub use penalties::Penalties;
 use pipeline::ALL_FINITE;
 pub use pipeline::{Filters, Mask, Order};
 
-use crate::error::KernelError;
+use crate::error::{shown, KernelError};
 use parallel::for_rows;
 use select::Cand;
 
@@ -148,7 +148,7 @@ fn check_temperature(t: f64) -> Result<(), KernelError> {
         Err(KernelError::param(
             "temperature",
             None,
-            format!("must be finite and > 0, got {}", crate::error::shown(t)),
+            format!("must be finite and > 0, got {}", shown(t)),
         ))
     }
 }
@@ -335,7 +335,7 @@ pub fn mask<T: Elem>(x: &[T], vocab: usize, m: Mask, out: &mut [f32]) -> Result<
                 return Err(KernelError::param(
                     name,
                     None,
-                    format!("must be in [0, 1], got {}", crate::error::shown(top_p)),
+                    format!("must be in [0, 1], got {}", shown(top_p)),
                 ));
             }
             check_temperature(temperature)?;
@@ -393,24 +393,21 @@ pub fn check_penalties(p: &PerRow<Penalties>) -> Result<(), KernelError> {
             return Err(KernelError::param(
                 "repetition_penalty",
                 r,
-                format!(
-                    "must be finite and > 0, got {}",
-                    crate::error::shown(p.repetition)
-                ),
+                format!("must be finite and > 0, got {}", shown(p.repetition)),
             ));
         }
         if !p.presence.is_finite() {
             return Err(KernelError::param(
                 "presence_penalty",
                 r,
-                format!("must be finite, got {}", crate::error::shown(p.presence)),
+                format!("must be finite, got {}", shown(p.presence)),
             ));
         }
         if !p.frequency.is_finite() {
             return Err(KernelError::param(
                 "frequency_penalty",
                 r,
-                format!("must be finite, got {}", crate::error::shown(p.frequency)),
+                format!("must be finite, got {}", shown(p.frequency)),
             ));
         }
     }
@@ -489,7 +486,7 @@ pub fn sample<T: Elem>(
             return Err(KernelError::param(
                 "uniforms",
                 Some(r),
-                format!("must be in [0, 1), got {}", crate::error::shown(ur)),
+                format!("must be in [0, 1), got {}", shown(ur)),
             ));
         }
     }

@@ -16,7 +16,7 @@
 use super::elem::{f32_key, f32_of_key, Elem};
 use super::prims::{self, n_blocks, BLOCK};
 use super::select::{self, Cand};
-use crate::error::KernelError;
+use crate::error::{shown, KernelError};
 
 /// The threshold that keeps every finite token (and no `-inf` token).
 pub const ALL_FINITE: f32 = prims::ALL_FINITE;
@@ -86,21 +86,21 @@ impl Filters {
             return Err(KernelError::param(
                 "temperature",
                 None,
-                format!("must be finite and >= 0, got {}", crate::error::shown(t)),
+                format!("must be finite and >= 0, got {}", shown(t)),
             ));
         }
         if !(0.0..=1.0).contains(&self.top_p) {
             return Err(KernelError::param(
                 "top_p",
                 None,
-                format!("must be in [0, 1], got {}", crate::error::shown(self.top_p)),
+                format!("must be in [0, 1], got {}", shown(self.top_p)),
             ));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
             return Err(KernelError::param(
                 "min_p",
                 None,
-                format!("must be in [0, 1], got {}", crate::error::shown(self.min_p)),
+                format!("must be in [0, 1], got {}", shown(self.min_p)),
             ));
         }
         if self.min_keep < 1 {
