@@ -1359,6 +1359,25 @@ fn set_simd_level(name: &str) -> PyResult<()> {
     }
 }
 
+/// The variables of logitkit's environment that are set but that it cannot read, with their
+/// values: they are ignored, as an empty one is (the Python layer warns about them). Read with
+/// the parsers that the SIMD level and the thread pool use.
+#[pyfunction]
+fn unreadable_environment() -> Vec<(&'static str, String)> {
+    let set = |name| {
+        std::env::var_os(name)
+            .map(|v| v.to_string_lossy().into_owned())
+            .filter(|v| !v.trim().is_empty())
+    };
+    let level = set("LOGITKIT_SIMD").filter(|v| simd::parse(v).is_none());
+    let threads =
+        set("LOGITKIT_NUM_THREADS").filter(|v| kernels::parallel::threads_from(v).is_none());
+    [("LOGITKIT_SIMD", level), ("LOGITKIT_NUM_THREADS", threads)]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect()
+}
+
 #[pyfunction]
 fn set_num_threads(py: Python<'_>, n: usize) {
     // The pool's state lock is never awaited with the GIL held: a fork holds it across the
@@ -1427,6 +1446,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_simd_level, m)?)?;
     m.add("MAX_THREADS", kernels::parallel::MAX_THREADS)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(unreadable_environment, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_in_parent, m)?)?;

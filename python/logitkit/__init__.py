@@ -53,35 +53,17 @@ __all__ = [
 ]
 
 
-# What Rust's `str::trim` removes (Unicode White_Space): Python's `str.strip()` would also
-# remove the separators U+001C-U+001F, which leave the value unreadable to logitkit.
-_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
-_SPACE += "\u2028\u2029\u202f\u205f\u3000"
-
-
 def _check_environment() -> None:
-    """Warn about an environment variable that logitkit cannot read (it is then ignored, as an
-    empty one is)."""
+    """Warn about the environment variables that logitkit cannot read (it ignores them)."""
     import warnings
 
-    simd = _os.environ.get("LOGITKIT_SIMD")
-    if simd and simd.strip(_SPACE).lower() not in ("", "scalar", "avx2", "avx512", "neon"):
+    expected = {
+        "LOGITKIT_SIMD": "one of scalar, avx2, avx512, neon",
+        "LOGITKIT_NUM_THREADS": "a positive integer",
+    }
+    for name, value in _core.unreadable_environment():
         warnings.warn(
-            f"LOGITKIT_SIMD={simd!r} is not one of scalar, avx2, avx512, neon: ignored "
-            f"(the level in use is {_core.simd_level()})",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    threads = _os.environ.get("LOGITKIT_NUM_THREADS")
-    digits = (threads or "").strip(_SPACE).removeprefix("+")
-    if (
-        threads
-        and threads.strip(_SPACE)
-        and not (digits.isascii() and digits.isdigit() and int(digits))
-    ):
-        warnings.warn(
-            f"LOGITKIT_NUM_THREADS={threads!r} is not a positive integer: ignored (the default "
-            "applies: one thread per core, at most 16)",
+            f"{name}={value!r} is not {expected[name]}: ignored (the default applies)",
             RuntimeWarning,
             stacklevel=3,
         )

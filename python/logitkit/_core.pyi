@@ -48,6 +48,7 @@ __all__ = [
     "top_k_new",
     "uniform",
     "uniforms",
+    "unreadable_environment",
 ]
 
 _LogitsArray: TypeAlias = npt.NDArray[np.float32] | npt.NDArray[np.uint16]
@@ -256,6 +257,10 @@ def set_simd_level(name: str) -> None:
 
 MAX_THREADS: int
 """The most threads ``set_num_threads`` takes."""
+
+def unreadable_environment() -> list[tuple[str, str]]:
+    """``(name, value)`` of each logitkit environment variable that is set, not empty, and
+    that logitkit cannot read (and so ignores)."""
 
 def set_num_threads(n: int) -> None:
     """Sets the number of threads used for batches."""

@@ -43,7 +43,10 @@ static POOL: Mutex<PoolState> = Mutex::new(PoolState {
 /// A whole number from the environment; one too large for `usize` reads as `usize::MAX` (then
 /// lowered by the caller), anything else that is not a whole number as unset.
 fn env_usize(name: &str) -> Option<usize> {
-    let s = std::env::var(name).ok()?;
+    whole_number(&std::env::var(name).ok()?)
+}
+
+fn whole_number(s: &str) -> Option<usize> {
     match s.trim().parse::<usize>() {
         Ok(n) => Some(n),
         Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Some(usize::MAX),
@@ -51,12 +54,20 @@ fn env_usize(name: &str) -> Option<usize> {
     }
 }
 
+/// The thread count that a value of `LOGITKIT_NUM_THREADS` asks for (before it is lowered to
+/// [`MAX_THREADS`]): None where it is not a positive integer, which leaves the default.
+#[must_use]
+pub fn threads_from(value: &str) -> Option<usize> {
+    whole_number(value).filter(|&n| n >= 1)
+}
+
 /// The most threads a pool has: counts above it are lowered to it.
 pub const MAX_THREADS: usize = 1024;
 
 fn default_threads() -> usize {
-    env_usize("LOGITKIT_NUM_THREADS")
-        .filter(|&n| n >= 1)
+    std::env::var("LOGITKIT_NUM_THREADS")
+        .ok()
+        .and_then(|s| threads_from(&s))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)))
         .min(MAX_THREADS)
 }
