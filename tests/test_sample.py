@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -424,8 +425,8 @@ def test_zero_uniform_returns_the_first_token_of_positive_probability():
 @pytest.mark.parametrize("pad", [0, 1100])
 def test_extreme_temperature_limits_do_not_depend_on_the_row_length(pad):
     # README: an inverse temperature that is 0 in float32 is the uniform distribution; logits
-    # more than 3.4e38 apart weigh as if infinitely apart. Short rows (decided exactly near a
-    # boundary) and long ones agree.
+    # more than 3.4e38 apart weigh e^((x - x_max) / T) all the same. Short rows (decided
+    # exactly near a boundary) and long ones agree.
     def row(*v):
         return np.concatenate([np.asarray(v, dtype=np.float32), np.full(pad, -np.inf, np.float32)])
 
@@ -433,9 +434,14 @@ def test_extreme_temperature_limits_do_not_depend_on_the_row_length(pad):
     assert lk.sample(x, temperature=1e46, uniforms=0.5) == 1
     kept = lk.mask_top_p(x, 0.5 + 1e-6, temperature=1e46)  # past 1/2 and its allowance
     assert np.isfinite(kept[:2]).all()
-    y = row(3e38, -1e38)
-    assert lk.sample(y, temperature=1e38, uniforms=0.999995) == 0
-    assert np.isneginf(lk.mask_top_p(y, 0.999995, temperature=1e38)[1])
+    y = row(3e38, -1e38)  # 4e38 apart: token 1 has probability 1 / (1 + e^4) at T = 1e38
+    p1 = 1.0 / (1.0 + math.exp(4.0))
+    assert lk.sample(y, temperature=1e38, uniforms=1.0 - p1 * 1.01) == 0
+    assert lk.sample(y, temperature=1e38, uniforms=1.0 - p1 * 0.99) == 1
+    assert np.isneginf(lk.mask_top_p(y, 1.0 - p1 * 1.01, temperature=1e38)[1])
+    assert np.isfinite(lk.mask_top_p(y, 1.0 - p1 * 0.99, temperature=1e38)[:2]).all()
+    z = row(-3.4e38, 3.4e38, 0.0)  # uniform at T = 1e300: one third each
+    assert [lk.sample(z, temperature=1e300, uniforms=u) for u in (0.3, 0.6, 0.9)] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("vocab", [2, 1024, 1025, 128256])

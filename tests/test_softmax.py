@@ -174,6 +174,42 @@ def test_tiny_temperatures_use_the_largest_scale_in_every_function(temperature):
 
 @given(
     x=S.logits(masks=True, elements=st.floats(width=32, allow_nan=False, allow_infinity=False)),
+    temperature=st.one_of(
+        st.sampled_from([1e30, 1e37, 1e38, 3.4e38, 1e39, 1e45, 1e300]), st.floats(1e30, 1e308)
+    ),
+)
+def test_huge_temperatures_follow_the_oracle_over_the_whole_float32_range(x, temperature):
+    """At a temperature so large that logits more than 3.4e38 apart (a difference that
+    overflows float32) still weigh something, every function follows softmax(x / T) in float64."""
+    want = oracle.softmax(x, temperature)
+    assert_close(lk.softmax(x, temperature=temperature), want, rtol=2e-5, atol=TINY)
+    want_log = oracle.log_softmax(x, temperature)
+    got_log = lk.log_softmax(x, temperature=temperature)
+    assert_close(got_log, want_log, rtol=0, atol=log_softmax_atol(x, temperature))
+    for row in x.reshape(-1, x.shape[-1]):
+        # Top-p at 0.5 keeps the tokens whose preceding mass (rank order) is below 1/2.
+        p = oracle.softmax(row, temperature)
+        ranked = oracle.order(row)
+        before = np.cumsum(p[ranked]) - p[ranked]
+        if np.min(np.abs(before[1:] - 0.5), initial=1.0) > 1e-4:
+            kept = np.isfinite(lk.mask_top_p(row, 0.5, temperature=temperature))
+            np.testing.assert_array_equal(np.flatnonzero(kept), np.sort(ranked[before < 0.5]))
+        cum = np.cumsum(p)
+        for u in (0.1, 0.5, 0.9):
+            if np.min(np.abs(cum - u)) > 1e-4:
+                want_tok = int(np.flatnonzero(cum > u)[0])
+                assert lk.sample(row, temperature=temperature, uniforms=u) == want_tok
+        params = lk.SamplingParams(temperature=temperature, logprobs=1, logprobs_mode="processed")
+        res = lk.sample_batch(row[None], params)
+        tok = int(res.tokens[0])
+        assert p[tok] > 0
+        assert abs(float(res.logprobs[0]) - oracle.log_softmax(row, temperature)[tok]) <= (
+            log_softmax_atol(row, temperature)
+        )
+
+
+@given(
+    x=S.logits(masks=True, elements=st.floats(width=32, allow_nan=False, allow_infinity=False)),
     temperature=st.sampled_from([1.0, 0.5, 1e-3, 1e-30]),
 )
 def test_log_softmax_of_finite_logits_is_finite_over_the_whole_float32_range(x, temperature):

@@ -143,6 +143,7 @@ fn logprobs_of<T: Elem>(
     res: &mut RowResult,
 ) {
     let v_tok = s.x[tok].to_f32();
+    let t = t * s.unit;
     let scale = pipeline::scale_of(t);
     let (vmax, log_total) = match kept {
         Kept::Threshold(thr) => {
@@ -242,11 +243,14 @@ fn sample_request_in<T: Elem>(
 ) -> Result<RowResult, KernelError> {
     let req = inp.req;
     let edits = req.edits_row(inp.output.len(), inp.bitmask.is_some());
+    let t = req.filters.temperature;
+    // A row weighed on a halved copy (`pipeline::halves`) takes the copy's path.
+    let copy = edits || (t > 0.0 && pipeline::halves(x, t));
     // The weight sums the pipeline takes first (or the raw log-probabilities' ones) come with
     // the scan of the row they are taken on.
-    let first = pipeline::first_sums_scale(&req.filters, x.len());
+    let first = pipeline::first_sums_scale(&req.filters, x.len(), 1.0);
     let raw_lp = req.logprobs.is_some() && !req.processed;
-    let raw_sums = if edits {
+    let raw_sums = if copy {
         raw_lp.then_some(1.0)
     } else {
         first.or(raw_lp.then_some(1.0))
@@ -263,11 +267,21 @@ fn sample_request_in<T: Elem>(
         logprob: f32::NAN,
         ..RowResult::default()
     };
-    if edits {
+    if copy {
         row.resize(x.len(), 0.0);
         prims::widen(x, row);
-        edit_row(row, inp, scr);
-        let s = pipeline::scan_with(&row[..], bmax2, first, scr)?;
+        if edits {
+            edit_row(row, inp, scr);
+        }
+        let unit = if t > 0.0 && pipeline::halves(&row[..], t) {
+            row.iter_mut().for_each(|v| *v *= 0.5);
+            0.5
+        } else {
+            1.0
+        };
+        let first = pipeline::first_sums_scale(&req.filters, x.len(), unit);
+        let mut s = pipeline::scan_with(&row[..], bmax2, first, scr)?;
+        s.unit = unit;
         step(&s, inp, scr, &mut res);
     } else {
         step(&raw, inp, scr, &mut res);

@@ -166,28 +166,52 @@ pub fn softmax<T: Elem>(
 ) -> Result<(), KernelError> {
     check_temperature(temperature)?;
     let rows = rows_of(x, vocab);
-    let scale = pipeline::scale_of(temperature);
     for_rows(rows, vocab, out, vocab, |r, o, scr| {
         let row = &x[r * vocab..(r + 1) * vocab];
-        let mut bmax = std::mem::take(&mut scr.bmax);
-        let res = if !log && prims::fused_pays(scale) {
-            softmax_fused(row, scale, &mut bmax, o, scr)
+        if pipeline::halves(row, temperature) {
+            let mut half = std::mem::take(&mut scr.half);
+            pipeline::halve_into(row, &mut half);
+            let res = softmax_row(
+                &half[..],
+                pipeline::scale_of(temperature * 0.5),
+                log,
+                o,
+                scr,
+            );
+            scr.half = half;
+            res
         } else {
-            pipeline::scan_with(row, &mut bmax, log.then_some(scale), scr).map(|s| {
-                if log {
-                    let (total, _) = pipeline::weight_sums(&s, scale, ALL_FINITE, scr);
-                    // With T so large that 1/T is 0 in f32 (the uniform distribution over the
-                    // finite tokens), masked tokens still get -inf (`prims::finite_logprob`).
-                    prims::write_log_softmax(row, s.m, scale, total.ln(), o);
-                } else {
-                    let total = prims::write_weights(row, s.bmax, s.m, scale, o);
-                    prims::scale_in_place(o, (1.0 / total) as f32);
-                }
-            })
-        };
-        scr.bmax = bmax;
-        res
+            softmax_row(row, pipeline::scale_of(temperature), log, o, scr)
+        }
     })
+}
+
+/// `softmax(row * scale)` (or its logarithm when `log`) of one row into `o`.
+fn softmax_row<T: Elem>(
+    row: &[T],
+    scale: f32,
+    log: bool,
+    o: &mut [f32],
+    scr: &mut pipeline::Scratch,
+) -> Result<(), KernelError> {
+    let mut bmax = std::mem::take(&mut scr.bmax);
+    let res = if !log && prims::fused_pays(scale) {
+        softmax_fused(row, scale, &mut bmax, o, scr)
+    } else {
+        pipeline::scan_with(row, &mut bmax, log.then_some(scale), scr).map(|s| {
+            if log {
+                let (total, _) = pipeline::weight_sums(&s, scale, ALL_FINITE, scr);
+                // With T so large that 1/T is 0 in f32 (the uniform distribution over the
+                // finite tokens), masked tokens still get -inf (`prims::finite_logprob`).
+                prims::write_log_softmax(row, s.m, scale, total.ln(), o);
+            } else {
+                let total = prims::write_weights(row, s.bmax, s.m, scale, o);
+                prims::scale_in_place(o, (1.0 / total) as f32);
+            }
+        })
+    };
+    scr.bmax = bmax;
+    res
 }
 
 /// Softmax of one row in two passes: the scan fused with the weights' write, then their

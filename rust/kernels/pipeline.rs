@@ -148,6 +148,8 @@ pub struct Scratch {
     pub bmax2: Vec<f32>,
     /// An edited `f32` copy of the row.
     pub row: Vec<f32>,
+    /// A halved `f32` copy of the row ([`halves`]).
+    pub half: Vec<f32>,
     /// Block weight sums.
     pub bsum: Vec<f32>,
     /// Counts the fillings of `bsum` (a [`Scanned`] remembers which one holds its sums).
@@ -200,6 +202,38 @@ pub struct Scanned<'a, T> {
     /// The sums of this row last put in [`Scratch::bsum`] (by the fused scan or
     /// [`weight_sums`]), if they are still there.
     pub held: std::cell::Cell<Option<Held>>,
+    /// What the row's values are in units of the logits: 1, or `0.5` for a halved copy
+    /// ([`halves`]). Every temperature that weighs the row is multiplied by it.
+    pub unit: f64,
+}
+
+/// Temperatures above this (`2^100`) weigh a row on a halved copy when its finite logits are
+/// more than `f32::MAX` apart ([`halves`]). Below it such a difference weighs at most
+/// `e^(-2^28)`, which is 0 in every float format.
+const HALVE_ABOVE: f64 = 1.267_650_600_228_229_4e30;
+
+/// Whether a row weighed at temperature `t` is weighed on a halved copy ([`halve_into`]): `t`
+/// above [`HALVE_ABOVE`] and finite logits more than `f32::MAX` apart, whose `f32` difference
+/// would overflow. Halving is exact for every value of magnitude `2^-125` or more and keeps the
+/// order of the values, and the kernels weigh a halved copy at `t / 2`, so the weights are those
+/// of the row, `e^((v - v_max) / t)`.
+#[must_use]
+pub fn halves<T: Elem>(x: &[T], t: f64) -> bool {
+    if t <= HALVE_ABOVE {
+        return false;
+    }
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for v in x.iter().map(|e| e.to_f32()).filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    hi - lo > f32::MAX
+}
+
+/// `out = x / 2` in `f32` (NaN and infinities stay what they are).
+pub fn halve_into<T: Elem>(x: &[T], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(x.iter().map(|e| e.to_f32() * 0.5));
 }
 
 /// Which block weight sums of a row [`Scratch::bsum`] holds: `e^((v - m) * scale)` over the
@@ -243,6 +277,7 @@ pub fn scan<'a, T: Elem>(
         bmax,
         m,
         held: std::cell::Cell::new(None),
+        unit: 1.0,
     })
 }
 
@@ -271,6 +306,7 @@ pub fn scan_with<'a, T: Elem>(
         bmax,
         m: checked_max(res)?,
         held: std::cell::Cell::new(None),
+        unit: 1.0,
     };
     hold(&s, scale, ALL_FINITE, total, scr);
     Ok(s)
@@ -278,18 +314,20 @@ pub fn scan_with<'a, T: Elem>(
 
 /// The scale of the first weight sums that [`kept_set`] and [`draw`] take over every finite
 /// token, if they take them first (a temperature-only draw, or top-p before any other filter):
-/// those the scan can take in the same read ([`scan_with`]).
+/// those the scan can take in the same read ([`scan_with`]), for a row in units of `unit`
+/// ([`Scanned::unit`]).
 #[must_use]
-pub fn first_sums_scale(f: &Filters, vocab: usize) -> Option<f32> {
+pub fn first_sums_scale(f: &Filters, vocab: usize, unit: f64) -> Option<f32> {
     let top_k_on = f.top_k > 0 && (f.top_k as u64) < vocab as u64;
     if f.temperature == 0.0 || top_k_on {
         return None;
     }
-    let fs = if f.order == Order::LlamaCpp {
-        1.0
-    } else {
-        f.temperature
-    };
+    let fs = unit
+        * if f.order == Order::LlamaCpp {
+            1.0
+        } else {
+            f.temperature
+        };
     let (top_p_on, min_p_on) = (f.top_p < 1.0, f.min_p > 0.0);
     let min_p_first = min_p_on && (f.order == Order::Vllm || !top_p_on);
     if min_p_first {
@@ -297,7 +335,7 @@ pub fn first_sums_scale(f: &Filters, vocab: usize) -> Option<f32> {
     } else if top_p_on {
         Some(scale_of(fs))
     } else {
-        Some(scale_of(f.temperature))
+        Some(scale_of(unit * f.temperature))
     }
 }
 
@@ -470,7 +508,8 @@ fn near_boundary(w: &[f32], n: Option<usize>, target: f64, total: f64) -> bool {
 /// Weights `e^((v - vmax) / fs)` in `f64`, with the limits of the `f32` weights (see
 /// [`scale_of`]): a scale `1 / fs` that is 0 in `f32` weighs every token 1 (the uniform
 /// distribution), one clamped to [`MAX_SCALE`] is `MAX_SCALE`, and a difference `v - vmax`
-/// beyond the `f32` range weighs 0 (as if infinitely apart).
+/// beyond the `f32` range weighs 0 (as the `f32` weights do: a row weighed at a temperature
+/// where that weight is not 0 is a halved copy, see [`halves`]).
 fn exact_weights(vals: impl Iterator<Item = f32>, vmax: f32, fs: f64) -> Vec<f64> {
     let vmax = f64::from(vmax);
     let scale = scale_of(fs);
@@ -1075,11 +1114,12 @@ fn apply_min_p<T: Elem>(
 
 /// The kept set after temperature, top-k, top-p and min-p in `f.order` (`f.temperature > 0`).
 pub fn kept_set<T: Elem>(s: &Scanned<'_, T>, f: &Filters, scr: &mut Scratch) -> Kept {
-    let fs = if f.order == Order::LlamaCpp {
-        1.0
-    } else {
-        f.temperature
-    };
+    let fs = s.unit
+        * if f.order == Order::LlamaCpp {
+            1.0
+        } else {
+            f.temperature
+        };
     let mut kept = Kept::Threshold(ALL_FINITE);
     let top_k = |k: Kept, scr: &mut Scratch| apply_top_k(s, k, f.top_k, scr);
     let top_p = |k: Kept, scr: &mut Scratch| apply_top_p(s, k, f.top_p, fs, f.min_keep, scr);
@@ -1100,8 +1140,10 @@ pub fn kept_set<T: Elem>(s: &Scanned<'_, T>, f: &Filters, scr: &mut Scratch) -> 
 }
 
 /// Draws from `kept` with temperature `t > 0` and uniform `u` in `[0, 1)`: the first kept id, in
-/// increasing id order, whose cumulative probability exceeds `u`.
+/// increasing id order, whose cumulative probability exceeds `u` (`t` in units of the logits,
+/// whatever [`Scanned::unit`] is).
 pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut Scratch) -> usize {
+    let t = t * s.unit;
     let scale = scale_of(t);
     let small = s.x.len() <= EXACT_V;
     // The kept `(id, logit)` pairs of a threshold, in id order, for [`exact_draw`].
@@ -1246,9 +1288,28 @@ pub fn sample_row<T: Elem>(
     u: f64,
     scr: &mut Scratch,
 ) -> Result<usize, KernelError> {
+    if f.temperature > 0.0 && halves(x, f.temperature) {
+        let mut half = std::mem::take(&mut scr.half);
+        halve_into(x, &mut half);
+        let result = sample_row_at(&half[..], 0.5, f, u, scr);
+        scr.half = half;
+        return result;
+    }
+    sample_row_at(x, 1.0, f, u, scr)
+}
+
+/// [`sample_row`] on a row in units of `unit` ([`Scanned::unit`]).
+fn sample_row_at<T: Elem>(
+    x: &[T],
+    unit: f64,
+    f: &Filters,
+    u: f64,
+    scr: &mut Scratch,
+) -> Result<usize, KernelError> {
     let mut bmax = std::mem::take(&mut scr.bmax);
     let result = (|| {
-        let s = scan_with(x, &mut bmax, first_sums_scale(f, x.len()), scr)?;
+        let mut s = scan_with(x, &mut bmax, first_sums_scale(f, x.len(), unit), scr)?;
+        s.unit = unit;
         if f.temperature == 0.0 {
             return Ok(select::argmax(s.x, s.bmax, s.m));
         }
@@ -1301,33 +1362,76 @@ pub fn mask_row<T: Elem>(
     out: &mut [f32],
     scr: &mut Scratch,
 ) -> Result<(), KernelError> {
+    if let Mask::TopP {
+        top_p, temperature, ..
+    } = mask
+    {
+        if top_p < 1.0 && halves(x, temperature) {
+            let mut half = std::mem::take(&mut scr.half);
+            halve_into(x, &mut half);
+            let result = mask_kept(&half[..], 0.5, mask, scr).map(|kept| {
+                // Kept tokens keep their logit: the caller's value, not the halved one.
+                match kept {
+                    Kept::Threshold(thr) => {
+                        for ((o, e), &h) in out.iter_mut().zip(x).zip(&half) {
+                            *o = if h >= thr {
+                                e.to_f32()
+                            } else {
+                                f32::NEG_INFINITY
+                            };
+                        }
+                    }
+                    Kept::List(l) | Kept::Ids(l) => {
+                        out.fill(f32::NEG_INFINITY);
+                        for c in l {
+                            out[c.id as usize] = x[c.id as usize].to_f32();
+                        }
+                    }
+                }
+            });
+            scr.half = half;
+            return result;
+        }
+    }
+    let kept = mask_kept(x, 1.0, mask, scr)?;
+    write_kept(x, &kept, out);
+    Ok(())
+}
+
+/// The kept set of one of the masks of SPEC §3, on a row in units of `unit`
+/// ([`Scanned::unit`]).
+fn mask_kept<T: Elem>(
+    x: &[T],
+    unit: f64,
+    mask: Mask,
+    scr: &mut Scratch,
+) -> Result<Kept, KernelError> {
     let mut bmax = std::mem::take(&mut scr.bmax);
     let result = (|| {
         // Top-p weighs every finite token first.
         let sums = match mask {
             Mask::TopP {
                 top_p, temperature, ..
-            } if top_p < 1.0 => Some(scale_of(temperature)),
+            } if top_p < 1.0 => Some(scale_of(unit * temperature)),
             _ => None,
         };
-        let s = scan_with(x, &mut bmax, sums, scr)?;
+        let mut s = scan_with(x, &mut bmax, sums, scr)?;
+        s.unit = unit;
         let all = Kept::Threshold(ALL_FINITE);
-        let kept = match mask {
+        Ok(match mask {
             Mask::TopK(k) if k >= x.len() => all,
             Mask::TopK(k) => Kept::List(top_alive(&s, k, ALL_FINITE, scr)),
             Mask::TopP {
                 top_p,
                 temperature,
                 min_keep,
-            } => apply_top_p(&s, all, top_p, temperature, min_keep, scr),
+            } => apply_top_p(&s, all, top_p, unit * temperature, min_keep, scr),
             Mask::MinP {
                 min_p,
                 temperature,
                 min_keep,
-            } => apply_min_p(&s, all, min_p, temperature, min_keep, scr),
-        };
-        write_kept(x, &kept, out);
-        Ok(())
+            } => apply_min_p(&s, all, min_p, unit * temperature, min_keep, scr),
+        })
     })();
     scr.bmax = bmax;
     result

@@ -1813,6 +1813,102 @@ fn log_softmax_of_finite_logits_is_finite() {
     }
 }
 
+/// `mask_top_p` and `sample` (top-p and temperature of `f`) of the one-row batch `b` at the
+/// current level, checked against the reference: the mask keeps an acceptable prefix of `want`,
+/// and each draw at `us` is a plausible draw from that prefix. Returns the mask and the tokens.
+fn top_p_checked(
+    b: &Batch,
+    f: Filters,
+    want: &re::KeptRef,
+    us: &[f64],
+    what: &str,
+) -> (Vec<f32>, Vec<i64>) {
+    let v = b.vocab;
+    let mut out = vec![0.0f32; v];
+    let m = Mask::TopP {
+        top_p: f.top_p,
+        temperature: f.temperature,
+        min_keep: 1,
+    };
+    with_elems!(b, x => kernels::mask(x, v, m, &mut out).unwrap());
+    let kept = mask_kept(&b.vals, &out);
+    let len = want.accepts(&kept).unwrap_or_else(|| {
+        panic!(
+            "{what}: kept {}, want {} ({:?})",
+            kept.len(),
+            want.exact,
+            want.lengths
+        )
+    });
+    let toks = us
+        .iter()
+        .map(|&u| {
+            let mut tok = [0i64];
+            with_elems!(b, x => kernels::sample(x, v, &PerRow::All(f), &[u], &mut tok).unwrap());
+            let d = re::draw(&b.vals, &want.ids(len), f.temperature, u);
+            assert!(
+                d.plausible.contains(&(tok[0] as usize)),
+                "{what} u {u}: got {}, want {}",
+                tok[0],
+                d.exact
+            );
+            tok[0]
+        })
+        .collect();
+    (out, toks)
+}
+
+/// Temperatures so large that logits more than `f32::MAX` apart still weigh something: the
+/// kernels weigh such rows on a halved copy, so softmax, log-softmax, top-p and the draw follow
+/// the reference's `f64` weights (`e^((v - v_max) / t)` with the difference taken in `f64`).
+#[test]
+fn huge_temperatures_weigh_logits_more_than_the_f32_range_apart() {
+    let src = [3e38f32, -3e38, 1.0, -2.5e38, f32::NEG_INFINITY, 2e-45];
+    let v = src.len();
+    for ty in [Ty::F32, Ty::Bf16] {
+        let b = Batch::new(ty, v, &src);
+        for t in [1e37, 1e38, 3e38, 1e39, 1e45, 1e300] {
+            let (want_p, want_lp) = (re::softmax(&b.vals, t), re::log_softmax(&b.vals, t));
+            let results = each_level(|level| {
+                let (mut p, mut lp) = (vec![0.0f32; v], vec![0.0f32; v]);
+                with_elems!(b, x => {
+                    kernels::softmax(x, v, t, false, &mut p).unwrap();
+                    kernels::softmax(x, v, t, true, &mut lp).unwrap();
+                });
+                for i in 0..v {
+                    let what = format!("{level:?} {ty:?} t = {t} token {i}");
+                    assert!(
+                        close(p[i], want_p[i]),
+                        "{what}: softmax {} vs {}",
+                        p[i],
+                        want_p[i]
+                    );
+                    assert!(
+                        close(lp[i], want_lp[i]),
+                        "{what}: log {} vs {}",
+                        lp[i],
+                        want_lp[i]
+                    );
+                }
+                let mut draws = Vec::new();
+                for top_p in [1.0, 0.95, 0.6, 0.3] {
+                    let f = Filters {
+                        temperature: t,
+                        top_p,
+                        ..Filters::default()
+                    };
+                    let want = re::pipeline_kept(&b.vals, &f);
+                    let what = format!("{level:?} {ty:?} t = {t} top_p = {top_p}");
+                    let (_, toks) = top_p_checked(&b, f, &want, &[0.05, 0.3, 0.6, 0.95], &what);
+                    draws.extend(toks);
+                }
+                (bits(&p), bits(&lp), draws)
+            });
+            assert_same_across("huge-temperature results", &results);
+        }
+    }
+}
+
 /// Log-probabilities of two tied large logits are `ln(1/2)` each, whatever their magnitude.
 #[test]
 #[cfg(target_pointer_width = "64")]
@@ -2048,35 +2144,9 @@ fn long_tailed_top_p_matches_the_reference() {
                     ..Filters::default()
                 };
                 let results = each_level(|level| {
-                    let mut out = vec![0.0f32; v];
-                    let m = Mask::TopP {
-                        top_p: p,
-                        temperature: t,
-                        min_keep: 1,
-                    };
-                    with_elems!(b, x => kernels::mask(x, v, m, &mut out).unwrap());
-                    let kept = mask_kept(row, &out);
-                    let len = want.accepts(&kept).unwrap_or_else(|| {
-                        panic!(
-                            "{level:?} {ty:?} seed {seed} top_p {p} t {t}: kept {}, want {} ({:?})",
-                            kept.len(),
-                            want.exact,
-                            want.lengths
-                        )
-                    });
-                    let mut toks = Vec::new();
-                    for u in [0.0, 1e-9, 0.13, 0.5, 0.77, 0.999_999] {
-                        let mut tok = [0i64];
-                        with_elems!(b, x => kernels::sample(x, v, &PerRow::All(f), &[u], &mut tok).unwrap());
-                        let d = re::draw(row, &want.ids(len), t, u);
-                        assert!(
-                            d.plausible.contains(&(tok[0] as usize)),
-                            "{level:?} {ty:?} seed {seed} top_p {p} t {t} u {u}: got {}, want {}",
-                            tok[0],
-                            d.exact
-                        );
-                        toks.push(tok[0]);
-                    }
+                    let what = format!("{level:?} {ty:?} seed {seed} top_p {p} t {t}");
+                    let us = [0.0, 1e-9, 0.13, 0.5, 0.77, 0.999_999];
+                    let (out, toks) = top_p_checked(&b, f, &want, &us, &what);
                     (bits(&out), toks)
                 });
                 assert_same_across("long-tailed top-p", &results);
