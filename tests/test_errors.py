@@ -477,6 +477,8 @@ def test_integers_beyond_int64_mean_their_limit_or_are_named():
         "top_p": [lambda: lk.mask_top_p(x, 10**400), lambda: lk.sample(x, seed=1, top_p=10**400)],
         "repetition_penalty": [lambda: lk.apply_penalties(x, repetition_penalty=10**400)],
         "presence_penalty": [lambda: lk.apply_penalties(x, presence_penalty=-(10**400))],
+        "uniforms": [lambda: lk.sample(x, uniforms=10**400),
+                     lambda: lk.sample(x, uniforms=-(10**400))],
     }  # fmt: skip
     for name, fs in calls.items():
         for f in fs:
@@ -632,6 +634,22 @@ def test_bools_are_not_token_ids():
         lk.apply_logit_bias(x, {True: 1.0})
     with pytest.raises(TypeError, match="bias"):
         lk.apply_logit_bias(x, {1: True})
+
+
+@pytest.mark.parametrize("bool_", [True, np.bool_(False)])
+@pytest.mark.parametrize(
+    "name", ["temperature", "top_k", "top_p", "min_p", "min_keep", "seed", "step", "uniforms"]
+)
+def test_a_bool_in_a_per_row_list_is_refused(name, bool_):
+    # As a scalar bool and a bool array are: NumPy alone would read [True, 0.5] as [1.0, 0.5].
+    x = np.zeros((2, 3), dtype=np.float32)
+    ok = {"uniforms": 0.5, "top_p": 0.5, "min_p": 0.5}.get(name, 1)
+    for per_row in ([bool_, ok], (ok, bool_)):
+        with pytest.raises(lk.ParameterTypeError, match=rf"^{name}: must hold .*got a bool"):
+            lk.sample(x, **{name: per_row})
+    lk.sample(x, **{name: [ok, ok]})
+    with pytest.raises(lk.ParameterTypeError, match=r"^steps: must hold .*got a bool"):
+        lk.sample_batch(x, lk.SamplingParams(), steps=[1, bool_])
 
 
 @pytest.mark.parametrize("value", [True, np.bool_(True), np.bool_(False)])

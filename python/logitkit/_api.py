@@ -400,6 +400,13 @@ def _clamp_i64(v: int) -> int:
     return v if _I64_MIN <= v <= _I64_MAX else (_I64_MAX if v > 0 else _I64_MIN)
 
 
+def _refuse_bools(value: Any, name: str, what: str = "numbers") -> None:
+    """Refuses a list or tuple that holds a bool: a per-row value is a number, as a scalar one
+    is (NumPy alone would read ``[True, 2]`` as ``[1, 2]``)."""
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in value):
+        raise ParameterTypeError(f"{name}: must hold {what}, got a bool")
+
+
 def _int_list(value: Any) -> bool:
     """Whether ``value`` is a list or tuple of integers (Python ints of any size, no bools)."""
     return isinstance(value, (list, tuple)) and all(
@@ -411,6 +418,7 @@ def _per_row(value: Any, name: str, integer: bool) -> Any:
     """A scalar as a Python number, or a 1-D array as a contiguous float64 / int64 array."""
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
         return _clamp_i64(_check_int(value, name)) if integer else _float(value, name)
+    _refuse_bools(value, name)
     if integer and _int_list(value):
         # Python ints of any size, each taken at its meaning as a scalar would be.
         return np.array([_clamp_i64(int(v)) for v in value], dtype=np.int64)
@@ -445,6 +453,7 @@ def _u64(value: Any, name: str) -> Any:
         raise ParameterTypeError(
             f"{name}: must be an integer in [0, 2**64), got {type(value).__name__}"
         )
+    _refuse_bools(value, name, "integers in [0, 2**64)")
     if _int_list(value):
         # Python ints up to 2**64 - 1 (NumPy alone would turn a mix of large and small ones
         # into float64).
@@ -874,7 +883,8 @@ def _uniforms(x: _Logits, uniforms: Any) -> np.ndarray:
             uniforms, (int, float, np.integer, np.floating)
         ):
             raise ParameterTypeError("uniforms: must be a float for 1-D logits")
-        return np.array([float(uniforms)])
+        return np.array([_float(uniforms, "uniforms")])
+    _refuse_bools(uniforms, "uniforms")
     u = _asarray(uniforms, "uniforms")
     if u.ndim != 1 or u.shape[0] != rows:
         raise ValueError(f"uniforms: must be an array of length {rows}, got shape {u.shape}")
