@@ -440,6 +440,14 @@ def test_extreme_temperature_limits_do_not_depend_on_the_row_length(pad):
     assert lk.sample(y, temperature=1e38, uniforms=1.0 - p1 * 0.99) == 1
     assert np.isneginf(lk.mask_top_p(y, 1.0 - p1 * 1.01, temperature=1e38)[1])
     assert np.isfinite(lk.mask_top_p(y, 1.0 - p1 * 0.99, temperature=1e38)[:2]).all()
+    # 2^102 more than the float32 range apart, a gap whose float32 difference rounds to 3.4e38:
+    # token 0 has probability 0.4157 at T = 1e39.
+    a = 2.0**126 - 3 * 2.0**102
+    w = row(-(float(np.finfo(np.float32).max) + 2.0**102 - a), a)
+    assert lk.sample(w, temperature=1e39, uniforms=0.0) == 0
+    assert lk.sample(w, temperature=1e39, uniforms=0.41) == 0
+    assert lk.sample(w, temperature=1e39, uniforms=0.42) == 1
+    assert np.isfinite(lk.mask_top_p(w, 0.585, temperature=1e39)[:2]).all()
     z = row(-3.4e38, 3.4e38, 0.0)  # uniform at T = 1e300: one third each
     assert [lk.sample(z, temperature=1e300, uniforms=u) for u in (0.3, 0.6, 0.9)] == [0, 1, 2]
 

@@ -227,7 +227,8 @@ pub fn halves<T: Elem>(x: &[T], t: f64) -> bool {
         lo = lo.min(v);
         hi = hi.max(v);
     }
-    hi - lo > f32::MAX
+    // In f64: an f32 difference just above f32::MAX rounds down to it.
+    f64::from(hi) - f64::from(lo) > f64::from(f32::MAX)
 }
 
 /// `out = x / 2` in `f32` (NaN and infinities stay what they are).
