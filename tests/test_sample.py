@@ -448,6 +448,11 @@ def test_extreme_temperature_limits_do_not_depend_on_the_row_length(pad):
     assert lk.sample(w, temperature=1e39, uniforms=0.41) == 0
     assert lk.sample(w, temperature=1e39, uniforms=0.42) == 1
     assert np.isfinite(lk.mask_top_p(w, 0.585, temperature=1e39)[:2]).all()
+    # 1 / T is 0 in float32 at T = 2e45 but 2 / T is not: the uniform limit holds for a row
+    # weighed on a halved copy (logits more than 3.4e38 apart) as for any other.
+    for far in (row(3e38, -3e38), row(1.7e38, -1.6e38)):
+        assert lk.sample(far, temperature=2e45, uniforms=0.5) == 1
+        np.testing.assert_array_equal(lk.softmax(far, temperature=2e45)[:2], [0.5, 0.5])
     z = row(-3.4e38, 3.4e38, 0.0)  # uniform at T = 1e300: one third each
     assert [lk.sample(z, temperature=1e300, uniforms=u) for u in (0.3, 0.6, 0.9)] == [0, 1, 2]
 

@@ -143,7 +143,7 @@ fn logprobs_of<T: Elem>(
     res: &mut RowResult,
 ) {
     let v_tok = s.x[tok].to_f32();
-    let t = t * s.unit;
+    let t = pipeline::in_units(t, s.unit);
     let scale = pipeline::scale_of(t);
     let (vmax, log_total) = match kept {
         Kept::Threshold(thr) => {
@@ -244,8 +244,10 @@ fn sample_request_in<T: Elem>(
     let req = inp.req;
     let edits = req.edits_row(inp.output.len(), inp.bitmask.is_some());
     let t = req.filters.temperature;
-    // A row weighed on a halved copy (`pipeline::halves`) takes the copy's path.
-    let copy = edits || (t > 0.0 && pipeline::halves(x, t));
+    // A row weighed on a halved copy (`pipeline::halves`) takes the copy's path; an edited row
+    // is judged after its edits.
+    let halve_x = !edits && pipeline::halves(x, t);
+    let copy = edits || halve_x;
     // The weight sums the pipeline takes first (or the raw log-probabilities' ones) come with
     // the scan of the row they are taken on.
     let first = pipeline::first_sums_scale(&req.filters, x.len(), 1.0);
@@ -273,7 +275,7 @@ fn sample_request_in<T: Elem>(
         if edits {
             edit_row(row, inp, scr);
         }
-        let unit = if t > 0.0 && pipeline::halves(&row[..], t) {
+        let unit = if halve_x || (edits && pipeline::halves(&row[..], t)) {
             row.iter_mut().for_each(|v| *v *= 0.5);
             0.5
         } else {

@@ -173,7 +173,7 @@ pub fn softmax<T: Elem>(
             pipeline::halve_into(row, &mut half);
             let res = softmax_row(
                 &half[..],
-                pipeline::scale_of(temperature * 0.5),
+                pipeline::scale_of(pipeline::in_units(temperature, 0.5)),
                 log,
                 o,
                 scr,

@@ -203,7 +203,7 @@ pub struct Scanned<'a, T> {
     /// [`weight_sums`]), if they are still there.
     pub held: std::cell::Cell<Option<Held>>,
     /// What the row's values are in units of the logits: 1, or `0.5` for a halved copy
-    /// ([`halves`]). Every temperature that weighs the row is multiplied by it.
+    /// ([`halves`]). Every temperature that weighs the row is taken in these units ([`in_units`]).
     pub unit: f64,
 }
 
@@ -216,7 +216,7 @@ const HALVE_ABOVE: f64 = 1.267_650_600_228_229_4e30;
 /// above [`HALVE_ABOVE`] and finite logits more than `f32::MAX` apart, whose `f32` difference
 /// would overflow. Halving is exact for every value of magnitude `2^-125` or more and keeps the
 /// order of the values, and the kernels weigh a halved copy at `t / 2`, so the weights are those
-/// of the row, `e^((v - v_max) / t)`.
+/// of the row, `e^((v - v_max) / t)` ([`in_units`]).
 #[must_use]
 pub fn halves<T: Elem>(x: &[T], t: f64) -> bool {
     if t <= HALVE_ABOVE {
@@ -229,6 +229,18 @@ pub fn halves<T: Elem>(x: &[T], t: f64) -> bool {
     }
     // In f64: an f32 difference just above f32::MAX rounds down to it.
     f64::from(hi) - f64::from(lo) > f64::from(f32::MAX)
+}
+
+/// A temperature `t` of the logits for a row in units of `unit` ([`Scanned::unit`]): `t * unit`,
+/// or `t` itself where `1 / t` is 0 in `f32`, so that the uniform limit of [`scale_of`] does not
+/// depend on whether the row was halved.
+#[must_use]
+pub fn in_units(t: f64, unit: f64) -> f64 {
+    if scale_of(t) == 0.0 {
+        t
+    } else {
+        t * unit
+    }
 }
 
 /// `out = x / 2` in `f32` (NaN and infinities stay what they are).
@@ -323,12 +335,14 @@ pub fn first_sums_scale(f: &Filters, vocab: usize, unit: f64) -> Option<f32> {
     if f.temperature == 0.0 || top_k_on {
         return None;
     }
-    let fs = unit
-        * if f.order == Order::LlamaCpp {
+    let fs = in_units(
+        if f.order == Order::LlamaCpp {
             1.0
         } else {
             f.temperature
-        };
+        },
+        unit,
+    );
     let (top_p_on, min_p_on) = (f.top_p < 1.0, f.min_p > 0.0);
     let min_p_first = min_p_on && (f.order == Order::Vllm || !top_p_on);
     if min_p_first {
@@ -336,7 +350,7 @@ pub fn first_sums_scale(f: &Filters, vocab: usize, unit: f64) -> Option<f32> {
     } else if top_p_on {
         Some(scale_of(fs))
     } else {
-        Some(scale_of(unit * f.temperature))
+        Some(scale_of(in_units(f.temperature, unit)))
     }
 }
 
@@ -1115,12 +1129,14 @@ fn apply_min_p<T: Elem>(
 
 /// The kept set after temperature, top-k, top-p and min-p in `f.order` (`f.temperature > 0`).
 pub fn kept_set<T: Elem>(s: &Scanned<'_, T>, f: &Filters, scr: &mut Scratch) -> Kept {
-    let fs = s.unit
-        * if f.order == Order::LlamaCpp {
+    let fs = in_units(
+        if f.order == Order::LlamaCpp {
             1.0
         } else {
             f.temperature
-        };
+        },
+        s.unit,
+    );
     let mut kept = Kept::Threshold(ALL_FINITE);
     let top_k = |k: Kept, scr: &mut Scratch| apply_top_k(s, k, f.top_k, scr);
     let top_p = |k: Kept, scr: &mut Scratch| apply_top_p(s, k, f.top_p, fs, f.min_keep, scr);
@@ -1144,7 +1160,7 @@ pub fn kept_set<T: Elem>(s: &Scanned<'_, T>, f: &Filters, scr: &mut Scratch) -> 
 /// increasing id order, whose cumulative probability exceeds `u` (`t` in units of the logits,
 /// whatever [`Scanned::unit`] is).
 pub fn draw<T: Elem>(s: &Scanned<'_, T>, kept: &Kept, t: f64, u: f64, scr: &mut Scratch) -> usize {
-    let t = t * s.unit;
+    let t = in_units(t, s.unit);
     let scale = scale_of(t);
     let small = s.x.len() <= EXACT_V;
     // The kept `(id, logit)` pairs of a threshold, in id order, for [`exact_draw`].
@@ -1289,7 +1305,7 @@ pub fn sample_row<T: Elem>(
     u: f64,
     scr: &mut Scratch,
 ) -> Result<usize, KernelError> {
-    if f.temperature > 0.0 && halves(x, f.temperature) {
+    if halves(x, f.temperature) {
         let mut half = std::mem::take(&mut scr.half);
         halve_into(x, &mut half);
         let result = sample_row_at(&half[..], 0.5, f, u, scr);
@@ -1413,7 +1429,7 @@ fn mask_kept<T: Elem>(
         let sums = match mask {
             Mask::TopP {
                 top_p, temperature, ..
-            } if top_p < 1.0 => Some(scale_of(unit * temperature)),
+            } if top_p < 1.0 => Some(scale_of(in_units(temperature, unit))),
             _ => None,
         };
         let mut s = scan_with(x, &mut bmax, sums, scr)?;
@@ -1426,12 +1442,12 @@ fn mask_kept<T: Elem>(
                 top_p,
                 temperature,
                 min_keep,
-            } => apply_top_p(&s, all, top_p, unit * temperature, min_keep, scr),
+            } => apply_top_p(&s, all, top_p, in_units(temperature, unit), min_keep, scr),
             Mask::MinP {
                 min_p,
                 temperature,
                 min_keep,
-            } => apply_min_p(&s, all, min_p, unit * temperature, min_keep, scr),
+            } => apply_min_p(&s, all, min_p, in_units(temperature, unit), min_keep, scr),
         })
     })();
     scr.bmax = bmax;
