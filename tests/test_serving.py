@@ -218,7 +218,7 @@ def test_from_openai_null_means_default_and_bad_values_name_the_field():
     with pytest.raises(ValueError, match="typical_p"):
         lk.SamplingParams.from_openai({"typical_p": 0.9})
     # Only integers and integer strings are token ids; values that are not numbers are named.
-    for key in (1.5, 2.0, True, "1.5", "²", "--5", "4_2", "٤"):
+    for key in (1.5, 2.0, True, "1.5", "²", "--5", "4_2", "٤", " 1", "1 ", "\t1", "1\n", "", "+"):
         with pytest.raises(ValueError, match="logit_bias"):
             lk.SamplingParams(logit_bias={key: 1.0})
         with pytest.raises(ValueError, match="logit_bias"):
@@ -237,13 +237,21 @@ def test_from_openai_accepts_unsupported_features_that_are_off():
         "xtc_probability": 0.0, "xtc_threshold": 0.1, "top_n_sigma": -1.0,
         "use_beam_search": False, "length_penalty": 1.0, "bad_words": [], "guided_json": None,
         "dynatemp_range": 0.0, "repeat_penalty": 1.0, "repeat_last_n": 64,
-        "no_repeat_ngram_size": 0, "temperature": 0.5,
+        "no_repeat_ngram_size": 0, "temperature": 0.5, "rep_pen": 1.0, "tfs": 1.0,
+        "typical": 1.0, "nsigma": 0.0, "smoothing_factor": 0.0, "do_sample": True,
+        "temperature_last": False, "suppress_tokens": [], "bad_words_ids": [],
+        "sequence_bias": {}, "encoder_repetition_penalty": 1.0, "rep_pen_range": 320,
+        "repetition_penalty_range": 1024, "samplers": ["top_k", "temperature"],
     }  # fmt: skip
     assert lk.SamplingParams.from_openai(off) == lk.SamplingParams(temperature=0.5)
     for key, on in [
         ("typical_p", 0.95), ("mirostat", 2), ("top_n_sigma", 1.5), ("use_beam_search", True),
         ("bad_words", ["x"]), ("logits_processors", ["m.f"]), ("repeat_penalty", 1.1),
-        ("dry_multiplier", 0.8), ("xtc_probability", 0.5), ("tfs_z", 0.9),
+        ("dry_multiplier", 0.8), ("xtc_probability", 0.5), ("tfs_z", 0.9), ("rep_pen", 1.1),
+        ("tfs", 0.9), ("typical", 0.9), ("nsigma", 1.0), ("smoothing_factor", 0.3),
+        ("do_sample", False), ("temperature_last", True), ("suppress_tokens", [5]),
+        ("bad_words_ids", [[5]]), ("sequence_bias", {"5": -1.0}),
+        ("encoder_repetition_penalty", 1.2),
     ]:  # fmt: skip
         with pytest.raises(ValueError, match=key):
             lk.SamplingParams.from_openai({**off, key: on})
@@ -259,6 +267,15 @@ def test_from_openai_accepts_unsupported_features_that_are_off():
         lk.SamplingParams.from_openai({"repeat_last_n": 64, "frequency_penalty": 0.5})
     p = lk.SamplingParams.from_openai({"repeat_last_n": -1, "frequency_penalty": 0.5})
     assert p.frequency_penalty == 0.5
+    for key, window in [
+        ("repetition_penalty_range", 1024),
+        ("rep_pen_range", 320),
+        ("rep_pen_range", 0),
+    ]:
+        with pytest.raises(ValueError, match=key):
+            lk.SamplingParams.from_openai({key: window, "repetition_penalty": 1.1})
+    p = lk.SamplingParams.from_openai({"repetition_penalty_range": 0, "repetition_penalty": 1.1})
+    assert p.repetition_penalty == 1.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,7 +580,9 @@ def test_huge_integer_parameters_are_clamped_or_named():
 
 
 def test_from_openai_refuses_a_token_id_given_twice_and_negative_top_logprobs():
-    with pytest.raises(ValueError, match="logit_bias"):
+    with pytest.raises(ValueError, match=r"logit_bias.*token id 5 twice"):
         lk.SamplingParams.from_openai({"logit_bias": {"5": 1, 5: 2}})
+    with pytest.raises(ValueError, match=r"logit_bias.*token id 5 twice"):
+        lk.SamplingParams(logit_bias={"5": 1.0, "+05": 2.0})
     with pytest.raises(ValueError, match="top_logprobs"):
         lk.SamplingParams.from_openai({"logprobs": True, "top_logprobs": -1})

@@ -59,23 +59,36 @@ def _equals(neutral: float) -> Any:
     return lambda v: _number(v) and v == neutral
 
 
+def _empty(v: Any) -> bool:
+    return isinstance(v, (list, tuple, dict)) and not v
+
+
 _UNSUPPORTED: dict[str, Any] = {
     "typical_p": _equals(1.0), "tfs_z": _equals(1.0), "top_a": _equals(0.0),
     "mirostat": _equals(0), "mirostat_mode": _equals(0), "epsilon_cutoff": _equals(0.0),
     "eta_cutoff": _equals(0.0), "dry_multiplier": _equals(0.0), "xtc_probability": _equals(0.0),
     "dynatemp_range": _equals(0.0), "no_repeat_ngram_size": _equals(0),
-    "repeat_penalty": _equals(1.0),
-    "top_n_sigma": lambda v: _number(v) and v <= 0,
+    "repeat_penalty": _equals(1.0), "rep_pen": _equals(1.0),
+    "encoder_repetition_penalty": _equals(1.0), "tfs": _equals(1.0), "typical": _equals(1.0),
+    "smoothing_factor": _equals(0.0),
+    "top_n_sigma": lambda v: _number(v) and v <= 0, "nsigma": lambda v: _number(v) and v <= 0,
     "use_beam_search": lambda v: v is False,
-    "bad_words": lambda v: isinstance(v, (list, tuple)) and not v,
-    "logits_processors": lambda v: isinstance(v, (list, tuple)) and not v,
+    # Hugging Face's do_sample=false is greedy decoding, text-generation-webui's
+    # temperature_last a different order (order="llama.cpp" is logitkit's form of it).
+    "do_sample": lambda v: v is True, "temperature_last": lambda v: v is False,
+    "bad_words": _empty, "bad_words_ids": _empty, "suppress_tokens": _empty,
+    "sequence_bias": _empty, "logits_processors": _empty,
 }
 # Settings of those features that do nothing while the feature is off (mirostat_tau,
 # mirostat_eta, dry_base, dry_allowed_length, dry_penalty_last_n, dry_sequence_breakers,
 # xtc_threshold, dynatemp_exponent) and length_penalty (beam search only) are ignored.
 # A penalty window (the last n tokens): logitkit's penalties read every token, so a window is
-# refused when a penalty is on, unless it is -1 (the whole context).
-_PENALTY_WINDOWS = ("repeat_last_n", "penalty_last_n")
+# refused when a penalty is on, unless it holds the engine's value for the whole context
+# (llama.cpp: -1; text-generation-webui: 0; KoboldCpp's rep_pen_range has none).
+_PENALTY_WINDOWS: dict[str, tuple[int, ...]] = {
+    "repeat_last_n": (-1,), "penalty_last_n": (-1,), "repetition_penalty_range": (0,),
+    "rep_pen_range": (),
+}
 # fmt: on
 
 
@@ -158,7 +171,7 @@ def _num(value: Any, name: str) -> float:
 def _token_key(key: Any) -> int:
     """A ``logit_bias`` key: an integer, or a string of ASCII digits with an optional sign."""
     if isinstance(key, str):
-        if re.fullmatch(r"\s*[-+]?[0-9]+\s*", key) is None:
+        if re.fullmatch(r"[-+]?[0-9]+", key) is None:
             raise _fail("logit_bias", f"key {key!r} is not a token id")
         return int(key)
     return _int(key, "logit_bias")
@@ -249,8 +262,11 @@ class SamplingParams:
                 raise _fail("logit_bias", f"value {val} for token {tid} must be finite or -inf")
             bias_ids.append(tid)
             bias_values.append(val)
-        if len(set(bias_ids)) != len(bias_ids):
-            raise _fail("logit_bias", "gives a token id twice (as an int and as a string)")
+        seen: set[int] = set()
+        for tid in bias_ids:
+            if tid in seen:
+                raise _fail("logit_bias", f"gives token id {tid} twice (under two spellings)")
+            seen.add(tid)
         allowed = None
         if self.allowed_token_ids is not None:
             allowed = _ids(self.allowed_token_ids, "allowed_token_ids")
@@ -309,7 +325,8 @@ class SamplingParams:
         sampling parameters logitkit does not implement (``typical_p``, ``mirostat``, ...)
         raise ``ValueError`` unless they hold the value that turns them off (``typical_p: 1``,
         ``mirostat: 0``, ``use_beam_search: false``, ...); a penalty window
-        (``repeat_last_n``) is refused while a penalty is on, unless it is -1. Structured-output
+        (``repeat_last_n``) is refused while a penalty is on, unless it means the whole
+        context (-1). Structured-output
         keys (``response_format``, ``guided_json``, ``grammar``, ...) are not read: the server
         enforces them through ``sample_batch``'s ``token_bitmask``. A ``null`` value means the
         default.
@@ -347,12 +364,13 @@ class SamplingParams:
         params = cls(**kwargs)
         penalties = ("repetition_penalty", "presence_penalty", "frequency_penalty")
         penalized = any(getattr(params, k) != defaults[k] for k in penalties)
-        for key in _PENALTY_WINDOWS:
+        for key, whole in _PENALTY_WINDOWS.items():
             window = body.get(key)
-            if penalized and window is not None and not (_number(window) and window == -1):
+            if penalized and window is not None and not (_number(window) and window in whole):
+                expected = " or ".join([*(str(w) for w in whole), "null"])
                 raise ValueError(
                     f"{key}: a penalty window is not supported (penalties read every token); "
-                    f"got {shown(window)} with a penalty on, expected -1 or null"
+                    f"got {shown(window)} with a penalty on, expected {expected}"
                 )
         return params
 
