@@ -155,6 +155,14 @@ fn main() {
                 median_us(|| kernels::softmax(row, v, 1.0, false, &mut out).unwrap()),
             ),
             (
+                "log_softmax",
+                median_us(|| kernels::softmax(row, v, 1.0, true, &mut out).unwrap()),
+            ),
+            (
+                "write_log_softmax",
+                median_us(|| prims::write_log_softmax(row, m, 1.0, 11.5, black_box(&mut out))),
+            ),
+            (
                 "argmax",
                 median_us(|| kernels::argmax(row, v, &mut tok).unwrap()),
             ),

@@ -477,6 +477,27 @@ def test_processed_logprobs_are_over_the_kept_tempered_set(seed):
         np.testing.assert_allclose(res.top_logprobs[r, :7], ref[kept], atol=2e-5)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.9, 1e-3, 1e3, 1e35])
+@pytest.mark.parametrize("big", [False, True])
+def test_log_probabilities_are_the_values_of_log_softmax(temperature, big):
+    """ "raw": log_softmax(logits); "processed" with nothing removed: log_softmax(logits, T); bit
+    for bit, as logprobs() gives them (the top entries too)."""
+    x = _rows(5, 3, 700) * (np.float32(1e31) if big else np.float32(1))
+    x[1, ::5] = -np.inf
+    bits = lambda a: np.asarray(a, dtype=np.float32).view(np.uint32)  # noqa: E731
+    for mode, t in [("raw", 1.0), ("processed", temperature)]:
+        p = lk.SamplingParams(temperature=temperature, seed=3, logprobs=6, logprobs_mode=mode)
+        res = lk.sample_batch(x, p)
+        ls = lk.log_softmax(x, temperature=t)
+        for r in range(3):
+            tok = res.tokens[r]
+            assert bits(res.logprobs[r]) == bits(ls[r, tok]), (mode, r)
+            np.testing.assert_array_equal(bits(res.top_logprobs[r]), bits(ls[r, res.top_ids[r]]))
+            if mode == "raw":
+                one = lk.logprobs(x[r], [tok], top_n=6)
+                assert bits(one.token_logprobs[0]) == bits(res.logprobs[r])
+
+
 @pytest.mark.parametrize("temperature", [1e-40, 1e-300])
 def test_processed_logprobs_at_a_clamped_scale_are_log_softmax(temperature):
     """Below T = 1 / 2.3586574e38 the weights and the log-probabilities use the same scale."""
@@ -534,6 +555,9 @@ def test_fields_hold_the_validated_values():
     assert p.logit_bias[5] == 1.0 and p.allowed_token_ids == [1, 2, 5]
     with pytest.raises(ValueError, match="logit_bias"):
         lk.SamplingParams(logit_bias={"5": 1.0, 5: 2.0})
+    q = lk.SamplingParams(order=np.str_("vllm"), logprobs_mode=np.str_("processed"))
+    assert type(q.order) is str and type(q.logprobs_mode) is str
+    assert q == lk.SamplingParams(order="vllm", logprobs_mode="processed")
 
 
 @pytest.mark.parametrize("mode", ["raw", "processed"])

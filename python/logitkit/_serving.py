@@ -289,7 +289,7 @@ class SamplingParams:
         _check_choice(self.logprobs_mode, "logprobs_mode", _MODES, wrong_type=ValueError)
         _check_choice(self.order, "order", _ORDERS, wrong_type=ValueError)
         # Store the validated values, so that fields hold what is sampled with: plain Python
-        # numbers, integer token ids (string keys of logit_bias converted) and read-only
+        # numbers and strings, integer token ids (string keys of logit_bias converted) and read-only
         # copies of the caller's containers (changing those later changes nothing here).
         normalized = {
             "temperature": t, "top_k": top_k, "top_p": top_p, "min_p": min_p,
@@ -298,7 +298,8 @@ class SamplingParams:
             "logit_bias": _frozen_dict(zip(bias_ids, bias_values, strict=True)),
             "allowed_token_ids": None if allowed is None else _frozen_list(allowed),
             "stop_token_ids": _frozen_list(stop), "min_tokens": min_tokens,
-            "seed": seed, "logprobs": logprobs,
+            "seed": seed, "logprobs": logprobs, "logprobs_mode": str(self.logprobs_mode),
+            "order": str(self.order),
         }  # fmt: skip
         for name, value in normalized.items():
             object.__setattr__(self, name, value)
@@ -326,10 +327,9 @@ class SamplingParams:
         raise ``ValueError`` unless they hold the value that turns them off (``typical_p: 1``,
         ``mirostat: 0``, ``use_beam_search: false``, ...); a penalty window
         (``repeat_last_n``) is refused while a penalty is on, unless it means the whole
-        context (-1). Structured-output
-        keys (``response_format``, ``guided_json``, ``grammar``, ...) are not read: the server
-        enforces them through ``sample_batch``'s ``token_bitmask``. A ``null`` value means the
-        default.
+        context (-1). Structured-output keys (``response_format``, ``guided_json``,
+        ``grammar``, ...) are not read: the server enforces them through ``sample_batch``'s
+        ``token_bitmask``. A ``null`` value means the default.
 
         >>> import logitkit
         >>> body = {"model": "m", "temperature": 0.5, "logprobs": True, "top_logprobs": 3,

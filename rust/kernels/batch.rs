@@ -127,9 +127,9 @@ fn edit_row(row: &mut [f32], inp: &RowInput<'_>, scr: &mut Scratch) {
 }
 
 /// Log-probabilities of the token `tok` and the top `n`, under `log_softmax(z / t)` restricted
-/// to `kept` (every finite token for raw log-probabilities, with `t = 1`). The weights use the
-/// scale of [`pipeline::scale_of`], and so do the log-probabilities ([`pipeline::tempered`]), so
-/// the kept set's probabilities sum to 1. `total`, when given, is the weight total of a
+/// to `kept` (every finite token for raw log-probabilities, with `t = 1`). The weights and the
+/// log-probabilities use the scale of [`pipeline::scale_of`], as `log_softmax` does, so the kept
+/// set's probabilities sum to 1. `total`, when given, is the weight total of a
 /// threshold set, already taken.
 #[allow(clippy::too_many_arguments)]
 fn logprobs_of<T: Elem>(
@@ -157,10 +157,9 @@ fn logprobs_of<T: Elem>(
             (vmax, prims::sum_f64(&scr.wts).ln())
         }
     };
-    let lp = |v: f32| {
-        let z = pipeline::tempered(f64::from(v) - f64::from(vmax), t);
-        prims::finite_logprob(v, (z - log_total) as f32)
-    };
+    // The operations of log_softmax(row, t) (the same bits where the kept set is every finite
+    // token).
+    let lp = |v: f32| prims::log_softmax_at(v, vmax, scale, log_total);
     res.logprob = lp(v_tok);
     res.rank = 1 + match kept {
         Kept::Threshold(_) => prims::count_ge(s.x, s.bmax, v_tok.next_up()),

@@ -571,9 +571,9 @@ pub fn logprobs<T: Elem>(
         let mut bmax = std::mem::take(&mut scr.bmax);
         let res = pipeline::scan_with(row, &mut bmax, Some(1.0), scr).map(|s| {
             let (total, _) = pipeline::weight_sums(&s, 1.0, ALL_FINITE, scr);
-            // (v - m) is exact in f64; subtracting ln(total) afterwards keeps large logits precise.
-            let (m, log_total) = (f64::from(s.m), total.ln());
-            let lp = |v: f32| prims::finite_logprob(v, ((f64::from(v) - m) - log_total) as f32);
+            // The values of log_softmax(row), bit for bit.
+            let (m, log_total) = (s.m, total.ln());
+            let lp = |v: f32| prims::log_softmax_at(v, m, 1.0, log_total);
             let res = &mut o[0];
             res.token_logprobs.clear();
             res.ranks.clear();

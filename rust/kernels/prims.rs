@@ -798,11 +798,25 @@ pub fn write_log_softmax<T: Elem>(x: &[T], m: f32, scale: f32, lse: f64, out: &m
     if m < WIDE_LOG_SOFTMAX {
         write_log_softmax_f32(x, m, scale, lse as f32, out);
     } else {
-        let (m, scale) = (f64::from(m), f64::from(scale));
         for (o, e) in out.iter_mut().zip(x) {
-            let v = e.to_f32();
-            *o = finite_logprob(v, ((f64::from(v) - m) * scale - lse) as f32);
+            *o = log_softmax_at(e.to_f32(), m, scale, lse);
         }
+    }
+}
+
+/// One value of [`write_log_softmax`], with the same operations (so the same bits): the
+/// log-probabilities of [`crate::kernels::logprobs`] and of `sample_batch` are those of
+/// `log_softmax`.
+#[inline(always)]
+#[must_use]
+pub fn log_softmax_at(v: f32, m: f32, scale: f32, lse: f64) -> f32 {
+    if m < WIDE_LOG_SOFTMAX {
+        finite_logprob(v, (v - m) * scale - lse as f32)
+    } else {
+        finite_logprob(
+            v,
+            ((f64::from(v) - f64::from(m)) * f64::from(scale) - lse) as f32,
+        )
     }
 }
 
@@ -810,7 +824,7 @@ pub fn write_log_softmax<T: Elem>(x: &[T], m: f32, scale: f32, lse: f64, out: &m
 const WIDE_LOG_SOFTMAX: f32 = 1.267_650_6e30; // 2^100
 
 multiversion! {
-    /// [`write_log_softmax`] in `f32`.
+    /// [`write_log_softmax`] in `f32` (the operations of [`log_softmax_at`] below 2^100).
     pub fn write_log_softmax_f32<T: Elem>(x: &[T], m: f32, scale: f32, lse: f32, out: &mut [f32]) -> () {
         for (o, e) in out.iter_mut().zip(x) {
             let v = e.to_f32();

@@ -607,7 +607,14 @@ proptest! {
         each_level(|level| {
             let mut out = vec![RowLogprobs::default(); rows];
             with_elems!(b, x => kernels::logprobs(x, v, &lists, top_n, &mut out).unwrap());
+            let mut ls = vec![0.0f32; rows * v];
+            with_elems!(b, x => kernels::softmax(x, v, 1.0, true, &mut ls).unwrap());
             for (r, got) in out.iter().enumerate() {
+                // The values of log_softmax, bit for bit.
+                let ls_row = &ls[r * v..(r + 1) * v];
+                let of = |ids: &[i64]| bits(&ids.iter().map(|&t| ls_row[t as usize]).collect::<Vec<_>>());
+                assert_eq!(bits(&got.token_logprobs), of(&tokens[r]), "{level:?} row {r}");
+                assert_eq!(bits(&got.top_logprobs), of(&got.top_ids), "{level:?} row {r}");
                 let want = re::logprobs(b.row(r), &to_u32(&tokens[r]), top_n);
                 assert_eq!(got.token_logprobs.len(), want.token_logprobs.len());
                 for (&g, &w) in got.token_logprobs.iter().zip(&want.token_logprobs) {
