@@ -69,8 +69,9 @@ fn write<'py, T: Element, D: Dimension>(
 
 fn in_use(name: &str) -> PyErr {
     PyValueError::new_err(format!(
-        "{name}: is in use by another call running at the same time (concurrent calls must \
-         not share an out= array, nor write an array that another call reads)"
+        "{name}: shares memory with an array that this call or another one running at the \
+         same time writes (an out= array; concurrent calls must not share an out= array, nor \
+         write an array that another call reads)"
     ))
 }
 

@@ -813,3 +813,12 @@ def test_a_stand_in_torch_module_changes_nothing(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
     np.testing.assert_array_equal(lk.softmax([1.0, 2.0]), lk.softmax(np.array([1.0, 2.0])))
+
+
+def test_a_token_list_that_shares_memory_with_out_is_named():
+    """Token lists and per-row arrays are read while out= is written: one that shares memory
+    with out is refused, and the message says so."""
+    z = np.zeros(4, np.float32)
+    tok = z.view(np.int32)[:1]
+    with pytest.raises(ValueError, match=r"^output_tokens: shares memory"):
+        lk.apply_penalties(z, output_tokens=tok, frequency_penalty=1.0, out=z)
