@@ -215,6 +215,21 @@ def test_no_seed_draws_fresh_entropy_for_every_row_and_call(dtype):
     assert len(set(row)) > 1
 
 
+def test_none_in_a_list_of_seeds_draws_fresh_entropy_for_that_row():
+    # Rows 0 and 2 are seeded (their tokens are those of their seeds); rows 1 and 3 are not:
+    # 8 calls giving 8 equal tokens on a uniform 1000-token row has a chance of about 1e-21.
+    x = np.zeros((4, 1000), dtype=np.float32)
+    seeds = [7, None, 2**64 - 1, None]
+    got = np.stack([lk.sample(x, seed=seeds, step=3) for _ in range(8)])
+    assert (got[:, 0] == lk.sample(x[0], seed=7, step=3)).all()
+    assert (got[:, 2] == lk.sample(x[0], seed=2**64 - 1, step=3)).all()
+    assert len(set(got[:, 1].tolist())) > 1 and len(set(got[:, 3].tolist())) > 1
+    with pytest.raises(ValueError, match="seed"):
+        lk.sample(x, seed=[1, None, -1, None])
+    with pytest.raises(ValueError, match="seed"):
+        lk.sample(x, seed=[1, None])
+
+
 @given(case=row_case(greedy=False), seed=st.one_of(st.none(), S.u64), step=S.u64)
 def test_sampled_token_is_always_kept(case, seed, step):
     inp, params = case

@@ -900,6 +900,10 @@ def _seed(seed: Any, rows: int) -> Any:
         return np.frombuffer(os.urandom(8 * rows), dtype=np.uint64)
     if type(seed) is int and 0 <= seed <= _U64_MAX:
         return seed
+    if isinstance(seed, (list, tuple)) and any(s is None for s in seed):
+        # Rows without a seed draw fresh OS entropy, as seed=None does for every row.
+        fresh = np.frombuffer(os.urandom(8 * len(seed)), dtype=np.uint64).tolist()
+        seed = [f if s is None else s for s, f in zip(seed, fresh, strict=True)]
     return _u64(seed, "seed")
 
 
@@ -947,8 +951,9 @@ def sample(
     min-p to untempered logits and the temperature only to the draw.
 
     Every parameter except ``order`` may be a ``(B,)`` array (one value per row). With
-    ``seed=None`` every row draws fresh OS entropy; a scalar seed gives every row
-    ``uniform(seed, step)``, so a row's token never depends on its position in the batch.
+    ``seed=None`` every row draws fresh OS entropy (in a list of seeds, ``None`` does so for
+    its row); a scalar seed gives every row ``uniform(seed, step)``, so a row's token never
+    depends on its position in the batch.
 
     Returns:
         An int64 scalar for ``(V,)`` logits, an int64 ``(B,)`` array for ``(B, V)``.
