@@ -451,24 +451,31 @@ fn bias_rows(
         .map(PerRow::Each)
 }
 
+/// `softmax` (or `log_softmax`) of `x` into `out`; with `x = None`, of `out` itself (in place).
 #[pyfunction]
 fn softmax(
     py: Python<'_>,
-    x: &Bound<'_, PyAny>,
+    x: Option<&Bound<'_, PyAny>>,
     kind: u8,
     temperature: f64,
     log: bool,
     out: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let mut out = write::<f32, Ix2>(out, "out")?;
+    let vocab = out.shape()[1];
     let o = out.as_slice_mut()?;
-    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::softmax(
-        s,
-        vocab,
-        temperature,
-        log,
-        o
-    )))
+    match x {
+        None => run(py, o.len(), || {
+            kernels::softmax_in_place(o, vocab, temperature, log)
+        }),
+        Some(x) => with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::softmax(
+            s,
+            vocab,
+            temperature,
+            log,
+            o
+        ))),
+    }
 }
 
 /// `softmax` (or `log_softmax`) of a C-contiguous float32 array of 1 or 2 dimensions into a new
@@ -592,12 +599,13 @@ fn mask_of(which: &str, value: f64, temperature: f64, min_keep: usize) -> Mask {
     }
 }
 
+/// A mask of `x` into `out`; with `x = None`, of `out` itself (in place).
 #[pyfunction]
 #[pyo3(signature = (x, kind, which, value, temperature, min_keep, out))]
 #[allow(clippy::too_many_arguments)]
 fn mask(
     py: Python<'_>,
-    x: &Bound<'_, PyAny>,
+    x: Option<&Bound<'_, PyAny>>,
     kind: u8,
     which: &str,
     value: f64,
@@ -606,11 +614,15 @@ fn mask(
     out: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let mut out = write::<f32, Ix2>(out, "out")?;
+    let vocab = out.shape()[1];
     let m = mask_of(which, value, temperature, min_keep);
     let o = out.as_slice_mut()?;
-    with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::mask(
-        s, vocab, m, o
-    )))
+    match x {
+        None => run(py, o.len(), || kernels::mask_in_place(o, vocab, m)),
+        Some(x) => with_logits!(x, kind, |s, vocab| run(py, s.len(), || kernels::mask(
+            s, vocab, m, o
+        ))),
+    }
 }
 
 /// A mask of a C-contiguous float32 array of 1 or 2 dimensions into a new array of its shape:

@@ -338,10 +338,11 @@ def _finish(o: _Out) -> np.ndarray:
     return o.result
 
 
-def _input_for(x: _Logits, o: _Out) -> np.ndarray:
-    """The array the kernel reads: a snapshot when it would otherwise read what it writes."""
+def _input_for(x: _Logits, o: _Out) -> np.ndarray | None:
+    """The array the kernel reads, or None where it writes that array itself (``out=logits``,
+    float32 and written directly): the kernel then reads each row from a copy of its own."""
     if o.in_place and _direct(o.result):
-        return x.array.copy()
+        return None
     return x.array
 
 

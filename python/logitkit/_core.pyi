@@ -71,8 +71,9 @@ __version__: Final[str]
 build_profile: Final[str]
 """``"release"`` or ``"debug"``: how the extension was compiled."""
 
-def softmax(x: _LogitsArray, kind: int, temperature: float, log: bool, out: _F32) -> None:
-    """Writes ``softmax(x / temperature)`` (``log_softmax`` when ``log``) into ``out``."""
+def softmax(x: _LogitsArray | None, kind: int, temperature: float, log: bool, out: _F32) -> None:
+    """Writes ``softmax(x / temperature)`` (``log_softmax`` when ``log``) into ``out``; with
+    ``x=None``, of ``out`` itself (in place)."""
 
 def softmax_new(
     x: npt.NDArray[np.float32], temperature: float, log: bool
@@ -100,7 +101,7 @@ def top_k_new(x: _F32, k: int) -> tuple[_F32, _I64]:
     arrays of values and indices."""
 
 def mask(
-    x: _LogitsArray,
+    x: _LogitsArray | None,
     kind: int,
     which: str,
     value: float,
@@ -110,7 +111,8 @@ def mask(
 ) -> None:
     """Writes ``x`` with the tokens that the ``which`` filter removes set to ``-inf``.
 
-    ``which`` is ``"top_k"`` (``value`` = k), ``"top_p"`` or ``"min_p"``.
+    ``which`` is ``"top_k"`` (``value`` = k), ``"top_p"`` or ``"min_p"``. With ``x=None``, the
+    mask of ``out`` itself (in place).
     """
 
 def mask_new(

@@ -165,25 +165,67 @@ pub fn softmax<T: Elem>(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     check_temperature(temperature)?;
-    let rows = rows_of(x, vocab);
-    for_rows(rows, vocab, out, vocab, |r, o, scr| {
-        let row = &x[r * vocab..(r + 1) * vocab];
-        if pipeline::halves(row, temperature) {
-            let mut half = std::mem::take(&mut scr.half);
-            pipeline::halve_into(row, &mut half);
-            let res = softmax_row(
-                &half[..],
-                pipeline::scale_of(pipeline::in_units(temperature, 0.5)),
-                log,
-                o,
-                scr,
-            );
-            scr.half = half;
-            res
-        } else {
-            softmax_row(row, pipeline::scale_of(temperature), log, o, scr)
-        }
+    for_rows(rows_of(x, vocab), vocab, out, vocab, |r, o, scr| {
+        softmax_at(&x[r * vocab..(r + 1) * vocab], temperature, log, o, scr)
     })
+}
+
+/// [`softmax`] of `x` into `x` itself (`out=logits`): each row is read from a copy in the
+/// thread's scratch, so a batch needs no copy of its own.
+///
+/// # Errors
+/// As [`softmax`].
+pub fn softmax_in_place(
+    x: &mut [f32],
+    vocab: usize,
+    temperature: f64,
+    log: bool,
+) -> Result<(), KernelError> {
+    check_temperature(temperature)?;
+    for_rows(rows_of(x, vocab), vocab, x, vocab, |_, o, scr| {
+        in_place(o, scr, |row, o, scr| {
+            softmax_at(row, temperature, log, o, scr)
+        })
+    })
+}
+
+/// Runs `f` on a copy of the row `o` (in the scratch's `input`), writing `o`.
+fn in_place(
+    o: &mut [f32],
+    scr: &mut pipeline::Scratch,
+    f: impl FnOnce(&[f32], &mut [f32], &mut pipeline::Scratch) -> Result<(), KernelError>,
+) -> Result<(), KernelError> {
+    let mut row = std::mem::take(&mut scr.input);
+    row.clear();
+    row.extend_from_slice(o);
+    let res = f(&row, o, scr);
+    scr.input = row;
+    res
+}
+
+/// `softmax(row / temperature)` (or its logarithm when `log`) into `o`.
+fn softmax_at<T: Elem>(
+    row: &[T],
+    temperature: f64,
+    log: bool,
+    o: &mut [f32],
+    scr: &mut pipeline::Scratch,
+) -> Result<(), KernelError> {
+    if pipeline::halves(row, temperature) {
+        let mut half = std::mem::take(&mut scr.half);
+        pipeline::halve_into(row, &mut half);
+        let res = softmax_row(
+            &half[..],
+            pipeline::scale_of(pipeline::in_units(temperature, 0.5)),
+            log,
+            o,
+            scr,
+        );
+        scr.half = half;
+        res
+    } else {
+        softmax_row(row, pipeline::scale_of(temperature), log, o, scr)
+    }
 }
 
 /// `softmax(row * scale)` (or its logarithm when `log`) of one row into `o`.
@@ -332,6 +374,26 @@ pub fn top_k<T: Elem>(
 /// # Errors
 /// Parameters out of range, NaN/`+inf`, all-masked rows.
 pub fn mask<T: Elem>(x: &[T], vocab: usize, m: Mask, out: &mut [f32]) -> Result<(), KernelError> {
+    check_mask(m)?;
+    for_rows(rows_of(x, vocab), vocab, out, vocab, |r, o, scr| {
+        pipeline::mask_row(&x[r * vocab..(r + 1) * vocab], m, o, scr)
+    })
+}
+
+/// [`mask`] of `x` into `x` itself (`out=logits`), row by row from a copy as
+/// [`softmax_in_place`] does.
+///
+/// # Errors
+/// As [`mask`].
+pub fn mask_in_place(x: &mut [f32], vocab: usize, m: Mask) -> Result<(), KernelError> {
+    check_mask(m)?;
+    for_rows(rows_of(x, vocab), vocab, x, vocab, |_, o, scr| {
+        in_place(o, scr, |row, o, scr| pipeline::mask_row(row, m, o, scr))
+    })
+}
+
+/// Refuses a mask's parameters out of range.
+fn check_mask(m: Mask) -> Result<(), KernelError> {
     match m {
         Mask::TopK(k) if k < 1 => {
             return Err(KernelError::param(
@@ -369,9 +431,7 @@ pub fn mask<T: Elem>(x: &[T], vocab: usize, m: Mask, out: &mut [f32]) -> Result<
         }
         Mask::TopK(_) => {}
     }
-    for_rows(rows_of(x, vocab), vocab, out, vocab, |r, o, scr| {
-        pipeline::mask_row(&x[r * vocab..(r + 1) * vocab], m, o, scr)
-    })
+    Ok(())
 }
 
 /// The logit bias of one row: ids (in range) and values (finite or `-inf`).

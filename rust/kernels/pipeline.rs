@@ -150,6 +150,8 @@ pub struct Scratch {
     pub row: Vec<f32>,
     /// A halved `f32` copy of the row ([`halves`]).
     pub half: Vec<f32>,
+    /// A copy of the row that an in-place kernel overwrites.
+    pub input: Vec<f32>,
     /// Block weight sums.
     pub bsum: Vec<f32>,
     /// Counts the fillings of `bsum` (a [`Scanned`] remembers which one holds its sums).

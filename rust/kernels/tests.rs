@@ -2323,3 +2323,73 @@ fn draw_boundaries_are_the_same_on_every_level() {
     });
     assert_same_across("draw boundaries", &results);
 }
+
+/// `softmax_in_place` and `mask_in_place` (`out=logits`) give the bits of the kernels that
+/// write a separate output, on every level, for a batch large enough to run in parallel, a row
+/// that is halved (logits more than `f32::MAX` apart at a huge temperature), and a row that
+/// fails (NaN): the error names that row and the other rows are written.
+#[test]
+fn in_place_kernels_match_the_separate_output() {
+    let (rows, v) = (24usize, 5000usize);
+    let mut src = lcg_values(31, rows * v);
+    src[3 * v + 17] = f32::NEG_INFINITY;
+    src[5 * v] = -3.0e38;
+    src[5 * v + 1] = 3.0e38;
+    let masks = [
+        Mask::TopK(40),
+        Mask::TopP {
+            top_p: 0.9,
+            temperature: 0.7,
+            min_keep: 3,
+        },
+        Mask::MinP {
+            min_p: 0.05,
+            temperature: 1.3,
+            min_keep: 1,
+        },
+    ];
+    for bad in [false, true] {
+        let mut x = src.clone();
+        if bad {
+            x[7 * v + 99] = f32::NAN;
+        }
+        // Every row but the failing one holds the bits of the separate output.
+        let same_rows = |what: String, got: &[f32], want: &[f32]| {
+            for r in (0..rows).filter(|&r| !bad || r != 7) {
+                let span = r * v..(r + 1) * v;
+                assert_eq!(
+                    bits(&got[span.clone()]),
+                    bits(&want[span]),
+                    "{what} row {r}"
+                );
+            }
+        };
+        each_level(|level| {
+            for (t, log) in [
+                (1.0, false),
+                (1.0, true),
+                (0.6, false),
+                (1e35, true),
+                (1e35, false),
+            ] {
+                let what = format!("{level:?} T={t} log={log}");
+                let mut want = vec![0.0f32; rows * v];
+                let a = kernels::softmax(&x[..], v, t, log, &mut want);
+                let mut got = x.clone();
+                let b = kernels::softmax_in_place(&mut got, v, t, log);
+                assert_eq!(a.is_ok(), !bad);
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{what}");
+                same_rows(what, &got, &want);
+            }
+            for m in masks {
+                let what = format!("{level:?} {m:?}");
+                let mut want = vec![0.0f32; rows * v];
+                let a = kernels::mask(&x[..], v, m, &mut want);
+                let mut got = x.clone();
+                let b = kernels::mask_in_place(&mut got, v, m);
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{what}");
+                same_rows(what, &got, &want);
+            }
+        });
+    }
+}
