@@ -448,3 +448,24 @@ def test_apply_logit_bias_in_place_matches_a_new_array():
     read_only.flags.writeable = False
     with pytest.raises(ValueError, match="out"):
         lk.apply_logit_bias(read_only, {}, out=read_only)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 7), (40, 4000)])
+def test_in_place_forms_give_the_bits_of_a_new_array(shape):
+    """out=logits (float parameters: one call to the extension; integer ones: the general path)
+    writes the bits of the call that returns a new array, and returns the logits."""
+    x = np.random.default_rng(11).normal(0.0, 2.0, shape).astype(np.float32)
+    x[..., 2] = -np.inf
+    calls = [
+        (lambda a, **kw: lk.softmax(a, **kw), {"temperature": 0.7}, {"temperature": 1}),
+        (lambda a, **kw: lk.log_softmax(a, **kw), {"temperature": 1.0}, {"temperature": 1}),
+        (lambda a, **kw: lk.mask_top_k(a, **kw), {"k": 3}, {"k": np.int64(3)}),
+        (lambda a, **kw: lk.mask_top_p(a, 0.8, **kw), {"min_keep": 2}, {"min_keep": np.int64(2)}),
+        (lambda a, **kw: lk.mask_min_p(a, 0.2, **kw), {"temperature": 2.0}, {"temperature": 2}),
+    ]
+    for fn, fast, general in calls:
+        for kw in (fast, general):
+            want = fn(x, **kw)
+            y = x.copy()
+            assert fn(y, out=y, **kw) is y
+            np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))

@@ -9,7 +9,7 @@ import operator
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, TypeGuard
+from typing import Any, NamedTuple, TypeGuard, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -554,8 +554,12 @@ def log_softmax(
 def _softmax(
     logits: ArrayLike, temperature: float, dtype: str | None, out: Any, log: bool
 ) -> npt.NDArray[np.float32]:
-    if out is None and dtype is None and type(temperature) is float and _plain_f32(logits):
-        return _core.softmax_new(logits, temperature, log)  # the common call, in one step
+    if type(temperature) is float:
+        if out is None and dtype is None and _plain_f32(logits):
+            return _core.softmax_new(logits, temperature, log)  # the common call, in one step
+        if (target := _in_place(logits, dtype, out)) is not None:
+            _core.softmax(None, _F32, temperature, log, target)
+            return cast("npt.NDArray[np.float32]", logits)
     x = _logits(logits, dtype)
     t = _check_float(temperature, "temperature")
     o = _out(out, x)
@@ -624,8 +628,12 @@ def mask_top_k(
     >>> logitkit.mask_top_k(np.array([1.0, 3.0, 2.0], dtype=np.float32), 2).tolist()
     [-inf, 3.0, 2.0]
     """
-    if out is None and dtype is None and type(k) is int and k >= 1 and _plain_f32(logits):
-        return _core.mask_new(logits, "top_k", float(min(k, logits.shape[-1])), 1.0, 1)
+    if type(k) is int and k >= 1:
+        if out is None and dtype is None and _plain_f32(logits):
+            return _core.mask_new(logits, "top_k", float(min(k, logits.shape[-1])), 1.0, 1)
+        if (target := _in_place(logits, dtype, out)) is not None:
+            _core.mask(None, _F32, "top_k", float(min(k, logits.shape[-1])), 1.0, 1, target)
+            return cast("npt.NDArray[np.float32]", logits)
     x = _logits(logits, dtype)
     kk = _check_int(k, "k")
     if kk < 1:
@@ -698,15 +706,16 @@ def _probability_mask(
 ) -> npt.NDArray[np.float32]:
     """The top-p or min-p mask: `which` names the parameter `value`."""
     if (
-        out is None
-        and dtype is None
-        and type(value) is float
+        type(value) is float
         and type(temperature) is float
         and type(min_keep) is int
         and 1 <= min_keep <= _I64_MAX
-        and _plain_f32(logits)
     ):
-        return _core.mask_new(logits, which, value, temperature, min_keep)  # in one step
+        if out is None and dtype is None and _plain_f32(logits):
+            return _core.mask_new(logits, which, value, temperature, min_keep)  # in one step
+        if (target := _in_place(logits, dtype, out)) is not None:
+            _core.mask(None, _F32, which, value, temperature, min_keep, target)
+            return cast("npt.NDArray[np.float32]", logits)
     x = _logits(logits, dtype)
     p = _check_float(value, which)
     t = _check_float(temperature, "temperature")
@@ -741,6 +750,16 @@ def apply_logit_bias(
     src = None if o.in_place and _direct(o.result) else x.array
     _core.bias_and_penalties(src, x.kind, o.target, len(x.shape) == 1, bias=_bias(bias, x))
     return _finish(o)
+
+
+def _in_place(logits: Any, dtype: str | None, out: Any) -> np.ndarray | None:
+    """For ``out=logits`` on contiguous, writable float32 logits: the ``(B, V)`` view that the
+    kernels overwrite in place (None for every other form, which takes the general path)."""
+    if out is not logits or dtype is not None or not _plain_f32(logits):
+        return None
+    if not logits.flags.writeable:
+        return None  # the general path names out
+    return logits.reshape(1, -1) if logits.ndim == 1 else logits
 
 
 def _plain_edit(
