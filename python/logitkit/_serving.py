@@ -327,9 +327,10 @@ class SamplingParams:
         raise ``ValueError`` unless they hold the value that turns them off (``typical_p: 1``,
         ``mirostat: 0``, ``use_beam_search: false``, ...); a penalty window
         (``repeat_last_n``) is refused while a penalty is on, unless it means the whole
-        context (-1). Structured-output keys (``response_format``, ``guided_json``,
-        ``grammar``, ...) are not read: the server enforces them through ``sample_batch``'s
-        ``token_bitmask``. A ``null`` value means the default.
+        context (-1; 0 for ``repetition_penalty_range``). Structured-output keys
+        (``response_format``, ``guided_json``, ``grammar``, ...) are not read: the server
+        enforces them through ``sample_batch``'s ``token_bitmask``. A ``null`` value means the
+        default.
 
         >>> import logitkit
         >>> body = {"model": "m", "temperature": 0.5, "logprobs": True, "top_logprobs": 3,
@@ -347,7 +348,8 @@ class SamplingParams:
             if key in _UNSUPPORTED and value is not None and not _UNSUPPORTED[key](value):
                 raise ValueError(
                     f"{key}: is a sampling parameter logitkit does not support "
-                    f"(got {shown(value)}; only null or the value that turns it off is accepted)"
+                    f"(got {shown(value)}; only null or the value at which it changes nothing "
+                    "is accepted)"
                 )
             if key in names and value is not None:
                 kwargs[key] = value

@@ -157,8 +157,8 @@ fn logprobs_of<T: Elem>(
             (vmax, prims::sum_f64(&scr.wts).ln())
         }
     };
-    // The operations of log_softmax(row, t) (the same bits where the kept set is every finite
-    // token).
+    // The operations of log_softmax(row, t): the same bits where no filter is on (with one on,
+    // `log_total` is the kept set's own sum).
     let lp = |v: f32| prims::log_softmax_at(v, vmax, scale, log_total);
     res.logprob = lp(v_tok);
     res.rank = 1 + match kept {
