@@ -108,6 +108,16 @@ def test_batch_with_ragged_lengths(data, x):
         )
 
 
+def test_top_n_by_position_or_keyword():
+    # SPEC §8 writes logprobs(logits, tokens, top_n); §3 passes top_n by keyword.
+    x = np.asarray([0.5, 2.0, -1.0, 2.0], dtype=np.float32)
+    by_pos = lk.logprobs(x, np.array([2]), 2)
+    by_kw = lk.logprobs(x, np.array([2]), top_n=2)
+    assert by_pos.top_ids.tolist() == by_kw.top_ids.tolist() == [1, 3]
+    np.testing.assert_array_equal(by_pos.token_logprobs, by_kw.token_logprobs)
+    assert by_pos.ranks.tolist() == [4]
+
+
 @given(x=S.logits())
 def test_top_n_zero_gives_empty_top(x):
     tokens = np.asarray([0], dtype=np.int64)

@@ -1059,7 +1059,7 @@ def sample(
 
 
 def logprobs(
-    logits: ArrayLike, tokens: Any, *, top_n: int = 0, dtype: str | None = None
+    logits: ArrayLike, tokens: Any, top_n: int = 0, *, dtype: str | None = None
 ) -> LogProbs:
     """Log-probabilities of ``tokens`` under ``log_softmax(logits)``, ranks, and the top ``n``.
 
