@@ -183,10 +183,33 @@ pub fn softmax_in_place(
 ) -> Result<(), KernelError> {
     check_temperature(temperature)?;
     for_rows(rows_of(x, vocab), vocab, x, vocab, |_, o, scr| {
-        in_place(o, scr, |row, o, scr| {
-            softmax_at(row, temperature, log, o, scr)
-        })
+        if log && !pipeline::halves(o, temperature) {
+            log_softmax_in_place_row(o, pipeline::scale_of(temperature), scr)
+        } else {
+            in_place(o, scr, |row, o, scr| {
+                softmax_at(row, temperature, log, o, scr)
+            })
+        }
     })
+}
+
+/// `log_softmax(o * scale)` of one row into `o` itself, without a copy: the row is read for
+/// its maximum and weight sum, then each element is replaced by its log-probability (the
+/// operations of [`softmax_row`]).
+fn log_softmax_in_place_row(
+    o: &mut [f32],
+    scale: f32,
+    scr: &mut pipeline::Scratch,
+) -> Result<(), KernelError> {
+    let mut bmax = std::mem::take(&mut scr.bmax);
+    let res = pipeline::scan_with(&*o, &mut bmax, Some(scale), scr).map(|s| {
+        let (total, _) = pipeline::weight_sums(&s, scale, ALL_FINITE, scr);
+        (s.m, total.ln())
+    });
+    scr.bmax = bmax;
+    let (m, lse) = res?;
+    prims::write_log_softmax_in_place(o, m, scale, lse);
+    Ok(())
 }
 
 /// Runs `f` on a copy of the row `o` (in the scratch's `input`), writing `o`.

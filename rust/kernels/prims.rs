@@ -804,6 +804,27 @@ pub fn write_log_softmax<T: Elem>(x: &[T], m: f32, scale: f32, lse: f64, out: &m
     }
 }
 
+/// [`write_log_softmax`] of `x` into `x` itself: each element is replaced by its value.
+pub fn write_log_softmax_in_place(x: &mut [f32], m: f32, scale: f32, lse: f64) {
+    if m < WIDE_LOG_SOFTMAX {
+        write_log_softmax_in_place_f32(x, m, scale, lse as f32);
+    } else {
+        for e in x.iter_mut() {
+            *e = log_softmax_at(*e, m, scale, lse);
+        }
+    }
+}
+
+multiversion! {
+    /// [`write_log_softmax_in_place`] in `f32` (the operations of [`write_log_softmax_f32`]).
+    pub fn write_log_softmax_in_place_f32(x: &mut [f32], m: f32, scale: f32, lse: f32) -> () {
+        for e in x.iter_mut() {
+            let v = *e;
+            *e = finite_logprob(v, (v - m) * scale - lse);
+        }
+    }
+}
+
 /// One value of [`write_log_softmax`], with the same operations (so the same bits): the
 /// log-probabilities of [`crate::kernels::logprobs`] and of `sample_batch` are those of
 /// `log_softmax`.
