@@ -166,7 +166,12 @@ pub fn softmax<T: Elem>(
 ) -> Result<(), KernelError> {
     check_temperature(temperature)?;
     for_rows(rows_of(x, vocab), vocab, out, vocab, |r, o, scr| {
-        softmax_at(&x[r * vocab..(r + 1) * vocab], temperature, log, o, scr)
+        let row = &x[r * vocab..(r + 1) * vocab];
+        if pipeline::halves(row, temperature) {
+            softmax_halved(row, temperature, log, o, scr)
+        } else {
+            softmax_row(row, pipeline::scale_of(temperature), log, o, scr)
+        }
     })
 }
 
@@ -183,33 +188,23 @@ pub fn softmax_in_place(
 ) -> Result<(), KernelError> {
     check_temperature(temperature)?;
     for_rows(rows_of(x, vocab), vocab, x, vocab, |_, o, scr| {
-        if log && !pipeline::halves(o, temperature) {
-            log_softmax_in_place_row(o, pipeline::scale_of(temperature), scr)
+        if pipeline::halves(o, temperature) {
+            in_place(o, scr, |row, o, scr| {
+                softmax_halved(row, temperature, log, o, scr)
+            })
+        } else if log {
+            // No copy: the row is read for its terms, then each element is replaced by its
+            // log-probability (the operations of `prims::write_log_softmax`).
+            let scale = pipeline::scale_of(temperature);
+            let (m, lse) = log_softmax_terms(&*o, scale, scr)?;
+            prims::write_log_softmax_in_place(o, m, scale, lse);
+            Ok(())
         } else {
             in_place(o, scr, |row, o, scr| {
-                softmax_at(row, temperature, log, o, scr)
+                softmax_row(row, pipeline::scale_of(temperature), false, o, scr)
             })
         }
     })
-}
-
-/// `log_softmax(o * scale)` of one row into `o` itself, without a copy: the row is read for
-/// its maximum and weight sum, then each element is replaced by its log-probability (the
-/// operations of [`softmax_row`]).
-fn log_softmax_in_place_row(
-    o: &mut [f32],
-    scale: f32,
-    scr: &mut pipeline::Scratch,
-) -> Result<(), KernelError> {
-    let mut bmax = std::mem::take(&mut scr.bmax);
-    let res = pipeline::scan_with(&*o, &mut bmax, Some(scale), scr).map(|s| {
-        let (total, _) = pipeline::weight_sums(&s, scale, ALL_FINITE, scr);
-        (s.m, total.ln())
-    });
-    scr.bmax = bmax;
-    let (m, lse) = res?;
-    prims::write_log_softmax_in_place(o, m, scale, lse);
-    Ok(())
 }
 
 /// Runs `f` on a copy of the row `o` (in the scratch's `input`), writing `o`.
@@ -226,29 +221,21 @@ fn in_place(
     res
 }
 
-/// `softmax(row / temperature)` (or its logarithm when `log`) into `o`.
-fn softmax_at<T: Elem>(
+/// `softmax(row / temperature)` (or its logarithm when `log`) of a row that
+/// [`pipeline::halves`] into `o`: weighed on a halved copy at `t / 2`.
+fn softmax_halved<T: Elem>(
     row: &[T],
     temperature: f64,
     log: bool,
     o: &mut [f32],
     scr: &mut pipeline::Scratch,
 ) -> Result<(), KernelError> {
-    if pipeline::halves(row, temperature) {
-        let mut half = std::mem::take(&mut scr.half);
-        pipeline::halve_into(row, &mut half);
-        let res = softmax_row(
-            &half[..],
-            pipeline::scale_of(pipeline::in_units(temperature, 0.5)),
-            log,
-            o,
-            scr,
-        );
-        scr.half = half;
-        res
-    } else {
-        softmax_row(row, pipeline::scale_of(temperature), log, o, scr)
-    }
+    let mut half = std::mem::take(&mut scr.half);
+    pipeline::halve_into(row, &mut half);
+    let scale = pipeline::scale_of(pipeline::in_units(temperature, 0.5));
+    let res = softmax_row(&half[..], scale, log, o, scr);
+    scr.half = half;
+    res
 }
 
 /// `softmax(row * scale)` (or its logarithm when `log`) of one row into `o`.
@@ -259,22 +246,38 @@ fn softmax_row<T: Elem>(
     o: &mut [f32],
     scr: &mut pipeline::Scratch,
 ) -> Result<(), KernelError> {
+    if log {
+        // With T so large that 1/T is 0 in f32 (the uniform distribution over the finite
+        // tokens), masked tokens still get -inf (`prims::finite_logprob`).
+        let (m, lse) = log_softmax_terms(row, scale, scr)?;
+        prims::write_log_softmax(row, m, scale, lse, o);
+        return Ok(());
+    }
     let mut bmax = std::mem::take(&mut scr.bmax);
-    let res = if !log && prims::fused_pays(scale) {
+    let res = if prims::fused_pays(scale) {
         softmax_fused(row, scale, &mut bmax, o, scr)
     } else {
-        pipeline::scan_with(row, &mut bmax, log.then_some(scale), scr).map(|s| {
-            if log {
-                let (total, _) = pipeline::weight_sums(&s, scale, ALL_FINITE, scr);
-                // With T so large that 1/T is 0 in f32 (the uniform distribution over the
-                // finite tokens), masked tokens still get -inf (`prims::finite_logprob`).
-                prims::write_log_softmax(row, s.m, scale, total.ln(), o);
-            } else {
-                let total = prims::write_weights(row, s.bmax, s.m, scale, o);
-                prims::scale_in_place(o, (1.0 / total) as f32);
-            }
+        pipeline::scan(row, &mut bmax).map(|s| {
+            let total = prims::write_weights(row, s.bmax, s.m, scale, o);
+            prims::scale_in_place(o, (1.0 / total) as f32);
         })
     };
+    scr.bmax = bmax;
+    res
+}
+
+/// The maximum of `row` and `ln` of its weight total at `scale`: the terms of its log-softmax,
+/// `(v - m) * scale - lse`.
+fn log_softmax_terms<T: Elem>(
+    row: &[T],
+    scale: f32,
+    scr: &mut pipeline::Scratch,
+) -> Result<(f32, f64), KernelError> {
+    let mut bmax = std::mem::take(&mut scr.bmax);
+    let res = pipeline::scan_with(row, &mut bmax, Some(scale), scr).map(|s| {
+        let (total, _) = pipeline::weight_sums(&s, scale, ALL_FINITE, scr);
+        (s.m, total.ln())
+    });
     scr.bmax = bmax;
     res
 }

@@ -819,8 +819,7 @@ multiversion! {
     /// [`write_log_softmax_in_place`] in `f32` (the operations of [`write_log_softmax_f32`]).
     pub fn write_log_softmax_in_place_f32(x: &mut [f32], m: f32, scale: f32, lse: f32) -> () {
         for e in x.iter_mut() {
-            let v = *e;
-            *e = finite_logprob(v, (v - m) * scale - lse);
+            *e = log_softmax_f32(*e, m, scale, lse);
         }
     }
 }
@@ -832,13 +831,20 @@ multiversion! {
 #[must_use]
 pub fn log_softmax_at(v: f32, m: f32, scale: f32, lse: f64) -> f32 {
     if m < WIDE_LOG_SOFTMAX {
-        finite_logprob(v, (v - m) * scale - lse as f32)
+        log_softmax_f32(v, m, scale, lse as f32)
     } else {
         finite_logprob(
             v,
             ((f64::from(v) - f64::from(m)) * f64::from(scale) - lse) as f32,
         )
     }
+}
+
+/// [`log_softmax_at`] below [`WIDE_LOG_SOFTMAX`]: in `f32`, separate multiply and subtract, so
+/// every level rounds alike.
+#[inline(always)]
+fn log_softmax_f32(v: f32, m: f32, scale: f32, lse: f32) -> f32 {
+    finite_logprob(v, (v - m) * scale - lse)
 }
 
 /// Row maxima from here on take the `f64` log-softmax write.
@@ -848,8 +854,7 @@ multiversion! {
     /// [`write_log_softmax`] in `f32` (the operations of [`log_softmax_at`] below 2^100).
     pub fn write_log_softmax_f32<T: Elem>(x: &[T], m: f32, scale: f32, lse: f32, out: &mut [f32]) -> () {
         for (o, e) in out.iter_mut().zip(x) {
-            let v = e.to_f32();
-            *o = finite_logprob(v, (v - m) * scale - lse);
+            *o = log_softmax_f32(e.to_f32(), m, scale, lse);
         }
     }
 }
