@@ -768,15 +768,12 @@ def _plain_edit(
     """For contiguous float32 logits edited into a new array or in place (``out=logits``): the
     result, the array that ``bias_and_penalties`` reads (None: in place) and the ``(B, V)``
     view it writes. None for every other form (the general path)."""
-    if dtype is not None or not _plain_f32(logits):
-        return None
-    one_row = logits.ndim == 1
-    if out is logits and logits.flags.writeable:
-        return logits, None, logits.reshape(1, -1) if one_row else logits
-    if out is not None:
+    if (target := _in_place(logits, dtype, out)) is not None:
+        return logits, None, target
+    if out is not None or dtype is not None or not _plain_f32(logits):
         return None
     res = _core.empty_f32(logits.shape)
-    if one_row:
+    if logits.ndim == 1:
         return res, logits.reshape(1, -1), res.reshape(1, -1)
     return res, logits, res
 
