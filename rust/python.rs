@@ -141,13 +141,40 @@ fn is_bool(obj: &Bound<'_, PyAny>) -> bool {
     if obj.is_instance_of::<PyBool>() {
         return true;
     }
+    numpy_kind(obj) == Some('b')
+}
+
+/// A NumPy complex scalar or 0-d array (a Python `complex` reads as no float at all, but
+/// `np.complex128` does, dropping its imaginary part).
+fn is_complex(obj: &Bound<'_, PyAny>) -> bool {
+    numpy_kind(obj) == Some('c')
+}
+
+/// The `dtype.kind` of a NumPy scalar or array (`None` for Python numbers and other objects).
+fn numpy_kind(obj: &Bound<'_, PyAny>) -> Option<char> {
     if obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyInt>() {
-        return false;
+        return None;
     }
     obj.getattr("dtype")
         .and_then(|d| d.getattr("kind"))
         .and_then(|k| k.extract::<String>())
-        .is_ok_and(|k| k == "b")
+        .ok()
+        .and_then(|k| k.chars().next())
+}
+
+/// `str(obj)` for an error message: an int too long for Python's `str` (more than 4300 digits)
+/// is described by its size instead.
+fn shown_obj(obj: &Bound<'_, PyAny>) -> String {
+    match obj.str() {
+        Ok(s) => s.to_string(),
+        Err(_) => match obj
+            .call_method0("bit_length")
+            .and_then(|b| b.extract::<u64>())
+        {
+            Ok(bits) => format!("<an integer of {bits} bits>"),
+            Err(_) => "<unprintable>".to_owned(),
+        },
+    }
 }
 
 // `logitkit.ParameterTypeError`: a parameter of the wrong type, both a `ValueError` and a
@@ -161,7 +188,11 @@ macro_rules! per_row_fn {
         fn $name(obj: &Bound<'_, PyAny>, name: &str, rows: usize) -> PyResult<PerRow<$t>> {
             if $scalar(obj) {
                 return obj.extract::<$t>().map(PerRow::All).map_err(|_| {
-                    PyValueError::new_err(format!("{name}: must be {}, got {obj}", $what))
+                    PyValueError::new_err(format!(
+                        "{name}: must be {}, got {}",
+                        $what,
+                        shown_obj(obj)
+                    ))
                 });
             }
             if obj.cast::<PyArray1<$t>>().is_ok() {
@@ -319,9 +350,10 @@ fn ids_of_sequence(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
             NotAnId::Bool => {
                 PyTypeError::new_err(format!("{name}: token ids must be integers, got a bool"))
             }
-            NotAnId::Huge => {
-                PyValueError::new_err(format!("{name}: token id {item} is out of range"))
-            }
+            NotAnId::Huge => PyValueError::new_err(format!(
+                "{name}: token id {} is out of range",
+                shown_obj(&item)
+            )),
             NotAnId::NotInt => PyTypeError::new_err(format!("{name}: token ids must be integers")),
         })?);
     }
@@ -383,7 +415,7 @@ fn bias_row(
                 return Err(value_error(KernelError::param(
                     name,
                     row,
-                    format!("token id {k} is outside [0, {vocab})"),
+                    format!("token id {} is outside [0, {vocab})", shown_obj(&k)),
                 )))
             }
             Err(NotAnId::Bool) => {
@@ -402,6 +434,11 @@ fn bias_row(
         if is_bool(&v) {
             return Err(ParameterTypeError::new_err(format!(
                 "{name}: value for token {id} is a bool, not a number"
+            )));
+        }
+        if is_complex(&v) {
+            return Err(ParameterTypeError::new_err(format!(
+                "{name}: value for token {id} is complex, not a real number"
             )));
         }
         let val: f64 = v.extract().map_err(|_| {

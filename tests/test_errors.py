@@ -822,3 +822,85 @@ def test_a_token_list_that_shares_memory_with_out_is_named():
     tok = z.view(np.int32)[:1]
     with pytest.raises(ValueError, match=r"^output_tokens: shares memory"):
         lk.apply_penalties(z, output_tokens=tok, frequency_penalty=1.0, out=z)
+
+
+@pytest.mark.parametrize(
+    "value", [np.complex128(0.5 + 3j), np.complex64(2 + 0j), np.array(0.5 + 1j), np.clongdouble(1)]
+)
+def test_a_complex_bias_value_is_refused_in_every_function(value):
+    """NumPy complex scalars read as floats to Python (dropping the imaginary part, with only a
+    warning); a bias value is a real number, so they are refused as a Python complex is."""
+    x = np.asarray([0.5, 1.0, 0.0], dtype=np.float32)
+    with pytest.raises(lk.ParameterTypeError, match=r"^bias: value for token 1 is complex"):
+        lk.apply_logit_bias(x, {1: value})
+    with pytest.raises(lk.ParameterTypeError, match=r"^bias: value for token 1 is complex"):
+        lk.apply_logit_bias(np.stack([x, x]), [{}, {1: value}])
+    with pytest.raises(lk.ParameterTypeError, match=r"^logit_bias: value for token 1 is complex"):
+        lk.apply_penalties(x, logit_bias={1: value})
+    with pytest.raises(lk.ParameterTypeError, match=r"^bias: "):
+        lk.apply_logit_bias(x, {1: complex(value)})
+    with pytest.raises(ValueError, match="logit_bias"):
+        lk.SamplingParams(logit_bias={1: value})
+
+
+HUGE = 10**5000  # more digits than Python's str() of an int accepts (4300)
+
+
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        ("k", lambda x: lk.top_k(x, HUGE)),
+        ("k", lambda x: lk.mask_top_k(x, -HUGE)),
+        ("seed", lambda x: lk.uniform(HUGE, 0)),
+        ("step", lambda x: lk.uniform(0, HUGE)),
+        ("seed", lambda x: lk.sample(x, seed=HUGE)),
+        ("seed", lambda x: lk.sample(np.stack([x, x]), seed=[1, HUGE])),
+        ("step", lambda x: lk.sample(x, seed=1, step=-HUGE)),
+        ("min_keep", lambda x: lk.mask_top_p(x, 0.5, min_keep=-HUGE)),
+        ("top_n", lambda x: lk.logprobs(x, [1], top_n=HUGE)),
+        ("tokens", lambda x: lk.logprobs(x, [HUGE])),
+        ("n", lambda x: lk.set_num_threads(HUGE)),
+        ("bias", lambda x: lk.apply_logit_bias(x, {HUGE: 1.0})),
+        ("bias", lambda x: lk.apply_logit_bias(np.stack([x, x]), [{}, {-HUGE: 1.0}])),
+        ("output_tokens", lambda x: lk.apply_penalties(x, output_tokens=[HUGE])),
+        ("prompt_tokens", lambda x: lk.apply_penalties(x, prompt_tokens=[-HUGE])),
+        ("logit_bias", lambda x: lk.apply_penalties(x, logit_bias={HUGE: 1.0})),
+        ("seed", lambda x: lk.SamplingParams(seed=HUGE)),
+        ("min_tokens", lambda x: lk.SamplingParams(min_tokens=-HUGE)),
+        ("logprobs", lambda x: lk.SamplingParams(logprobs=-HUGE)),
+        ("min_keep", lambda x: lk.SamplingParams(min_keep=-HUGE)),
+        ("logit_bias", lambda x: lk.SamplingParams(logit_bias={HUGE: 1.0})),
+        ("logit_bias", lambda x: lk.SamplingParams(logit_bias={"1" * 5000: 1.0})),
+        ("stop_token_ids", lambda x: lk.SamplingParams(stop_token_ids=[HUGE])),
+        ("allowed_token_ids", lambda x: lk.SamplingParams(allowed_token_ids=[-HUGE])),
+        (
+            "top_logprobs",
+            lambda x: lk.SamplingParams.from_openai({"logprobs": True, "top_logprobs": -HUGE}),
+        ),
+        (
+            "steps",
+            lambda x: lk.sample_batch(np.stack([x, x]), lk.SamplingParams(), steps=[0, HUGE]),
+        ),
+        (
+            "output_tokens",
+            lambda x: lk.sample_batch(
+                np.stack([x, x]), lk.SamplingParams(), output_tokens=[[HUGE], []]
+            ),
+        ),
+    ],
+)
+def test_an_integer_too_long_to_print_is_named_by_its_parameter(name, call):
+    """Python refuses to print an int of more than 4300 digits; such a parameter still gets the
+    ValueError that names it (the value described by its size), and nothing is printed."""
+    x = np.asarray([0.5, 1.0, 0.0, 2.0], dtype=np.float32)
+    with pytest.raises(ValueError, match=rf"^{name}: .*<an integer of 16610 bits>|^{name}: key of"):
+        call(x)
+
+
+def test_a_long_bias_key_string_is_read_or_named():
+    assert lk.SamplingParams(logit_bias={"0" * 5000 + "5": 1.0}).logit_bias == {5: 1.0}
+    assert lk.SamplingParams(logit_bias={"-" + "0" * 30: 1.0}).logit_bias == {0: 1.0}
+    with pytest.raises(ValueError, match=r"^logit_bias: key of 21 digits is out of range"):
+        lk.SamplingParams(logit_bias={"+" + "9" * 21: 1.0})
+    with pytest.raises(ValueError, match=r"^logit_bias: token id -1 is out of range"):
+        lk.SamplingParams(logit_bias={"-0001": 1.0})

@@ -448,7 +448,7 @@ def _u64(value: Any, name: str) -> Any:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         v = int(value)
         if not 0 <= v <= _U64_MAX:
-            raise ValueError(f"{name}: must be an integer in [0, 2**64), got {v}")
+            raise ValueError(f"{name}: must be an integer in [0, 2**64), got {shown(v)}")
         return v
     if isinstance(value, (float, bool, np.floating, np.bool_, str, bytes)):
         raise ParameterTypeError(
@@ -461,7 +461,7 @@ def _u64(value: Any, name: str) -> Any:
         ints = [int(v) for v in value]
         bad = [v for v in ints if not 0 <= v <= _U64_MAX]
         if bad:
-            raise ValueError(f"{name}: must be in [0, 2**64), got {bad[0]}")
+            raise ValueError(f"{name}: must be in [0, 2**64), got {shown(bad[0])}")
         return np.array(ints, dtype=np.uint64)
     a = _asarray(value, name)
     if a.ndim == 0:
@@ -606,7 +606,7 @@ def top_k(logits: ArrayLike, k: int, *, dtype: str | None = None) -> TopK:
     kk = _check_int(k, "k")
     vocab = x.shape[-1]
     if not 1 <= kk <= vocab:
-        raise ValueError(f"k: must be in [1, {vocab}], got {kk}")
+        raise ValueError(f"k: must be in [1, {vocab}], got {shown(kk)}")
     rows = x.array.shape[0]
     values = np.empty((rows, kk), dtype=np.float32)
     indices = np.empty((rows, kk), dtype=np.int64)
@@ -637,7 +637,7 @@ def mask_top_k(
     x = _logits(logits, dtype)
     kk = _check_int(k, "k")
     if kk < 1:
-        raise ValueError(f"k: must be >= 1, got {kk}")
+        raise ValueError(f"k: must be >= 1, got {shown(kk)}")
     o = _out(out, x)
     _core.mask(_input_for(x, o), x.kind, "top_k", float(min(kk, x.shape[-1])), 1.0, 1, o.target)
     return _finish(o)
@@ -646,7 +646,7 @@ def mask_top_k(
 def _min_keep(min_keep: Any) -> int:
     mk = _check_int(min_keep, "min_keep")
     if mk < 1:
-        raise ValueError(f"min_keep: must be >= 1, got {mk}")
+        raise ValueError(f"min_keep: must be >= 1, got {shown(mk)}")
     return min(mk, _I64_MAX)
 
 
@@ -1086,7 +1086,7 @@ def logprobs(
     n = _check_int(top_n, "top_n")
     vocab = x.shape[-1]
     if not 0 <= n <= vocab:
-        raise ValueError(f"top_n: must be in [0, {vocab}], got {n}")
+        raise ValueError(f"top_n: must be in [0, {vocab}], got {shown(n)}")
     one_row = len(x.shape) == 1
     lp, rk, offsets, ti, tl = _core.logprobs(x.array, x.kind, tokens, one_row, n)
     rows = x.array.shape[0]
@@ -1121,7 +1121,7 @@ def set_num_threads(n: int) -> None:
     16; or ``LOGITKIT_NUM_THREADS``). Results are identical for every thread count."""
     nn = _check_int(n, "n")
     if not 1 <= nn <= _core.MAX_THREADS:
-        raise ValueError(f"n: must be in [1, {_core.MAX_THREADS}], got {nn}")
+        raise ValueError(f"n: must be in [1, {_core.MAX_THREADS}], got {shown(nn)}")
     _core.set_num_threads(nn)
 
 

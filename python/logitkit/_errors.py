@@ -21,9 +21,12 @@ class ParameterTypeError(ValueError, TypeError):
 
 
 def shown(value: object) -> str:
-    """``repr(value)`` for an error message, or ``<unprintable>`` when that ``repr`` raises (the
-    error stays the ``ValueError`` / ``TypeError`` that names the parameter)."""
+    """``repr(value)`` for an error message, or a description when that ``repr`` raises (an int
+    of more than 4300 digits, which Python refuses to print, or a hostile ``__repr__``): the
+    error stays the ``ValueError`` / ``TypeError`` that names the parameter."""
     try:
         return repr(value)
     except Exception:
+        if isinstance(value, int):
+            return f"<an integer of {value.bit_length()} bits>"
         return "<unprintable>"

@@ -172,8 +172,12 @@ def _token_key(key: Any) -> int:
     """A ``logit_bias`` key: an integer, or a string of ASCII digits with an optional sign."""
     if isinstance(key, str):
         if re.fullmatch(r"[-+]?[0-9]+", key) is None:
-            raise _fail("logit_bias", f"key {key!r} is not a token id")
-        return int(key)
+            raise _fail("logit_bias", f"key {shown(key)} is not a token id")
+        digits = key.lstrip("+-").lstrip("0") or "0"
+        if len(digits) > 20:
+            # Beyond any id (and beyond what Python's int() reads: 4300 digits).
+            raise _fail("logit_bias", f"key of {len(digits)} digits is out of range")
+        return -int(digits) if key.startswith("-") else int(digits)
     return _int(key, "logit_bias")
 
 
@@ -185,7 +189,7 @@ def _ids(value: Any, name: str) -> list[int]:
     out = [_int(v, name) for v in value]
     for t in out:
         if not 0 <= t < _ID_LIMIT:
-            raise _fail(name, f"token id {t} is out of range")
+            raise _fail(name, f"token id {shown(t)} is out of range")
     return out
 
 
@@ -236,7 +240,7 @@ class SamplingParams:
             raise _fail("min_p", f"must be in [0, 1], got {min_p}")
         min_keep = _int(self.min_keep, "min_keep")
         if min_keep < 1:
-            raise _fail("min_keep", f"must be >= 1, got {min_keep}")
+            raise _fail("min_keep", f"must be >= 1, got {shown(min_keep)}")
         rep = _num(self.repetition_penalty, "repetition_penalty")
         if not (math.isfinite(rep) and rep > 0):
             raise _fail("repetition_penalty", f"must be finite and > 0, got {rep}")
@@ -256,7 +260,7 @@ class SamplingParams:
         for k, v in given_bias.items():
             tid = _token_key(k)
             if not 0 <= tid < _ID_LIMIT:
-                raise _fail("logit_bias", f"token id {tid} is out of range")
+                raise _fail("logit_bias", f"token id {shown(tid)} is out of range")
             val = _num(v, "logit_bias")
             if math.isnan(val) or val == math.inf:
                 raise _fail("logit_bias", f"value {val} for token {tid} must be finite or -inf")
@@ -275,17 +279,17 @@ class SamplingParams:
         stop = [] if self.stop_token_ids is None else _ids(self.stop_token_ids, "stop_token_ids")
         min_tokens = _int(self.min_tokens, "min_tokens")
         if min_tokens < 0:
-            raise _fail("min_tokens", f"must be >= 0, got {min_tokens}")
+            raise _fail("min_tokens", f"must be >= 0, got {shown(min_tokens)}")
         seed = None
         if self.seed is not None:
             seed = _int(self.seed, "seed")
             if not 0 <= seed < 2**64:
-                raise _fail("seed", f"must be in [0, 2**64), got {seed}")
+                raise _fail("seed", f"must be in [0, 2**64), got {shown(seed)}")
         logprobs = None
         if self.logprobs is not None:
             logprobs = _int(self.logprobs, "logprobs")
             if logprobs < 0:
-                raise _fail("logprobs", f"must be >= 0, got {logprobs}")
+                raise _fail("logprobs", f"must be >= 0, got {shown(logprobs)}")
         _check_choice(self.logprobs_mode, "logprobs_mode", _MODES, wrong_type=ValueError)
         _check_choice(self.order, "order", _ORDERS, wrong_type=ValueError)
         # Store the validated values, so that fields hold what is sampled with: plain Python
@@ -359,7 +363,7 @@ class SamplingParams:
                 top = body.get("top_logprobs")
                 n = 0 if top is None else _int(top, "top_logprobs")
                 if n < 0:
-                    raise _fail("top_logprobs", f"must be >= 0, got {n}")
+                    raise _fail("top_logprobs", f"must be >= 0, got {shown(n)}")
                 kwargs["logprobs"] = n
         elif lp is not None:
             kwargs["logprobs"] = _int(lp, "logprobs")
