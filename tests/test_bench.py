@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 import logitkit as lk
 from logitkit import _bench
@@ -34,3 +35,18 @@ def test_exp_sum_floor_is_the_exp_sum() -> None:
     m = x.max(axis=-1)
     want = np.exp(x.astype(np.float64) - m[:, None]).sum(axis=-1)
     np.testing.assert_allclose(lk._core.exp_sum_floor(x, m), want, rtol=1e-5)
+
+
+def test_bench_refuses_bad_options_before_running(tmp_path, capsys) -> None:
+    cases = {
+        "--vocabs 1": "--vocabs: at least 128",
+        "--threads 5000": "--threads: 0 to 1024",
+        "--threads -1": "--threads: 0 to 1024",
+        f"--json {tmp_path / 'missing' / 'x.json'}": "--json: cannot write",
+        f"--plot {tmp_path}": "--plot: cannot write",
+    }
+    for args, message in cases.items():
+        with pytest.raises(SystemExit) as e:
+            _bench.main([*args.split(), "--ops", "greedy", "--peers", "numpy"])
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err

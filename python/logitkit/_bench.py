@@ -77,6 +77,7 @@ MINP_TOL = 1e-5
 # the cumulative-probability step between the two tokens.
 DRAW_TOL = 1e-4
 N_SPIKES = 8
+MIN_VOCAB = 128  # the history of a workload draws from 128 distinct ids
 
 
 # --------------------------------------------------------------------------------------------
@@ -1370,6 +1371,8 @@ def run(args: argparse.Namespace) -> int:
         batches = _ints(args.batches, "--batches") if args.batches else None
     except argparse.ArgumentTypeError as e:
         ap.error(str(e))
+    if vocabs and min(vocabs) < MIN_VOCAB:
+        ap.error(f"--vocabs: at least {MIN_VOCAB} (the workloads' history pool), got {min(vocabs)}")
     vocabs = vocabs or list(QUICK_VOCABS if args.quick else DEFAULT_VOCABS)
     batches = batches or list(QUICK_BATCHES if args.quick else DEFAULT_BATCHES)
     op_names = [s.strip() for s in args.ops.split(",") if s.strip()] if args.ops else list(all_ops)
@@ -1384,8 +1387,14 @@ def run(args: argparse.Namespace) -> int:
         lim.min_reps = max(1, args.min_reps)
     if args.max_time is not None:
         lim.max_time = args.max_time
-    if args.threads < 0:
-        ap.error("--threads: 0 or more")
+    max_threads = getattr(getattr(lk, "_core", None), "MAX_THREADS", 1024)
+    if not 0 <= args.threads <= max_threads:
+        ap.error(f"--threads: 0 to {max_threads}, got {args.threads}")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        # Refused before the run, not after it.
+        folder = os.path.dirname(os.path.abspath(path)) if path else ""
+        if path and (os.path.isdir(path) or not os.access(folder, os.W_OK)):
+            ap.error(f"{flag}: cannot write {path!r}")
     if args.threads > 0:
         lk.set_num_threads(args.threads)
     threads = int(_call_or("get_num_threads", args.threads or 1))
