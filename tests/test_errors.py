@@ -857,6 +857,7 @@ HUGE = 10**5000  # more digits than Python's str() of an int accepts (4300)
         ("seed", lambda x: lk.sample(np.stack([x, x]), seed=[1, HUGE])),
         ("step", lambda x: lk.sample(x, seed=1, step=-HUGE)),
         ("min_keep", lambda x: lk.mask_top_p(x, 0.5, min_keep=-HUGE)),
+        ("min_keep", lambda x: lk.sample(x, seed=1, min_keep=-HUGE)),
         ("top_n", lambda x: lk.logprobs(x, [1], top_n=HUGE)),
         ("tokens", lambda x: lk.logprobs(x, [HUGE])),
         ("n", lambda x: lk.set_num_threads(HUGE)),

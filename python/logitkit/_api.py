@@ -1039,7 +1039,10 @@ def sample(
     k = _scalar_or(top_k, "top_k", True)
     p = _scalar_or(top_p, "top_p", False)
     mp = _scalar_or(min_p, "min_p", False)
-    mk = _scalar_or(min_keep, "min_keep", True)
+    if isinstance(min_keep, (int, np.integer)) and not isinstance(min_keep, bool):
+        mk = _min_keep(min_keep)  # named with its own value, not its int64 limit
+    else:
+        mk = _scalar_or(min_keep, "min_keep", True)
     rows = x.array.shape[0]
     res = np.empty(rows, dtype=np.int64)
     if uniforms is not None:
