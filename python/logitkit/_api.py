@@ -1063,7 +1063,9 @@ def logprobs(
 ) -> LogProbs:
     """Log-probabilities of ``tokens`` under ``log_softmax(logits)``, ranks, and the top ``n``.
 
-    A token's rank is ``1 +`` the number of tokens with a strictly larger log-probability.
+    A token's rank is ``1 +`` the number of tokens with a strictly larger log-probability,
+    compared exactly, that is by logit: tokens whose float32 log-probabilities print the same can
+    have different ranks (``[0.0, 1e-45]`` ranks 2 and 1).
     For ``(V,)`` logits ``tokens`` is a 1-D array of ids; for ``(B, V)`` a sequence of B 1-D
     arrays (results are ``(B, n)`` arrays when every row has n tokens, else a list of arrays).
     ``top_ids`` / ``top_logprobs`` hold the ``top_n`` most probable tokens (ties: lower id).
