@@ -136,21 +136,8 @@ fn is_int(obj: &Bound<'_, PyAny>) -> bool {
     obj.is_instance_of::<PyInt>()
 }
 
-/// A Python or a NumPy bool (`np.bool_` is no `bool`, but reads as a number).
-fn is_bool(obj: &Bound<'_, PyAny>) -> bool {
-    if obj.is_instance_of::<PyBool>() {
-        return true;
-    }
-    numpy_kind(obj) == Some('b')
-}
-
-/// A NumPy complex scalar or 0-d array (a Python `complex` reads as no float at all, but
-/// `np.complex128` does, dropping its imaginary part).
-fn is_complex(obj: &Bound<'_, PyAny>) -> bool {
-    numpy_kind(obj) == Some('c')
-}
-
-/// The `dtype.kind` of a NumPy scalar or array (`None` for Python numbers and other objects).
+/// The `dtype.kind` of a NumPy scalar or array (`None` for Python numbers and other objects):
+/// `'c'` for a complex one, which Python reads as a float, dropping its imaginary part.
 fn numpy_kind(obj: &Bound<'_, PyAny>) -> Option<char> {
     if obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyInt>() {
         return None;
@@ -171,6 +158,9 @@ fn shown_obj(obj: &Bound<'_, PyAny>) -> String {
             .call_method0("bit_length")
             .and_then(|b| b.extract::<u64>())
         {
+            Ok(bits) if obj.lt(0).unwrap_or(false) => {
+                format!("<a negative integer of {bits} bits>")
+            }
             Ok(bits) => format!("<an integer of {bits} bits>"),
             Err(_) => "<unprintable>".to_owned(),
         },
@@ -431,12 +421,15 @@ fn bias_row(
                 )))
             }
         };
-        if is_bool(&v) {
+        // Refused: a Python or NumPy bool (`np.bool_` reads as a number) and a NumPy complex
+        // (read as a float without its imaginary part); one look at the NumPy kind serves both.
+        let kind = numpy_kind(&v);
+        if v.is_instance_of::<PyBool>() || kind == Some('b') {
             return Err(ParameterTypeError::new_err(format!(
                 "{name}: value for token {id} is a bool, not a number"
             )));
         }
-        if is_complex(&v) {
+        if kind == Some('c') {
             return Err(ParameterTypeError::new_err(format!(
                 "{name}: value for token {id} is complex, not a real number"
             )));

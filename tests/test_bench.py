@@ -44,9 +44,20 @@ def test_bench_refuses_bad_options_before_running(tmp_path, capsys) -> None:
         "--threads -1": "--threads: 0 to 1024",
         f"--json {tmp_path / 'missing' / 'x.json'}": "--json: cannot write",
         f"--plot {tmp_path}": "--plot: cannot write",
+        f"--json {tmp_path / 'a_file' / 'x.json'}": "--json: cannot write",
     }
+    (tmp_path / "a_file").write_text("")
     for args, message in cases.items():
         with pytest.raises(SystemExit) as e:
             _bench.main([*args.split(), "--ops", "greedy", "--peers", "numpy"])
         assert e.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_bench_output_paths_that_can_be_written_are_accepted(tmp_path) -> None:
+    existing = tmp_path / "old.json"
+    existing.write_text("old")
+    for path in (existing, tmp_path / "new.json", "/dev/null"):
+        assert _bench._writable(str(path))
+    assert not _bench._writable(str(tmp_path))
+    assert not _bench._writable(str(tmp_path / "missing" / "x.json"))

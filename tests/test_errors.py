@@ -858,6 +858,11 @@ HUGE = 10**5000  # more digits than Python's str() of an int accepts (4300)
         ("step", lambda x: lk.sample(x, seed=1, step=-HUGE)),
         ("min_keep", lambda x: lk.mask_top_p(x, 0.5, min_keep=-HUGE)),
         ("min_keep", lambda x: lk.sample(x, seed=1, min_keep=-HUGE)),
+        ("min_keep", lambda x: lk.sample(np.stack([x, x]), seed=1, min_keep=[1, -HUGE])),
+        (
+            "min_keep",
+            lambda x: lk.sample(np.stack([x, x]), uniforms=[0.5, 0.5], min_keep=[-HUGE, 1]),
+        ),
         ("top_n", lambda x: lk.logprobs(x, [1], top_n=HUGE)),
         ("tokens", lambda x: lk.logprobs(x, [HUGE])),
         ("n", lambda x: lk.set_num_threads(HUGE)),
@@ -890,12 +895,13 @@ HUGE = 10**5000  # more digits than Python's str() of an int accepts (4300)
         ),
     ],
 )
-def test_an_integer_too_long_to_print_is_named_by_its_parameter(name, call):
+def test_an_integer_too_long_to_print_is_named_by_its_parameter(name, call, capfd):
     """Python refuses to print an int of more than 4300 digits; such a parameter still gets the
     ValueError that names it (the value described by its size), and nothing is printed."""
     x = np.asarray([0.5, 1.0, 0.0, 2.0], dtype=np.float32)
-    with pytest.raises(ValueError, match=rf"^{name}: .*<an integer of 16610 bits>|^{name}: key of"):
+    with pytest.raises(ValueError, match=rf"^{name}: .*integer of 16610 bits>|^{name}: key of"):
         call(x)
+    assert capfd.readouterr().err == ""
 
 
 def test_a_long_bias_key_string_is_read_or_named():
@@ -905,3 +911,32 @@ def test_a_long_bias_key_string_is_read_or_named():
         lk.SamplingParams(logit_bias={"+" + "9" * 21: 1.0})
     with pytest.raises(ValueError, match=r"^logit_bias: token id -1 is out of range"):
         lk.SamplingParams(logit_bias={"-0001": 1.0})
+
+
+def test_the_sign_of_an_integer_too_long_to_print_is_given():
+    x = np.asarray([0.5, 1.0, 0.0, 2.0], dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^k: .*got <a negative integer of 16610 bits>$"):
+        lk.mask_top_k(x, -HUGE)
+    with pytest.raises(
+        ValueError, match=r"^min_keep: .*got <a negative integer of 16610 bits> \(row 1\)"
+    ):
+        lk.sample(np.stack([x, x]), seed=1, min_keep=[1, -HUGE])
+    with pytest.raises(
+        ValueError, match=r"^tokens: token id <a negative integer of 16610 bits> is"
+    ):
+        lk.logprobs(x, [-HUGE])
+    with pytest.raises(ValueError, match=r"^bias: token id <an integer of 16610 bits> is outside"):
+        lk.apply_logit_bias(x, {HUGE: 1.0})
+
+
+def test_sampling_params_store_integers_beyond_int64_at_their_limit():
+    """They mean the same there (top-k off, keep everything), and the params can be printed."""
+    p = lk.SamplingParams(top_k=HUGE, min_keep=HUGE, min_tokens=HUGE, logprobs=HUGE)
+    assert (p.top_k, p.min_keep, p.min_tokens, p.logprobs) == (2**63 - 1,) * 4
+    assert "top_k=9223372036854775807" in repr(p)
+    assert lk.SamplingParams(top_k=-HUGE).top_k == -(2**63)
+    x = np.asarray([[0.5, 1.0, 0.0, 2.0]], dtype=np.float32)
+    off = lk.sample_batch(x, lk.SamplingParams(seed=3, logprobs=4))
+    huge = lk.sample_batch(x, lk.SamplingParams(seed=3, top_k=HUGE, logprobs=HUGE))
+    np.testing.assert_array_equal(huge.tokens, off.tokens)
+    np.testing.assert_array_equal(huge.top_ids, off.top_ids)

@@ -1039,10 +1039,7 @@ def sample(
     k = _scalar_or(top_k, "top_k", True)
     p = _scalar_or(top_p, "top_p", False)
     mp = _scalar_or(min_p, "min_p", False)
-    if isinstance(min_keep, (int, np.integer)) and not isinstance(min_keep, bool):
-        mk = _min_keep(min_keep)  # named with its own value, not its int64 limit
-    else:
-        mk = _scalar_or(min_keep, "min_keep", True)
+    mk = _scalar_or(min_keep, "min_keep", True)
     rows = x.array.shape[0]
     res = np.empty(rows, dtype=np.int64)
     if uniforms is not None:
@@ -1051,11 +1048,27 @@ def sample(
         if seed is not None:
             _rows_of(_seed(seed, rows), "seed", rows)
         _rows_of(_u64(step, "step"), "step", rows)
+        _min_keep_below_one(min_keep)
         _core.sample(x.array, x.kind, t, k, p, mp, mk, order, 0, 0, u, res)
     else:
         st = step if type(step) is int and 0 <= step <= _U64_MAX else _u64(step, "step")
-        _core.sample(x.array, x.kind, t, k, p, mp, mk, order, _seed(seed, rows), st, None, res)
+        sd = _seed(seed, rows)
+        _min_keep_below_one(min_keep)
+        _core.sample(x.array, x.kind, t, k, p, mp, mk, order, sd, st, None, res)
     return _scalar_or_rows(x, res)
+
+
+def _min_keep_below_one(min_keep: Any) -> None:
+    """Refuses a Python integer ``min_keep`` below 1 (alone or in a per-row list) with its own
+    value: the kernel, which checks the others, sees integers beyond int64 at their limit."""
+    one = isinstance(min_keep, (int, np.integer))
+    values = [min_keep] if one else min_keep
+    if not _int_list(values):
+        return
+    for r, v in enumerate(values):
+        if v < 1:
+            row = "" if one else f" (row {r})"
+            raise ValueError(f"min_keep: must be >= 1, got {shown(v)}{row}")
 
 
 def logprobs(

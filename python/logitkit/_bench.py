@@ -1301,6 +1301,15 @@ def _ints(text: str, what: str) -> list[int]:
     return vals
 
 
+def _writable(path: str) -> bool:
+    """Whether ``open(path, "w")`` can succeed: an existing file (or device) that may be written,
+    or a new name in a folder that may be written."""
+    if os.path.exists(path):
+        return not os.path.isdir(path) and os.access(path, os.W_OK)
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+
+
 def build_parser(prog: str = "python -m logitkit bench") -> argparse.ArgumentParser:
     """The options of ``python -m logitkit bench``."""
     ops = list(make_ops(Params()))
@@ -1391,9 +1400,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.threads <= max_threads:
         ap.error(f"--threads: 0 to {max_threads}, got {args.threads}")
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        # Refused before the run, not after it.
-        folder = os.path.dirname(os.path.abspath(path)) if path else ""
-        if path and (os.path.isdir(path) or not os.access(folder, os.W_OK)):
+        if path and not _writable(path):  # refused before the run, not after it
             ap.error(f"{flag}: cannot write {path!r}")
     if args.threads > 0:
         lk.set_num_threads(args.threads)

@@ -28,5 +28,6 @@ def shown(value: object) -> str:
         return repr(value)
     except Exception:
         if isinstance(value, int):
-            return f"<an integer of {value.bit_length()} bits>"
+            sign = "a negative" if value < 0 else "an"
+            return f"<{sign} integer of {value.bit_length()} bits>"
         return "<unprintable>"

@@ -295,6 +295,14 @@ class SamplingParams:
         # Store the validated values, so that fields hold what is sampled with: plain Python
         # numbers and strings, integer token ids (string keys of logit_bias converted) and read-only
         # copies of the caller's containers (changing those later changes nothing here).
+        # Integers beyond int64 are stored at their int64 limit, which means the same (top-k off,
+        # keep everything, ...) and can be printed.
+        top_k, min_keep, min_tokens = (
+            _clamp_i64(top_k),
+            _clamp_i64(min_keep),
+            _clamp_i64(min_tokens),
+        )
+        logprobs = None if logprobs is None else _clamp_i64(logprobs)
         normalized = {
             "temperature": t, "top_k": top_k, "top_p": top_p, "min_p": min_p,
             "min_keep": min_keep, "repetition_penalty": rep, "presence_penalty": pres,
@@ -308,9 +316,9 @@ class SamplingParams:
         for name, value in normalized.items():
             object.__setattr__(self, name, value)
         native = _core.RowParams(
-            t, _clamp_i64(top_k), top_p, min_p, _clamp_i64(min_keep), self.order, rep, pres, freq,
-            bias_ids, bias_values, allowed, stop, _clamp_i64(min_tokens), seed,
-            None if logprobs is None else _clamp_i64(logprobs), self.logprobs_mode == "processed",
+            t, top_k, top_p, min_p, min_keep, self.order, rep, pres, freq,
+            bias_ids, bias_values, allowed, stop, min_tokens, seed,
+            logprobs, self.logprobs_mode == "processed",
         )  # fmt: skip
         object.__setattr__(self, "_native", native)
 
