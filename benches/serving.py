@@ -7,17 +7,23 @@
     cost next to nothing (target: both ratios <= 1.2).
 (b) The cost of one call on a tiny row (V=32): ``sample_batch`` at B=1 (target < 5 us),
     ``sample`` (target < 2 us), and ``argmax`` for scale.
+(c) The cost of token histories (``--history N`` tokens per row, a third of them output): the
+    call of (a) with every row's parameters different, given no history, the histories as NumPy
+    int64 arrays, and as Python lists of ints, with neutral penalties (the histories only give
+    the steps) and with a repetition penalty of 1.1 and presence / frequency penalties.
 
 Every variant is checked before it is timed: each row's token is one its own parameters keep.
 Single thread by default (``--threads``), medians over interleaved rounds so that a noisy
 neighbour slows every variant alike.
 
-    python benches/serving.py [--vocab V] [--batch B] [--threads N] [--rounds R] [--json FILE]
+    python benches/serving.py [--vocab V] [--batch B] [--history N] [--threads N] [--rounds R]
+                              [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--history", type=int, default=1500, help="tokens per row in (c)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
     ap.add_argument("--json", type=Path)
@@ -110,7 +117,38 @@ def main(argv: list[str] | None = None) -> int:
         "argmax, V=32": lambda: lk.argmax(tiny[0]),
     }
 
+    # (c): prompt and output tokens of every row, as arrays and as lists.
+    n_out = a.history // 3
+    hist = [rng.integers(0, a.vocab, a.history) for _ in range(a.batch)]
+    prompt_a, output_a = [h[n_out:] for h in hist], [h[:n_out] for h in hist]
+    prompt_l, output_l = [h.tolist() for h in prompt_a], [h.tolist() for h in output_a]
+    penalised = [
+        dataclasses.replace(p, repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.3)
+        for p in varied
+    ]
+    for pp in (varied, penalised):
+        got = lk.sample_batch(x, pp, prompt_tokens=prompt_l, output_tokens=output_l).tokens
+        want = lk.sample_batch(x, pp, prompt_tokens=prompt_a, output_tokens=output_a).tokens
+        if not np.array_equal(got, want):
+            raise SystemExit("histories as lists and as arrays gave different tokens")
+    histories: dict[str, Callable[[], Any]] = {
+        "no history": lambda: lk.sample_batch(x, varied),
+        "arrays, neutral penalties": lambda: lk.sample_batch(
+            x, varied, prompt_tokens=prompt_a, output_tokens=output_a
+        ),
+        "lists, neutral penalties": lambda: lk.sample_batch(
+            x, varied, prompt_tokens=prompt_l, output_tokens=output_l
+        ),
+        "arrays, penalties": lambda: lk.sample_batch(
+            x, penalised, prompt_tokens=prompt_a, output_tokens=output_a
+        ),
+        "lists, penalties": lambda: lk.sample_batch(
+            x, penalised, prompt_tokens=prompt_l, output_tokens=output_l
+        ),
+    }
+
     big: dict[str, list[float]] = {k: [] for k in variants}
+    hist_us: dict[str, list[float]] = {k: [] for k in histories}
     small: dict[str, list[float]] = {k: [] for k in calls}
     names = list(variants)
     for i in range(a.rounds):
@@ -118,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             big[k].append(median_us(variants[k], 7) / a.batch)
         for k, fn in calls.items():
             small[k].append(median_us(fn, 2000))
+        for k, fn in histories.items():
+            hist_us[k].append(median_us(fn, 3) / a.batch)
     res = {
         "cpu": _bench.cpu_model(),
         "simd": lk.simd_level(),
@@ -126,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         "V": a.vocab,
         "per_row_us": {k: statistics.median(v) for k, v in big.items()},
         "per_call_us": {k: statistics.median(v) for k, v in small.items()},
+        "history": a.history,
+        "history_per_row_us": {k: statistics.median(v) for k, v in hist_us.items()},
     }
     pr = res["per_row_us"]
     res["ratio_varied_to_identical"] = pr[names[0]] / pr[names[1]]
@@ -142,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| call on a tiny row | µs per call |\n|---|---:|")
     for k, v in res["per_call_us"].items():
         print(f"| {k} | {v:.2f} |")
+    print(f"\n| histories of {a.history} tokens per row | µs per row |\n|---|---:|")
+    for k, v in res["history_per_row_us"].items():
+        print(f"| {k} | {v:.1f} |")
     if a.json:
         a.json.write_text(json.dumps(res, indent=2))
     return 0
