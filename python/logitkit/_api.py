@@ -401,6 +401,15 @@ def _clamp_i64(v: int) -> int:
     return v if _I64_MIN <= v <= _I64_MAX else (_I64_MAX if v > 0 else _I64_MIN)
 
 
+def _int_param(v: int, name: str, least: int | None, row: int | None = None) -> int:
+    """An integer parameter for the kernels: refused below ``least`` (when given) with its own
+    value, which ``_clamp_i64`` would hide, then clamped."""
+    if least is not None and v < least:
+        where = "" if row is None else f" (row {row})"
+        raise ValueError(f"{name}: must be >= {least}, got {shown(v)}{where}")
+    return _clamp_i64(v)
+
+
 def _refuse_bools(value: Any, name: str, what: str = "numbers") -> None:
     """Refuses a list or tuple that holds a bool: a per-row value is a number, as a scalar one
     is (NumPy alone would read ``[True, 2]`` as ``[1, 2]``)."""
@@ -415,14 +424,16 @@ def _int_list(value: Any) -> bool:
     )
 
 
-def _per_row(value: Any, name: str, integer: bool) -> Any:
-    """A scalar as a Python number, or a 1-D array as a contiguous float64 / int64 array."""
+def _per_row(value: Any, name: str, integer: bool, least: int | None = None) -> Any:
+    """A scalar as a Python number, or a 1-D array as a contiguous float64 / int64 array.
+    Python integers below ``least`` are refused here (an int64 array's are by the kernel)."""
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        return _clamp_i64(_check_int(value, name)) if integer else _float(value, name)
+        return _int_param(_check_int(value, name), name, least) if integer else _float(value, name)
     _refuse_bools(value, name)
     if integer and _int_list(value):
         # Python ints of any size, each taken at its meaning as a scalar would be.
-        return np.array([_clamp_i64(int(v)) for v in value], dtype=np.int64)
+        ints = [_int_param(int(v), name, least, r) for r, v in enumerate(value)]
+        return np.array(ints, dtype=np.int64)
     a = _asarray(value, name)
     if a.ndim == 0:
         if a.dtype.kind not in ("iu" if integer else "fiu"):
@@ -644,10 +655,7 @@ def mask_top_k(
 
 
 def _min_keep(min_keep: Any) -> int:
-    mk = _check_int(min_keep, "min_keep")
-    if mk < 1:
-        raise ValueError(f"min_keep: must be >= 1, got {shown(mk)}")
-    return min(mk, _I64_MAX)
+    return _int_param(_check_int(min_keep, "min_keep"), "min_keep", 1)
 
 
 def mask_top_p(
@@ -930,15 +938,15 @@ def _rows_of(value: Any, name: str, rows: int) -> None:
         raise ValueError(f"{name}: has {value.shape[0]} values for {rows} rows")
 
 
-def _scalar_or(value: Any, name: str, integer: bool) -> Any:
+def _scalar_or(value: Any, name: str, integer: bool, least: int | None = None) -> Any:
     t = type(value)
     if t is float or (t is int and value is not True and value is not False):
         if integer:
             if t is float:
                 raise ParameterTypeError(f"{name}: must be an integer, got float")
-            return _clamp_i64(value)
+            return _int_param(value, name, least)
         return value if t is float else _float(value, name)
-    return _per_row(value, name, integer)
+    return _per_row(value, name, integer, least)
 
 
 def sample(
@@ -1039,7 +1047,7 @@ def sample(
     k = _scalar_or(top_k, "top_k", True)
     p = _scalar_or(top_p, "top_p", False)
     mp = _scalar_or(min_p, "min_p", False)
-    mk = _scalar_or(min_keep, "min_keep", True)
+    mk = _scalar_or(min_keep, "min_keep", True, least=1)
     rows = x.array.shape[0]
     res = np.empty(rows, dtype=np.int64)
     if uniforms is not None:
@@ -1048,27 +1056,11 @@ def sample(
         if seed is not None:
             _rows_of(_seed(seed, rows), "seed", rows)
         _rows_of(_u64(step, "step"), "step", rows)
-        _min_keep_below_one(min_keep)
         _core.sample(x.array, x.kind, t, k, p, mp, mk, order, 0, 0, u, res)
     else:
         st = step if type(step) is int and 0 <= step <= _U64_MAX else _u64(step, "step")
-        sd = _seed(seed, rows)
-        _min_keep_below_one(min_keep)
-        _core.sample(x.array, x.kind, t, k, p, mp, mk, order, sd, st, None, res)
+        _core.sample(x.array, x.kind, t, k, p, mp, mk, order, _seed(seed, rows), st, None, res)
     return _scalar_or_rows(x, res)
-
-
-def _min_keep_below_one(min_keep: Any) -> None:
-    """Refuses a Python integer ``min_keep`` below 1 (alone or in a per-row list) with its own
-    value: the kernel, which checks the others, sees integers beyond int64 at their limit."""
-    one = isinstance(min_keep, (int, np.integer))
-    values = [min_keep] if one else min_keep
-    if not _int_list(values):
-        return
-    for r, v in enumerate(values):
-        if v < 1:
-            row = "" if one else f" (row {r})"
-            raise ValueError(f"min_keep: must be >= 1, got {shown(v)}{row}")
 
 
 def logprobs(
