@@ -149,22 +149,16 @@ fn numpy_kind(obj: &Bound<'_, PyAny>) -> Option<char> {
         .and_then(|k| k.chars().next())
 }
 
-/// `str(obj)` for an error message: an int too long for Python's `str` (more than 4300 digits)
-/// is described by its size instead.
+/// `str(obj)` for an error message, or `logitkit._errors.described(obj)` when that raises (an
+/// int too long for Python's `str`, more than 4300 digits, is described by its sign and size).
 fn shown_obj(obj: &Bound<'_, PyAny>) -> String {
-    match obj.str() {
-        Ok(s) => s.to_string(),
-        Err(_) => match obj
-            .call_method0("bit_length")
-            .and_then(|b| b.extract::<u64>())
-        {
-            Ok(bits) if obj.lt(0).unwrap_or(false) => {
-                format!("<a negative integer of {bits} bits>")
-            }
-            Ok(bits) => format!("<an integer of {bits} bits>"),
-            Err(_) => "<unprintable>".to_owned(),
-        },
-    }
+    obj.str().map(|s| s.to_string()).unwrap_or_else(|_| {
+        obj.py()
+            .import("logitkit._errors")
+            .and_then(|m| m.call_method1("described", (obj,)))
+            .and_then(|d| d.extract::<String>())
+            .unwrap_or_else(|_| "<unprintable>".to_owned())
+    })
 }
 
 // `logitkit.ParameterTypeError`: a parameter of the wrong type, both a `ValueError` and a

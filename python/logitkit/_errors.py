@@ -27,7 +27,13 @@ def shown(value: object) -> str:
     try:
         return repr(value)
     except Exception:
-        if isinstance(value, int):
-            sign = "a negative" if value < 0 else "an"
-            return f"<{sign} integer of {value.bit_length()} bits>"
-        return "<unprintable>"
+        return described(value)
+
+
+def described(value: object) -> str:
+    """A value whose ``repr`` / ``str`` raises, for an error message: an int by its sign and size
+    (Python prints no int of more than 4300 digits), anything else as ``<unprintable>``."""
+    if isinstance(value, int):
+        sign = "a negative" if value < 0 else "an"
+        return f"<{sign} integer of {value.bit_length()} bits>"
+    return "<unprintable>"
