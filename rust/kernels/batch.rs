@@ -256,6 +256,18 @@ fn sample_request_in<T: Elem>(
     } else {
         first.or(raw_lp.then_some(1.0))
     };
+    let mut res = RowResult {
+        logprob: f32::NAN,
+        ..RowResult::default()
+    };
+    if copy && !raw_lp {
+        // The caller's row is checked while it is copied, so NaN/+inf errors name the caller's
+        // index; the copy is all that is read of it.
+        row.resize(x.len(), 0.0);
+        pipeline::checked_max(prims::widen_checked(x, row))?;
+        edit_and_step(x.len(), inp, halve_x, bmax2, row, scr, &mut res)?;
+        return Ok(res);
+    }
     // The caller's row is checked first, so NaN/+inf errors name the caller's index.
     let raw = pipeline::scan_with(x, bmax, raw_sums, scr)?;
     // Raw log-probabilities depend on the logits alone: they are always normalised by the total
@@ -264,26 +276,10 @@ fn sample_request_in<T: Elem>(
     // `bsum` still holds that scan's sums.
     let raw_total = (raw_lp && raw_sums == Some(1.0))
         .then(|| pipeline::weight_sums(&raw, 1.0, ALL_FINITE, scr).0);
-    let mut res = RowResult {
-        logprob: f32::NAN,
-        ..RowResult::default()
-    };
     if copy {
         row.resize(x.len(), 0.0);
         prims::widen(x, row);
-        if edits {
-            edit_row(row, inp, scr);
-        }
-        let unit = if halve_x || (edits && pipeline::halves(&row[..], t)) {
-            row.iter_mut().for_each(|v| *v *= 0.5);
-            0.5
-        } else {
-            1.0
-        };
-        let first = pipeline::first_sums_scale(&req.filters, x.len(), unit);
-        let mut s = pipeline::scan_with(&row[..], bmax2, first, scr)?;
-        s.unit = unit;
-        step(&s, inp, scr, &mut res);
+        edit_and_step(x.len(), inp, halve_x, bmax2, row, scr, &mut res)?;
     } else {
         step(&raw, inp, scr, &mut res);
     }
@@ -309,6 +305,37 @@ fn sample_request_in<T: Elem>(
         );
     }
     Ok(res)
+}
+
+/// The copy path of [`sample_request`]: `row` holds the checked caller's row, widened; applies
+/// the edits of `inp`, halves the row where its spread needs it (or `halve_x` said so), scans it
+/// and runs SPEC §4 steps 4-9 on it.
+fn edit_and_step(
+    vocab: usize,
+    inp: &RowInput<'_>,
+    halve_x: bool,
+    bmax2: &mut Vec<f32>,
+    row: &mut [f32],
+    scr: &mut Scratch,
+    res: &mut RowResult,
+) -> Result<(), KernelError> {
+    let req = inp.req;
+    let edits = req.edits_row(inp.output.len(), inp.bitmask.is_some());
+    if edits {
+        edit_row(row, inp, scr);
+    }
+    let t = req.filters.temperature;
+    let unit = if halve_x || (edits && pipeline::halves(&row[..], t)) {
+        row.iter_mut().for_each(|v| *v *= 0.5);
+        0.5
+    } else {
+        1.0
+    };
+    let first = pipeline::first_sums_scale(&req.filters, vocab, unit);
+    let mut s = pipeline::scan_with(&row[..], bmax2, first, scr)?;
+    s.unit = unit;
+    step(&s, inp, scr, res);
+    Ok(())
 }
 
 /// SPEC §4 steps 4-9 on an edited row, then the processed log-probabilities if requested.

@@ -547,8 +547,7 @@ pub fn bias_and_penalties<T: Elem>(
         match x {
             Some(x) => {
                 let row = &x[r * vocab..(r + 1) * vocab];
-                check_row(row)?;
-                prims::widen(row, o);
+                pipeline::checked_max(prims::widen_checked(row, o))?;
             }
             None => {
                 check_row(&*o)?;

@@ -878,6 +878,29 @@ multiversion! {
     }
 }
 
+/// [`widen`] and [`max`] in one read of `x`: `out[i] = x[i]` widened to `f32`, and the maximum of
+/// `out` or the first NaN / `+inf` (then `out` may hold only the chunks up to it). Chunk by chunk:
+/// each chunk of `out` is checked while it is still in L1.
+pub fn widen_checked<T: Elem>(x: &[T], out: &mut [f32]) -> Scan {
+    debug_assert_eq!(x.len(), out.len());
+    let mut m = f32::NEG_INFINITY;
+    for (c, (xc, oc)) in x
+        .chunks(WIDEN_CHUNK)
+        .zip(out.chunks_mut(WIDEN_CHUNK))
+        .enumerate()
+    {
+        widen(xc, oc);
+        match max(oc) {
+            Scan::Bad(i, v) => return Scan::Bad(c * WIDEN_CHUNK + i, v),
+            Scan::Max(cm) => m = if cm > m { cm } else { m },
+        }
+    }
+    Scan::Max(m)
+}
+
+/// Elements per chunk of [`widen_checked`] (16 KiB of `f32`).
+const WIDEN_CHUNK: usize = 4096;
+
 /// Number of elements `>= thr`, reading only blocks whose maximum reaches `thr`.
 #[must_use]
 pub fn count_ge<T: Elem>(x: &[T], bmax: &[f32], thr: f32) -> usize {

@@ -2109,6 +2109,71 @@ fn scan_gives_the_portable_bits_on_every_level() {
     }
 }
 
+/// `widen_checked` reports what `max` of the copy reports (the maximum, or the first NaN /
+/// `+inf` with its index) and, for a row without them, copies it bit for bit, on every level, in every element type,
+/// for lengths with and without a tail and across its chunks.
+#[test]
+fn widen_checked_copies_and_checks_like_max_on_every_level() {
+    use super::prims;
+    fn same(a: &prims::Scan, b: &prims::Scan) -> bool {
+        match (a, b) {
+            (prims::Scan::Max(x), prims::Scan::Max(y)) => x.to_bits() == y.to_bits(),
+            (prims::Scan::Bad(i, x), prims::Scan::Bad(j, y)) => {
+                i == j && x.to_bits() == y.to_bits()
+            }
+            _ => false,
+        }
+    }
+    fn check<T: Elem>(x: &[T], what: &str) {
+        let want: Vec<f32> = x.iter().map(|e| e.to_f32()).collect();
+        let want_scan = prims::max(&want[..]);
+        each_level(|level| {
+            let mut got = vec![7.0f32; x.len()];
+            let scan = prims::widen_checked(x, &mut got);
+            assert!(
+                same(&scan, &want_scan),
+                "{level:?} {what} len {}: {scan:?} vs {want_scan:?}",
+                x.len()
+            );
+            if let prims::Scan::Max(_) = scan {
+                assert!(
+                    bits(&got) == bits(&want),
+                    "{level:?} {what} copy, len {}",
+                    x.len()
+                );
+            }
+        });
+    }
+    let mut next = lcg(9);
+    for len in [1usize, 15, 16, 17, 40, 1000, 4096, 4097, 3 * 4096 + 100] {
+        let base: Vec<f32> = (0..len)
+            .map(|_| match next() % 16 {
+                0 => -0.0,
+                1 => f32::NEG_INFINITY,
+                // Exact in float16 and bfloat16.
+                r => (r * 16 + next() % 16) as f32 * 0.125 - 16.0,
+            })
+            .collect();
+        let mut rows = vec![base.clone(), vec![f32::NEG_INFINITY; len]];
+        for (at, bad) in [(0, f32::NAN), (len / 2, f32::INFINITY), (len - 1, f32::NAN)] {
+            let mut r = base.clone();
+            r[at] = bad;
+            if at + 1 < len {
+                // A later bad value: the first one is reported.
+                r[len - 1] = f32::INFINITY;
+            }
+            rows.push(r);
+        }
+        for r in &rows {
+            check(&r[..], "f32");
+            let h: Vec<u16> = r.iter().map(|&v| f16_bits(v)).collect();
+            check(as_f16(&h), "f16");
+            let b: Vec<u16> = r.iter().map(|&v| bf16_bits(v)).collect();
+            check(as_bf16(&b), "bf16");
+        }
+    }
+}
+
 /// Long-tailed rows, whose nucleus reaches deep into a large bulk (the heaviest block maxima do
 /// not hold the top-p mass, so the nucleus is collected in rounds from the top), and flat ones:
 /// kept sets and draws as the reference, on every level and element type, with ties at the
