@@ -65,6 +65,9 @@ pub struct TokenCounts {
     counts: Vec<u32>,
     /// The logits of `ids`, gathered for [`penalize`].
     vals: Vec<f32>,
+    /// One bit per token id of the vocabulary, for [`Self::add_uncounted`]; all clear between
+    /// calls.
+    bits: Vec<u64>,
 }
 
 /// The index of an empty entry of [`TokenCounts`]' table (a row holds fewer distinct ids).
@@ -121,6 +124,35 @@ impl TokenCounts {
         }
         debug_assert!(2 * ids.len() <= table.len());
     }
+
+    /// Adds the tokens of `tokens` that are not in the set yet, with a count of 0, in order of
+    /// first appearance (what [`Self::add`] with `inc = 0` does, without the table, which stays
+    /// as it was: no [`Self::add`] may follow). Every id must be below `vocab`. A bit per id of
+    /// the vocabulary marks the set, and tokens are appended without a branch on whether they
+    /// are new (prompts repeat ids at random, which a branch would mispredict).
+    fn add_uncounted(&mut self, tokens: &[u32], vocab: usize) {
+        let (bits, ids, counts) = (&mut self.bits, &mut self.ids, &mut self.counts);
+        if bits.len() < vocab.div_ceil(64) {
+            bits.resize(vocab.div_ceil(64), 0);
+        }
+        for &t in ids.iter() {
+            bits[t as usize / 64] |= 1 << (t % 64);
+        }
+        let mut n = ids.len();
+        ids.resize(n + tokens.len(), 0);
+        for &t in tokens {
+            let w = &mut bits[t as usize / 64];
+            let new = !*w >> (t % 64) & 1;
+            *w |= 1 << (t % 64);
+            ids[n] = t;
+            n += new as usize;
+        }
+        ids.truncate(n);
+        counts.resize(n, 0);
+        for &t in ids.iter() {
+            bits[t as usize / 64] = 0;
+        }
+    }
 }
 
 /// Applies repetition (over the distinct tokens of `prompt ∪ output`), then frequency and
@@ -141,10 +173,10 @@ pub fn apply_penalties(
         return;
     }
     // No more distinct ids than tokens, nor than the vocabulary (ids are below it).
-    seen.clear((output.len() + if rep { prompt.len() } else { 0 }).min(row.len()));
+    seen.clear(output.len().min(row.len()));
     seen.add(output, 1);
-    if rep {
-        seen.add(prompt, 0);
+    if rep && !prompt.is_empty() {
+        seen.add_uncounted(prompt, row.len());
     }
     // Gathered, updated in one vectorised pass (selects instead of branches: signs and counts
     // follow no pattern), and written back.
@@ -288,6 +320,41 @@ mod tests {
                 .collect();
             assert_eq!(seen.ids, ids, "n {n}");
             assert_eq!(seen.counts, counts, "n {n}");
+        }
+    }
+
+    #[test]
+    fn uncounted_tokens_join_the_set_as_add_puts_them() {
+        let mut next = crate::kernels::tests::lcg(5);
+        let (mut fast, mut slow) = (TokenCounts::default(), TokenCounts::default());
+        for (round, vocab) in [1usize, 2, 63, 64, 65, 1000, 70000, 3, 1000, 64]
+            .into_iter()
+            .enumerate()
+        {
+            let v = vocab as u32;
+            let n_out = next() as usize % 50;
+            let output: Vec<u32> = (0..n_out).map(|_| next() % v).collect();
+            // Prompts with many repeats, the largest and smallest ids, and ids of the output.
+            let prompt: Vec<u32> = (0..next() as usize % 300)
+                .map(|i| match i % 5 {
+                    0 => v - 1,
+                    1 => 0,
+                    2 if !output.is_empty() => output[next() as usize % output.len()],
+                    _ => next() % v.min(100),
+                })
+                .collect();
+            fast.clear(output.len());
+            fast.add(&output, 1);
+            fast.add_uncounted(&prompt, vocab);
+            slow.clear(output.len() + prompt.len());
+            slow.add(&output, 1);
+            slow.add(&prompt, 0);
+            assert_eq!(fast.ids, slow.ids, "round {round}");
+            assert_eq!(fast.counts, slow.counts, "round {round}");
+            assert!(
+                fast.bits.iter().all(|&w| w == 0),
+                "round {round}: bits left set"
+            );
         }
     }
 
