@@ -53,10 +53,11 @@ pub fn apply_bias(row: &mut [f32], ids: &[u32], values: &[f64]) {
 
 /// A set of token ids with a count per id, in order of first appearance: an open-addressed hash
 /// table (linear probing, a multiplier drawn per process: [`hash_multiplier`]) sized to the
-/// tokens of one row (twice their number, a power of two), so that a row
-/// costs `O(|prompt| + |output|)` and touches no memory in proportion to the vocabulary (a
-/// table indexed by token id would be evicted by the pass over a large row, and cost a cache
-/// and TLB miss per distinct token).
+/// counted tokens of one row (twice their number, a power of two), so that a row
+/// costs `O(|prompt| + |output|)` (a table of counts indexed by token id would be evicted by the
+/// pass over a large row, and cost a cache and TLB miss per distinct token). Uncounted tokens
+/// (the prompt's) join through one bit per id ([`Self::add_uncounted`]): V / 8 bytes, 16 KiB at
+/// V = 128256, of which a row touches only the words of its tokens.
 #[derive(Clone, Debug, Default)]
 pub struct TokenCounts {
     /// `(id, index into ids)`, with the index [`FREE`] for an empty entry.
