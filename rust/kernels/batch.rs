@@ -265,7 +265,7 @@ fn sample_request_in<T: Elem>(
         // index; the copy is all that is read of it.
         row.resize(x.len(), 0.0);
         pipeline::checked_max(prims::widen_checked(x, row))?;
-        edit_and_step(x.len(), inp, halve_x, bmax2, row, scr, &mut res)?;
+        edit_and_step(inp, edits, halve_x, bmax2, row, scr, &mut res)?;
         return Ok(res);
     }
     // The caller's row is checked first, so NaN/+inf errors name the caller's index.
@@ -279,7 +279,7 @@ fn sample_request_in<T: Elem>(
     if copy {
         row.resize(x.len(), 0.0);
         prims::widen(x, row);
-        edit_and_step(x.len(), inp, halve_x, bmax2, row, scr, &mut res)?;
+        edit_and_step(inp, edits, halve_x, bmax2, row, scr, &mut res)?;
     } else {
         step(&raw, inp, scr, &mut res);
     }
@@ -308,30 +308,28 @@ fn sample_request_in<T: Elem>(
 }
 
 /// The copy path of [`sample_request`]: `row` holds the checked caller's row, widened; applies
-/// the edits of `inp`, halves the row where its spread needs it (or `halve_x` said so), scans it
-/// and runs SPEC §4 steps 4-9 on it.
+/// the edits of `inp` (when `edits`), halves the row where its spread needs it (or `halve_x` said
+/// so), scans it and runs SPEC §4 steps 4-9 on it.
 fn edit_and_step(
-    vocab: usize,
     inp: &RowInput<'_>,
+    edits: bool,
     halve_x: bool,
     bmax2: &mut Vec<f32>,
     row: &mut [f32],
     scr: &mut Scratch,
     res: &mut RowResult,
 ) -> Result<(), KernelError> {
-    let req = inp.req;
-    let edits = req.edits_row(inp.output.len(), inp.bitmask.is_some());
     if edits {
         edit_row(row, inp, scr);
     }
-    let t = req.filters.temperature;
-    let unit = if halve_x || (edits && pipeline::halves(&row[..], t)) {
+    let f = &inp.req.filters;
+    let unit = if halve_x || (edits && pipeline::halves(&row[..], f.temperature)) {
         row.iter_mut().for_each(|v| *v *= 0.5);
         0.5
     } else {
         1.0
     };
-    let first = pipeline::first_sums_scale(&req.filters, vocab, unit);
+    let first = pipeline::first_sums_scale(f, row.len(), unit);
     let mut s = pipeline::scan_with(&row[..], bmax2, first, scr)?;
     s.unit = unit;
     step(&s, inp, scr, res);
