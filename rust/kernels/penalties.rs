@@ -98,10 +98,10 @@ impl TokenCounts {
         self.counts.clear();
     }
 
-    /// Adds `inc` occurrences of every token of `tokens` (a token not in the set yet enters it
-    /// with a count of `inc`, so `inc = 0` only marks tokens as seen). At most the `tokens`
-    /// given to [`Self::clear`] may be distinct, so the table stays at most half full.
-    fn add(&mut self, tokens: &[u32], inc: u32) {
+    /// Counts every token of `tokens` (a token not in the set yet enters it with a count of 1).
+    /// At most the `tokens` given to [`Self::clear`] may be distinct, so the table stays at most
+    /// half full.
+    fn add(&mut self, tokens: &[u32]) {
         let (table, ids, counts) = (&mut self.table[..], &mut self.ids, &mut self.counts);
         let mask = table.len() - 1;
         // Multiplicative hashing: the top bits of the product index the table.
@@ -113,11 +113,11 @@ impl TokenCounts {
                 if s == FREE {
                     table[i] = (t, ids.len() as u32);
                     ids.push(t);
-                    counts.push(inc);
+                    counts.push(1);
                     break;
                 }
                 if id == t {
-                    counts[s as usize] += inc;
+                    counts[s as usize] += 1;
                     break;
                 }
                 i = (i + 1) & mask;
@@ -127,8 +127,7 @@ impl TokenCounts {
     }
 
     /// Adds the tokens of `tokens` that are not in the set yet, with a count of 0, in order of
-    /// first appearance (what [`Self::add`] with `inc = 0` does, without the table, which stays
-    /// as it was: no [`Self::add`] may follow). Every id must be below `vocab`. A bit per id of
+    /// first appearance, without the table, which stays as it was: no [`Self::add`] may follow. Every id must be below `vocab`. A bit per id of
     /// the vocabulary marks the set, and tokens are appended without a branch on whether they
     /// are new (prompts repeat ids at random, which a branch would mispredict).
     fn add_uncounted(&mut self, tokens: &[u32], vocab: usize) {
@@ -175,7 +174,7 @@ pub fn apply_penalties(
     }
     // No more distinct ids than tokens, nor than the vocabulary (ids are below it).
     seen.clear(output.len().min(row.len()));
-    seen.add(output, 1);
+    seen.add(output);
     if rep && !prompt.is_empty() {
         seen.add_uncounted(prompt, row.len());
     }
@@ -245,7 +244,7 @@ mod tests {
         let ids: Vec<u32> = (0u32..).filter(|&t| fixed(t) == 77).take(4096).collect();
         let mut seen = TokenCounts::default();
         seen.clear(ids.len());
-        seen.add(&ids, 1);
+        seen.add(&ids);
         assert_eq!(seen.ids, ids);
         let (mut longest, mut run) = (0, 0);
         for &(_, s) in &seen.table {
@@ -290,6 +289,22 @@ mod tests {
         assert_eq!(row[1], 1.5);
     }
 
+    /// The distinct ids of `output` then `prompt` in order of first appearance, with their
+    /// counts in `output`, by hand.
+    fn by_hand(output: &[u32], prompt: &[u32]) -> (Vec<u32>, Vec<u32>) {
+        let mut ids: Vec<u32> = Vec::new();
+        for &t in output.iter().chain(prompt) {
+            if !ids.contains(&t) {
+                ids.push(t);
+            }
+        }
+        let counts = ids
+            .iter()
+            .map(|&t| output.iter().filter(|&&o| o == t).count() as u32)
+            .collect();
+        (ids, counts)
+    }
+
     #[test]
     fn the_set_counts_every_id_in_order_of_first_appearance() {
         let mut next = crate::kernels::tests::lcg(7);
@@ -305,29 +320,18 @@ mod tests {
                     _ => next() << 1,
                 })
                 .collect();
-            let prompt: Vec<u32> = (0..n / 2).map(|_| next() % 128).collect();
-            seen.clear(output.len() + prompt.len());
-            seen.add(&output, 1);
-            seen.add(&prompt, 0);
-            let mut ids: Vec<u32> = Vec::new();
-            for &t in output.iter().chain(&prompt) {
-                if !ids.contains(&t) {
-                    ids.push(t);
-                }
-            }
-            let counts: Vec<u32> = ids
-                .iter()
-                .map(|&t| output.iter().filter(|&&o| o == t).count() as u32)
-                .collect();
+            seen.clear(output.len());
+            seen.add(&output);
+            let (ids, counts) = by_hand(&output, &[]);
             assert_eq!(seen.ids, ids, "n {n}");
             assert_eq!(seen.counts, counts, "n {n}");
         }
     }
 
     #[test]
-    fn uncounted_tokens_join_the_set_as_add_puts_them() {
+    fn uncounted_tokens_join_the_set_in_order_of_first_appearance() {
         let mut next = crate::kernels::tests::lcg(5);
-        let (mut fast, mut slow) = (TokenCounts::default(), TokenCounts::default());
+        let mut seen = TokenCounts::default();
         for (round, vocab) in [1usize, 2, 63, 64, 65, 1000, 70000, 3, 1000, 64]
             .into_iter()
             .enumerate()
@@ -344,16 +348,14 @@ mod tests {
                     _ => next() % v.min(100),
                 })
                 .collect();
-            fast.clear(output.len());
-            fast.add(&output, 1);
-            fast.add_uncounted(&prompt, vocab);
-            slow.clear(output.len() + prompt.len());
-            slow.add(&output, 1);
-            slow.add(&prompt, 0);
-            assert_eq!(fast.ids, slow.ids, "round {round}");
-            assert_eq!(fast.counts, slow.counts, "round {round}");
+            seen.clear(output.len());
+            seen.add(&output);
+            seen.add_uncounted(&prompt, vocab);
+            let (ids, counts) = by_hand(&output, &prompt);
+            assert_eq!(seen.ids, ids, "round {round}");
+            assert_eq!(seen.counts, counts, "round {round}");
             assert!(
-                fast.bits.iter().all(|&w| w == 0),
+                seen.bits.iter().all(|&w| w == 0),
                 "round {round}: bits left set"
             );
         }

@@ -2110,8 +2110,8 @@ fn scan_gives_the_portable_bits_on_every_level() {
 }
 
 /// `widen_checked` reports what `max` of the copy reports (the maximum, or the first NaN /
-/// `+inf` with its index) and, for a row without them, copies it bit for bit, on every level, in every element type,
-/// for lengths with and without a tail and across its chunks.
+/// `+inf` with its index) and, for a row without them, copies it bit for bit, on every level, in
+/// every element type, for lengths with and without a tail and across its chunks.
 #[test]
 fn widen_checked_copies_and_checks_like_max_on_every_level() {
     use super::prims;
