@@ -7,7 +7,6 @@
 # Environment:
 #   LOGITKIT_FUZZ_SANITIZER   address (default) or none (faster, no ASan)
 #   LOGITKIT_FUZZ_TARGET_DIR  build/corpus/artifact folder (default: <repo>/target/fuzz, ignored by git)
-#   LOGITKIT_FUZZ_KNOWN       known issues to tolerate, comma separated (see fuzz/README.md)
 #
 # Works on a stable toolchain: cargo-fuzz passes nightly-only flags (-Zsanitizer, -Cpasses), which
 # RUSTC_BOOTSTRAP=1 allows.

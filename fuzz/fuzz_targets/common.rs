@@ -650,9 +650,6 @@ pub fn plain_scale(t: f64) -> bool {
 /// renormalised over it, scanned in increasing id order) may give `tok`, with tolerance `tol`.
 pub fn check_draw(x: &[f32], kept: &[bool], scale: f64, u: f64, tok: usize, tol: f64) {
     assert!(kept[tok], "token {tok} is outside the kept set");
-    if skip_wide_range(x) {
-        return;
-    }
     let z: Vec<f32> = x
         .iter()
         .zip(kept)
@@ -797,36 +794,4 @@ pub fn filter_error(f: &logitkit::kernels::Filters) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Known issues
-
-/// Whether the known issue `id` is tolerated in this run: `LOGITKIT_FUZZ_KNOWN` holds a comma
-/// separated list of ids (see fuzz/README.md). Unset: every property is enforced.
-pub fn known(id: &str) -> bool {
-    static LIST: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    LIST.get_or_init(|| {
-        std::env::var("LOGITKIT_FUZZ_KNOWN")
-            .unwrap_or_default()
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    })
-    .iter()
-    .any(|s| s == id || s == "all")
-}
-
-/// Known issue `wide-range`: a finite logit more than `f32::MAX` below the row maximum (their f32
-/// difference overflows to -inf) gets weight 0 in softmax / the draw / top-p, whatever the
-/// temperature (at T = 1e39, [-3e38, 3e38] gives [0, 1] instead of [0.35, 0.65]). When tolerated,
-/// float64 reference comparisons are skipped for such rows.
-pub fn skip_wide_range(x: &[f32]) -> bool {
-    if !known("wide-range") {
-        return false;
-    }
-    let m = max_of(x);
-    x.iter()
-        .any(|&v| v.is_finite() && v - m == f32::NEG_INFINITY)
 }
