@@ -385,6 +385,20 @@ PARAM_CASES = [
         "dtype",
         "sample-dtype-unknown",
     ),
+    # dtype="bfloat16" reads uint16 bits (or a bfloat16 array), nothing else
+    P(lambda: lk.sample(X1, dtype="bfloat16", seed=0), TypeError, "logits", "sample-bf16-of-f32"),
+    P(
+        lambda: lk.argmax(X2.astype(np.float16), dtype="bfloat16"),
+        TypeError,
+        "logits",
+        "argmax-bf16-of-f16",
+    ),
+    P(
+        lambda: lk.softmax(X2.astype(np.int16), dtype="bfloat16"),
+        TypeError,
+        "logits",
+        "softmax-bf16-of-int16",
+    ),
     # ragged nested lists and other unreadable arrays name the parameter
     P(lambda: lk.softmax([[1.0, 2.0], [3.0]]), ValueError, "logits", "softmax-ragged-list"),
     P(

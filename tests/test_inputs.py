@@ -64,6 +64,23 @@ def test_ml_dtypes_bfloat16_equals_its_bits(name):
 
 
 @pytest.mark.parametrize("name", list(CALLS))
+def test_bfloat16_bits_read_in_place_equal_a_strided_view(name):
+    """Contiguous uint16 bits with dtype="bfloat16" are read in place; a strided view of the same
+    bits (read through a copy) and the ml_dtypes array with dtype="bfloat16" give the same
+    result."""
+    call = CALLS[name]
+    b = X.astype(ml_dtypes.bfloat16)
+    strided = np.zeros((X.shape[0], 2 * X.shape[1]), dtype=np.uint16)[:, ::2]
+    strided[...] = b.view(np.uint16)
+    assert not strided.flags.c_contiguous
+    want = call(strided, dtype="bfloat16")
+    np.testing.assert_array_equal(call(b.view(np.uint16), dtype="bfloat16"), want)
+    np.testing.assert_array_equal(call(b, dtype="bfloat16"), want)
+    if name != "logprobs":  # one row
+        np.testing.assert_array_equal(call(b.view(np.uint16)[1], dtype="bfloat16"), want[1])
+
+
+@pytest.mark.parametrize("name", list(CALLS))
 def test_bfloat16_bits_in_either_byte_order(name):
     call = CALLS[name]
     bits = X.astype(ml_dtypes.bfloat16).view(np.uint16)

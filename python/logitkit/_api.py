@@ -113,6 +113,7 @@ def _from_dlpack(x: Any) -> np.ndarray | None:
 
 
 _F32_DTYPE = np.dtype(np.float32)
+_U16_DTYPE = np.dtype(np.uint16)
 
 # id(dtype) -> (dtype, kind) of float32 and of the float16 and bfloat16 dtypes seen so far, so
 # that a call recognises them by identity (comparing an ml_dtypes dtype costs microseconds).
@@ -132,22 +133,30 @@ def _plain_f32(x: Any) -> TypeGuard[np.ndarray]:
     )
 
 
-def _fast_kind(dt: np.dtype[Any]) -> int | None:
-    """The kind of a dtype in `_FAST_DTYPES`, else None."""
+def _fast_kind(dt: np.dtype[Any], dtype: str | None = None) -> int | None:
+    """The kind of an array dtype in `_FAST_DTYPES` (``dtype=None``), or ``_BF16`` for the
+    native uint16 dtype or a bfloat16 one seen before with ``dtype="bfloat16"``; else None (the
+    general path then decides, and names any error)."""
     known = _FAST_DTYPES.get(id(dt))
-    return known[1] if known is not None and known[0] is dt else None
+    kind = known[1] if known is not None and known[0] is dt else None
+    if dtype is None:
+        return kind
+    if type(dtype) is str and dtype == "bfloat16" and (dt is _U16_DTYPE or kind == _BF16):
+        return _BF16
+    return None
 
 
 def _logits(logits: ArrayLike, dtype: str | None) -> _Logits:
-    # Fast path: a C-contiguous float32 (or float16 / bfloat16 seen before) ndarray, the common
-    # case in a decoding loop.
-    if dtype is None and type(logits) is np.ndarray:
+    # Fast path: a C-contiguous float32 (or float16 / bfloat16 seen before, or uint16 bits with
+    # dtype="bfloat16") ndarray, the common case in a decoding loop.
+    if type(logits) is np.ndarray:
         shape = logits.shape
         flags = logits.flags
         if flags.c_contiguous and flags.aligned and shape and shape[-1] and len(shape) <= 2:
-            kind = _fast_kind(logits.dtype)
+            dt = logits.dtype
+            kind = _fast_kind(dt, dtype)
             if kind is not None:
-                a = logits if kind == _F32 else logits.view(np.uint16)
+                a = logits if kind == _F32 or dt is _U16_DTYPE else logits.view(np.uint16)
                 source = logits if kind == _F32 else None
                 return _Logits(a if len(shape) == 2 else a.reshape(1, -1), kind, shape, source)
     return _logits_any(logits, dtype)
@@ -999,15 +1008,15 @@ def sample(
         )
         if r is not None:
             return _id_scalar(r, logits.shape[0]) if type(r) is int else r
-    # Fast path: a contiguous float32 (or float16 / bfloat16 seen before) row or batch with
-    # plain scalar parameters and a seed (None, an integer, or a uint64 array of one per row).
+    # Fast path: a contiguous float32 (or float16 / bfloat16 seen before, or uint16 bits with
+    # dtype="bfloat16") row or batch with plain scalar parameters and a seed (None, an integer,
+    # or a uint64 array of one per row).
     if (
         type(logits) is np.ndarray
-        and (kind := _fast_kind(logits.dtype)) is not None
+        and (kind := _fast_kind(logits.dtype, dtype)) is not None
         and 1 <= logits.ndim <= 2
         and logits.shape[-1] > 0
         and uniforms is None
-        and dtype is None
         and (
             seed is None
             or (type(seed) is int and 0 <= seed <= _U64_MAX)
@@ -1024,7 +1033,7 @@ def sample(
         and (flags := logits.flags).c_contiguous
         and flags.aligned
     ):
-        a = logits if kind == _F32 else logits.view(np.uint16)
+        a = logits if kind == _F32 or logits.dtype is _U16_DTYPE else logits.view(np.uint16)
         if seed is None:
             # Greedy draws use no uniform: no OS entropy to read.
             seed = 0 if temperature == 0.0 else _seed(None, 1 if logits.ndim == 1 else len(a))
