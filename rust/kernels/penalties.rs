@@ -127,9 +127,10 @@ impl TokenCounts {
     }
 
     /// Adds the tokens of `tokens` that are not in the set yet, with a count of 0, in order of
-    /// first appearance, without the table, which stays as it was: no [`Self::add`] may follow. Every id must be below `vocab`. A bit per id of
-    /// the vocabulary marks the set, and tokens are appended without a branch on whether they
-    /// are new (prompts repeat ids at random, which a branch would mispredict).
+    /// first appearance. Every id must be below `vocab`. The hash table is left as it was, so no
+    /// [`Self::add`] may follow. A bit per id of the vocabulary marks the set, and tokens are
+    /// appended without a branch on whether they are new (prompts repeat ids at random, which a
+    /// branch would mispredict).
     fn add_uncounted(&mut self, tokens: &[u32], vocab: usize) {
         let (bits, ids, counts) = (&mut self.bits, &mut self.ids, &mut self.counts);
         if bits.len() < vocab.div_ceil(64) {
